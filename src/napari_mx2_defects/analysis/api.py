@@ -1,0 +1,205 @@
+"""Analyse one image: lattice, sites, intensity histogram, concentrations; export.
+
+:func:`analyze_image` is what the "Defect statistics" widget, ``mx2-defects
+analyze`` and the demo all call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.path import Path as PolygonPath
+from scipy.spatial import cKDTree
+
+from ..twin.defects import DEFECT_CLASSES
+from ..twin.parents import get_parent
+from .sites import SITE_CLASSES, classify_sites, find_holes, measure_sites, reference_levels
+from .statistics import concentration_table
+
+__all__ = ["AnalysisResult", "analyze_image", "SITES_COLUMNS"]
+
+SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class"]
+
+
+@dataclass
+class AnalysisResult:
+    """Everything the analysis measured."""
+
+    sites: pd.DataFrame  # x_A, y_A, sublattice, intensity, defect_class, region, in_hole, model_class
+    concentrations: pd.DataFrame
+    lattice: dict
+    levels: dict
+    notes: list[str] = field(default_factory=list)
+
+    def save(self, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+        """Write sites.csv, concentrations.csv, lattice.json, histogram.png and concentrations.png."""
+        from .plots import concentration_figure, histogram_figure
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        names = ["sites.csv", "concentrations.csv", "lattice.json", "histogram.png", "concentrations.png"]
+        existing = [n for n in names if (out / n).exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{out} already holds {', '.join(existing)}; choose another --out or --overwrite")
+        columns = SITES_COLUMNS + [c for c in ("region", "in_hole", "model_class") if c in self.sites]
+        self.sites[columns].to_csv(out / "sites.csv", index=False)
+        self.concentrations.to_csv(out / "concentrations.csv", index=False)
+        (out / "lattice.json").write_text(json.dumps({**self.lattice, "levels": self.levels, "notes": self.notes},
+                                                     indent=2))
+        histogram_figure(self).savefig(out / "histogram.png", dpi=120)
+        concentration_figure(self).savefig(out / "concentrations.png", dpi=120)
+        return [out / n for n in names]
+
+
+def _validate(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"expected one 2-D image, got shape {img.shape}; pick a single frame first")
+    if min(img.shape) < 32:
+        raise ValueError(f"image {img.shape} is too small to analyse (need at least 32×32 pixels)")
+    img = img.astype(float)
+    bad = ~np.isfinite(img)
+    if bad.all():
+        raise ValueError("the image holds no finite values")
+    if bad.any():
+        raise ValueError(
+            f"the image holds {int(bad.sum())} NaN/inf pixels; crop them away or fill them before analysing"
+        )
+    if np.ptp(img) == 0:
+        raise ValueError("the image is flat (all pixels equal)")
+    return img
+
+
+def analyze_image(
+    image: np.ndarray,
+    pixel_size_A: float | None,
+    material: str = "MoS2",
+    defects: pd.DataFrame | None = None,
+    regions: Sequence[np.ndarray] | None = None,
+    beam_energy_keV: float | None = None,
+    dopant: str | None = None,
+    border_A: float = 2.0,
+    progress: Callable[[float, str], None] = lambda f, m: None,
+) -> AnalysisResult:
+    """Measure every M and X site, classify by intensity and count defects per cm².
+
+    Parameters
+    ----------
+    image : 2-D array
+        HAADF image (bright columns).
+    pixel_size_A : float or None
+        Calibration; None self-calibrates from the parent's lattice constant
+        (said in the result's ``lattice["self_calibrated"]`` and notes).
+    material : str
+        Parent (``"MoS2"``, ``"2H-WSe2"``, …).
+    defects : DataFrame, optional
+        Model predictions (``x_A, y_A, defect_class``): matched to sites
+        within 1 Å and shown on the histogram; with them, the counts come from
+        the model rather than from site intensities.
+    regions : list of (n, 2) arrays, optional
+        Polygons in Å as (y, x) vertex rows (napari Shapes data order); one
+        concentration block per region.
+    beam_energy_keV : float, optional
+        For the forward model of expected intensities (80 keV if unknown).
+    dopant : str, optional
+        Dopant element to look for on metal sites (TM_D).
+    border_A : float
+        Sites within this distance of the image edge are not analysed.
+    """
+    img = _validate(image)
+    parent = get_parent(material)
+    notes: list[str] = []
+    progress(0.05, "measuring the lattice")
+    from .lattice import fft_lattice_spacing_px
+
+    fft_a_px, _ = fft_lattice_spacing_px(img)
+    self_calibrated = pixel_size_A is None
+    if self_calibrated:
+        pixel_size_A = parent.a_A / fft_a_px
+        notes.append(
+            f"no calibration: pixel size {pixel_size_A:.5f} Å self-calibrated from {parent.key} a = {parent.a_A} Å"
+        )
+    if not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
+        raise ValueError(f"pixel size must be a positive number of Å, got {pixel_size_A}")
+    energy = float(beam_energy_keV) if beam_energy_keV else 80.0
+    progress(0.15, "forward model of site intensities (first time per material: ~20 s of abTEM)")
+    levels, m_brighter = reference_levels(parent.key, round(float(pixel_size_A), 4), energy, dopant)
+    progress(0.5, "finding columns")
+    meas = measure_sites(img, parent.a_A / pixel_size_A, m_brighter, border_px=border_A / pixel_size_A)
+    notes += meas.notes
+    sites = meas.sites
+    sites["x_A"] = sites.x_px * pixel_size_A
+    sites["y_A"] = sites.y_px * pixel_size_A
+    progress(0.7, "classifying sites")
+    classes = classify_sites(sites, levels)
+    in_hole = find_holes(sites, classes, meas.a_px)
+    classes[in_hole] = ""
+    sites["defect_class"] = classes
+    sites["in_hole"] = in_hole
+    # model predictions, matched to the nearest site within 1 Å
+    if defects is not None and len(defects):
+        tree = cKDTree(sites[["x_A", "y_A"]].to_numpy())
+        d, idx = tree.query(defects[["x_A", "y_A"]].to_numpy())
+        model = np.full(len(sites), "", dtype=object)
+        ok = d <= 1.0
+        model[idx[ok]] = defects.defect_class.to_numpy()[ok]
+        sites["model_class"] = model
+    # regions
+    sites["region"] = 0
+    polygons = list(regions or [])
+    a_A = meas.a_px * pixel_size_A
+    cell_area = a_A**2 * np.sqrt(3) / 2
+    sublattice_of = {name: sub for sub, names in SITE_CLASSES.items() for name in names if name}
+    sublattice_of.update({DEFECT_CLASSES[c][0]: ("X" if DEFECT_CLASSES[c][2] == "X" else "M")
+                          for c in DEFECT_CLASSES})
+    count_column = "model_class" if "model_class" in sites else "defect_class"
+    if count_column == "model_class":
+        notes.append("counts come from the model's predictions matched to sites; intensities classify the rest")
+    tables = []
+    region_masks = []
+    if polygons:
+        pts = sites[["y_A", "x_A"]].to_numpy()
+        sites["region"] = -1
+        for r, poly in enumerate(polygons):
+            inside = PolygonPath(np.asarray(poly)[:, -2:]).contains_points(pts)
+            sites.loc[inside & (sites.region.to_numpy() == -1), "region"] = r
+            region_masks.append(inside)
+    else:
+        region_masks.append(np.ones(len(sites), bool))
+    for r, mask in enumerate(region_masks):
+        use = mask & ~in_hole
+        n_sites = {"M": int((use & (sites.sublattice == "M")).sum()), "X": int((use & (sites.sublattice == "X")).sum())}
+        area = n_sites["M"] * cell_area
+        names = [n for n in levels["X"] if n] + [n for n in levels["M"] if n]
+        if count_column == "model_class":
+            names = sorted(set(names) | set(sites.model_class[use]) - {""})
+        counts = {n: int((sites[count_column].to_numpy()[use] == n).sum()) for n in names}
+        if area <= 0:
+            notes.append(f"region {r}: no lattice site inside; skipped")
+            continue
+        tables.append(concentration_table(counts, n_sites, area, sublattice_of, region=r))
+    concentrations = pd.concat(tables, ignore_index=True) if tables else concentration_table({}, {}, 1.0, {})
+    lattice = {
+        "a_A": float(a_A),
+        "a_fft_A": float(meas.fft_a_px * pixel_size_A),
+        "pixel_size_A": float(pixel_size_A),
+        "self_calibrated": bool(self_calibrated),
+        "parent": parent.key,
+        "parent_a_A": parent.a_A,
+        "rotation_deg": meas.fit.rotation_deg,
+        "a1_A": meas.fit.lengths_px[0] * pixel_size_A,
+        "a2_A": meas.fit.lengths_px[1] * pixel_size_A,
+        "angle_deg": meas.fit.angle_deg,
+        "fit_rms_A": meas.fit.rms_residual_px * pixel_size_A,
+        "n_M_sites": int(((sites.sublattice == "M") & ~sites.in_hole).sum()),
+        "n_X_sites": int(((sites.sublattice == "X") & ~sites.in_hole).sum()),
+        "analysed_area_nm2": float(((sites.sublattice == "M") & ~sites.in_hole).sum() * cell_area / 100),
+        "beam_energy_keV_for_levels": energy,
+    }
+    progress(1.0, "done")
+    return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes)

@@ -1,0 +1,193 @@
+"""Per-site measurement of an MX2 image: lattice → every M and X site → normalised intensity → class.
+
+Sites are classified by their integrated intensity, normalised so that the
+median chalcogen column is 1.0.  The expected level of every site type
+(X2, X1 = one chalcogen missing, empty X, M, empty M, substitutions) comes
+from a forward model: a noise-free fast-mode twin of the same parent with one
+of each defect, imaged at the same pixel size and beam energy and measured by
+exactly this code.  Thresholds lie half-way between neighbouring levels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from ..twin.defects import CLASS_IDS
+from ..twin.parents import Parent
+from .columns import find_peaks, integrated_intensity, local_background
+from .lattice import LatticeFit, fft_lattice_spacing_px, fit_lattice, ideal_sites
+
+__all__ = ["SiteMeasurement", "measure_sites", "reference_levels", "classify_sites", "find_holes",
+           "SITE_CLASSES"]
+
+#: Classes told apart by site intensity, per sublattice.  Interstitials and adatoms
+#: sit off the lattice sites and are left to the segmentation model.
+SITE_CLASSES = {"X": ["V_XX", "V_X", "", "S_X", "M_X"], "M": ["V_M", "X_M", "", "TM_D"]}
+
+
+@dataclass
+class SiteMeasurement:
+    """Sites of one image with their normalised intensities."""
+
+    sites: pd.DataFrame  # x_px, y_px, sublattice, intensity_raw, intensity, peak_found
+    fit: LatticeFit
+    a_px: float
+    fft_a_px: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _nn_px(a_px: float) -> float:
+    return a_px / np.sqrt(3)
+
+
+def measure_sites(image: np.ndarray, a_px_hint: float | None, m_brighter: bool | None,
+                  border_px: float, true_metal_xy: np.ndarray | None = None) -> SiteMeasurement:
+    """Find the lattice and measure every M and X site.
+
+    Parameters
+    ----------
+    image : 2-D array
+    a_px_hint : float, optional
+        Expected lattice constant in pixels (from a calibration); the FFT value is used if None.
+    m_brighter : bool, optional
+        Whether metal columns are brighter than chalcogen columns (from the
+        forward model); ignored when ``true_metal_xy`` is given.
+    border_px : float
+        Sites closer than this to the edge are not analysed.
+    true_metal_xy : ndarray, optional
+        Known metal positions (pixels), used for the forward-model twin.
+    """
+    img = np.asarray(image, float)
+    notes = []
+    fft_a, g = fft_lattice_spacing_px(img)
+    a_px = fft_a
+    if a_px_hint is not None and abs(fft_a - a_px_hint) > 0.15 * a_px_hint:
+        notes.append(
+            f"FFT lattice constant {fft_a:.2f} px differs from the expected {a_px_hint:.2f} px by "
+            f"{100 * (fft_a / a_px_hint - 1):+.0f} %: check the pixel size"
+        )
+    nn = _nn_px(a_px)
+    background = local_background(img, a_px)
+    flat = img - background
+    peaks = find_peaks(flat, min_distance_px=0.6 * nn, smooth_px=max(0.5, 0.12 * a_px))
+    fit = fit_lattice(peaks, a_px, g)
+    xy, sub = ideal_sites(fit, img.shape, border_px)
+    if len(xy) == 0:
+        raise ValueError("no lattice site lies inside the analysed area; the image is too small for its border")
+    # snap to a detected peak when one is close, else keep the ideal position (vacancies)
+    tree = cKDTree(peaks)
+    dist, idx = tree.query(xy)
+    found = dist < 0.3 * nn
+    pos = np.where(found[:, None], peaks[np.minimum(idx, len(peaks) - 1)], xy)
+    radius = 0.5 * nn
+    raw = integrated_intensity(flat, pos, radius)
+    # which sublattice holds the metal
+    if true_metal_xy is not None:
+        d_a = cKDTree(true_metal_xy).query(xy[sub == 0])[0]
+        metal_is_a = np.median(d_a) < 0.3 * nn
+    else:
+        mean_a, mean_b = np.median(raw[sub == 0]), np.median(raw[sub == 1])
+        metal_is_a = (mean_a > mean_b) == bool(m_brighter if m_brighter is not None else True)
+    sublattice = np.where((sub == 0) == metal_is_a, "M", "X")
+    x_raw = raw[sublattice == "X"]
+    norm = np.median(x_raw)
+    if not np.isfinite(norm) or norm <= 0:
+        raise ValueError("chalcogen columns have no intensity above background; is the contrast inverted?")
+    sites = pd.DataFrame({
+        "x_px": pos[:, 0], "y_px": pos[:, 1], "sublattice": sublattice,
+        "intensity_raw": raw, "intensity": raw / norm, "peak_found": found,
+    })
+    return SiteMeasurement(sites=sites, fit=fit, a_px=float(fit.a_px), fft_a_px=float(fft_a), notes=notes)
+
+
+def classify_sites(sites: pd.DataFrame, levels: dict[str, dict[str, float]]) -> np.ndarray:
+    """Class name per site ('' intact) from the nearest expected level (half-way thresholds)."""
+    out = np.full(len(sites), "", dtype=object)
+    for sub, classes in levels.items():
+        mask = (sites.sublattice == sub).to_numpy()
+        names = list(classes)
+        values = np.array([classes[n] for n in names])
+        order = np.argsort(values)
+        names = [names[k] for k in order]
+        values = values[order]
+        cuts = (values[1:] + values[:-1]) / 2
+        which = np.searchsorted(cuts, sites.intensity.to_numpy()[mask])
+        out[mask] = np.array(names, dtype=object)[which]
+    return out
+
+
+def find_holes(sites: pd.DataFrame, classes: np.ndarray, a_px: float, min_sites: int = 4) -> np.ndarray:
+    """Sites in beam-damage holes: connected groups of ≥ ``min_sites`` empty sites on both sublattices."""
+    empty = np.isin(classes, ["V_XX", "V_M"])
+    in_hole = np.zeros(len(sites), bool)
+    idx = np.flatnonzero(empty)
+    if len(idx) < min_sites:
+        return in_hole
+    xy = sites[["x_px", "y_px"]].to_numpy()[idx]
+    pairs = cKDTree(xy).query_pairs(1.2 * _nn_px(a_px), output_type="ndarray")
+    from scipy.sparse import coo_matrix
+
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(idx), len(idx))) if len(
+        pairs) else coo_matrix((len(idx), len(idx)))
+    n, labels = connected_components(graph, directed=False)
+    subl = sites.sublattice.to_numpy()[idx]
+    for comp in range(n):
+        members = labels == comp
+        if members.sum() >= min_sites and {"M", "X"} <= set(subl[members]):
+            in_hole[idx[members]] = True
+    return in_hole
+
+
+@lru_cache(maxsize=16)
+def reference_levels(parent_key: str, pixel_size_A: float, energy_keV: float,
+                     dopant: str | None = None) -> tuple[dict[str, dict[str, float]], bool]:
+    """Expected normalised intensity of each site type, from a noise-free fast-mode twin.
+
+    Returns
+    -------
+    levels, m_brighter
+        ``levels[sublattice][class]`` and whether metal columns outshine chalcogen columns.
+    """
+    from ..twin.api import TwinRequest, simulate_twin
+    from ..twin.microscope import Microscope
+    from ..twin.parents import get_parent
+
+    parent: Parent = get_parent(parent_key)
+    pieces = ["V_X=3", "V_M=3", "X_M=3", "M_X=3", "S_X=3"]
+    if parent.phase == "2H":
+        pieces.append("V_XX=3")
+    if dopant:
+        pieces.append(f"TM_D({dopant})=3")
+    twin = simulate_twin(TwinRequest(material=parent_key, defects=",".join(pieces), fov_A=45.0,
+                                     pixel_size_A=float(pixel_size_A),
+                                     microscope=Microscope(energy_keV=float(energy_keV)), seed=7))
+    px = twin.pixel_size_A[1]
+    truth = twin.sites
+    metal_xy = truth.loc[truth.sublattice == "M", ["x_A", "y_A"]].to_numpy() / px
+    meas = measure_sites(twin.image, parent.a_A / px, None, border_px=2.0 / px, true_metal_xy=metal_xy)
+    tree = cKDTree(truth[["x_A", "y_A"]].to_numpy() / px)
+    d, idx = tree.query(meas.sites[["x_px", "y_px"]].to_numpy())
+    cls = np.where(d < 0.3 * _nn_px(parent.a_A / px), truth.defect_class.to_numpy()[idx], "?")
+    levels: dict[str, dict[str, float]] = {}
+    for sub, names in SITE_CLASSES.items():
+        levels[sub] = {}
+        for name in names:
+            if name == "TM_D" and not dopant:
+                continue
+            if name == "V_XX" and parent.phase != "2H":
+                continue
+            sel = (meas.sites.sublattice.to_numpy() == sub) & (cls == name)
+            if sel.any():
+                levels[sub][name] = float(np.median(meas.sites.intensity.to_numpy()[sel]))
+    m_median = float(np.median(meas.sites.intensity_raw[meas.sites.sublattice == "M"]))
+    x_median = float(np.median(meas.sites.intensity_raw[meas.sites.sublattice == "X"]))
+    return levels, m_median > x_median
+
+
+_ = CLASS_IDS  # class names used above are the twin's ids

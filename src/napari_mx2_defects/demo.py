@@ -1,0 +1,136 @@
+"""``mx2-defects demo``: the main job, end to end in a scripted napari viewer.
+
+twin (fast mode, calibrated against abTEM) → written as a calibrated TIFF →
+opened through this plugin's reader as a user would → segmentation with the
+shipped model when one is installed → site analysis → screenshot, plots, CSVs
+and the layer metadata in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["run_demo", "add_demo_command"]
+
+
+def _log(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40,V_XX=10,V_M=6",
+             fov_A: float = 80.0, dose: float = 1e6, seed: int = 0) -> dict:
+    """Run the demo and return a summary (also written to ``summary.json``).
+
+    Raises
+    ------
+    FileExistsError
+        If ``out_dir`` already holds demo results (nothing is overwritten).
+    """
+    import napari
+    import numpy as np
+
+    from .analysis.api import analyze_image
+    from .layers import sites_layer, twin_layers
+    from .twin.api import TwinRequest, simulate_twin
+    from .twin.imperfections import Imperfections
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose a new --out folder (nothing was overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    _log(f"simulating a {fov_A:g} Å {material} twin with {defects} at {dose:g} e/Å² (fast mode)")
+    twin = simulate_twin(TwinRequest(material=material, defects=defects, fov_A=fov_A, pixel_size_A=0.1,
+                                     imperfections=Imperfections(dose_e_per_A2=dose), seed=seed),
+                         progress=lambda f, m: _log(f"  {100 * f:5.1f} % {m}"))
+    twin_dir = out / "twin"
+    twin.save(twin_dir)
+    _log(f"twin written to {twin_dir}")
+
+    # the window must be shown for OpenGL to render the screenshot (under Xvfb nobody sees it)
+    viewer = napari.Viewer(show=True, title="napari-mx2-defects demo")
+    layers = viewer.open(twin_dir / "image.tif", plugin="napari-mx2-defects")
+    image_layer = layers[0]
+    _log(f"opened through the plugin reader: scale {tuple(image_layer.scale)} Å, "
+         f"calibrated={image_layer.metadata['calibrated']}")
+    _, truth_labels, truth_points = twin_layers(twin, name="truth")
+    viewer.add_labels(truth_labels[0], **truth_labels[1])
+    viewer.add_points(truth_points[0], **truth_points[1])
+
+    predictions = None
+    try:
+        from .learn.inference import segment_layer_image  # issue: segmentation
+    except ImportError:
+        segment_layer_image = None
+    if segment_layer_image is not None:
+        _log("segmenting with the shipped default model")
+        seg = segment_layer_image(np.asarray(image_layer.data), image_layer.metadata["pixel_size_A"])
+        predictions = seg.defects
+        viewer.add_labels(seg.labels, name="model labels", scale=image_layer.scale, opacity=0.6)
+        seg.defects.to_csv(out / "defects.csv", index=False)
+    else:
+        _log("no segmentation model is installed yet: the analysis classifies sites by intensity alone")
+
+    _log("analysing sites and concentrations")
+    result = analyze_image(np.asarray(image_layer.data), image_layer.metadata["pixel_size_A"], material=material,
+                           defects=predictions, beam_energy_keV=image_layer.metadata.get("beam_energy_keV"))
+    result.save(out / "analysis")
+    data, kwargs, _ = sites_layer(result)
+    viewer.add_points(data, **kwargs)
+    viewer.layers.selection.active = image_layer
+    viewer.reset_view()
+    screenshot = out / "screenshot.png"
+    viewer.screenshot(str(screenshot), canvas_only=True, flash=False)
+    metadata = {
+        layer.name: {
+            "type": type(layer).__name__,
+            "shape": list(np.shape(layer.data)),
+            "scale_A": [float(s) for s in layer.scale],
+            "metadata": {k: v for k, v in layer.metadata.items() if k not in ("original_metadata", "twin_settings")},
+        }
+        for layer in viewer.layers
+    }
+    (out / "layers.json").write_text(json.dumps(metadata, indent=2, default=str))
+    truth_counts = twin.defects.defect_class.value_counts().to_dict()
+    measured = result.concentrations.set_index("defect_class")["count"].to_dict()
+    summary = {
+        "material": material,
+        "defects_requested": defects,
+        "truth_counts_full_field": truth_counts,
+        "measured_counts_analysed_area": measured,
+        "lattice": result.lattice,
+        "segmentation": predictions is not None,
+        "seconds": time.perf_counter() - t0,
+        "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _log(f"screenshot {screenshot}; CSVs in {out / 'analysis'}; {summary['seconds']:.1f} s")
+    _log(f"truth {truth_counts}; measured {measured}")
+    viewer.close()
+    return summary
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and sys.platform.startswith("linux"):
+        print("error: no display. Run under a virtual display: xvfb-run -a mx2-defects demo ... "
+              "(scripts/demo.sh does this for you)", file=sys.stderr)
+        return 2
+    run_demo(args.out, material=args.material, defects=args.defects, fov_A=args.fov, dose=args.dose,
+             seed=args.seed)
+    return 0
+
+
+def add_demo_command(sub) -> None:
+    p = sub.add_parser("demo", help="end-to-end demo in a scripted napari viewer (screenshot + CSVs)")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (must be new or empty)")
+    p.add_argument("--material", default="MoS2")
+    p.add_argument("--defects", default="V_X=40,V_XX=10,V_M=6")
+    p.add_argument("--fov", type=float, default=80.0)
+    p.add_argument("--dose", type=float, default=1e6)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)

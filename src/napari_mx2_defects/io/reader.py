@@ -1,0 +1,71 @@
+"""napari reader contribution: vendor STEM files as calibrated Image layers."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from .formats import ReaderError, is_supported, load_images
+
+__all__ = ["ReaderError", "napari_get_reader", "read_stem", "layer_data"]
+
+LayerData = tuple[Any, dict, str]
+
+
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """Return :func:`read_stem` when ``path`` is a file this plugin reads, else None.
+
+    Parameters
+    ----------
+    path : str or list of str
+        Path (or list of paths) napari asks about.
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths or not all(is_supported(p) for p in paths):
+        return None
+    return read_stem
+
+
+def layer_data(image, source: str | Path) -> LayerData:
+    """napari ``LayerData`` tuple for one :class:`~.formats.CalibratedImage`."""
+    unit = "angstrom" if image.calibrated else "pixel"
+    kwargs = {
+        "name": image.name,
+        "scale": list(image.scale_A),
+        "translate": list(image.offset_A),
+        "axis_labels": list(image.axis_names),
+        "units": [unit if n in ("y", "x") else "pixel" for n in image.axis_names],
+        "metadata": image.layer_metadata(source),
+        "colormap": "gray",
+    }
+    return image.data, kwargs, "image"
+
+
+def read_stem(path: str | list[str]) -> list[LayerData]:
+    """Read one or more files into napari layer data.
+
+    Uncalibrated files open with pixel size 1 and a visible warning; corrupt
+    or truncated files raise :class:`~.formats.ReaderError` with a one-line
+    message naming the file.
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    layers: list[LayerData] = []
+    for p in paths:
+        for image in load_images(p):
+            for message in image.warnings:
+                _notify(message)
+            layers.append(layer_data(image, p))
+    return layers
+
+
+def _notify(message: str) -> None:
+    """Show ``message`` in napari's notification area (and as a Python warning)."""
+    warnings.warn(message, UserWarning, stacklevel=3)
+    try:
+        from napari.utils.notifications import show_warning
+    except ImportError:  # pragma: no cover - napari is a dependency
+        return
+    show_warning(message)
+
+

@@ -1,0 +1,119 @@
+"""napari writer contributions and the file writers the CLI shares.
+
+* Labels layers become calibrated TIFF (rosettasciio's writer, ImageJ and
+  DigitalMicrograph tags, pixel size in Å), so our own reader opens them with
+  the same scale.
+* Points layers become CSV: positions in Å (``x_A``, ``y_A``; x along
+  columns, y along rows, from the image origin) followed by every feature.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["write_labels", "write_points", "write_calibrated_tiff", "points_table"]
+
+
+def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another name or delete it first (nothing was written).")
+
+
+def write_calibrated_tiff(
+    path: str | Path,
+    data: np.ndarray,
+    pixel_size_A: float | tuple[float, float] | None,
+    *,
+    title: str = "",
+    overwrite: bool = True,
+) -> Path:
+    """Write a 2-D (or frame stack) image as TIFF with its pixel size in Å.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``.tif``/``.tiff``).
+    data : numpy.ndarray
+        Image; the last two axes are y and x.
+    pixel_size_A : float, (float, float) or None
+        Pixel size in Å (y, x), or None for an uncalibrated file.
+    title : str
+        Stored as the image title.
+    overwrite : bool
+        If False, refuse to replace an existing file.
+    """
+    from rsciio.tiff import file_writer
+
+    path = Path(path)
+    _refuse_overwrite(path, overwrite)
+    data = np.asarray(data)
+    if pixel_size_A is None:
+        sy = sx = 1.0
+        unit = None
+    else:
+        sy, sx = (pixel_size_A, pixel_size_A) if np.isscalar(pixel_size_A) else pixel_size_A
+        unit = "Å"
+    axes = [
+        {"name": f"frame{i}", "size": n, "scale": 1.0, "offset": 0.0, "units": None, "navigate": True}
+        for i, n in enumerate(data.shape[:-2])
+    ]
+    axes += [
+        {"name": "y", "size": data.shape[-2], "scale": float(sy), "offset": 0.0, "units": unit, "navigate": False},
+        {"name": "x", "size": data.shape[-1], "scale": float(sx), "offset": 0.0, "units": unit, "navigate": False},
+    ]
+    signal = {
+        "data": data,
+        "axes": axes,
+        "metadata": {"General": {"title": title}},
+        "original_metadata": {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file_writer(str(path), signal, export_scale=unit is not None)
+    return path
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """npe2 writer: a Labels layer to calibrated TIFF.
+
+    The pixel size is the layer's ``scale`` on its last two axes when the layer
+    carries Å units (all layers this plugin makes do).
+    """
+    labels = np.asarray(data)
+    if labels.max(initial=0) < 2**16 and labels.min(initial=0) >= 0:
+        labels = labels.astype(np.uint16)
+    scale = meta.get("scale")
+    metadata = meta.get("metadata") or {}
+    calibrated = metadata.get("calibrated", scale is not None)
+    pixel = tuple(float(s) for s in scale[-2:]) if (scale is not None and calibrated) else None
+    out = write_calibrated_tiff(path, labels, pixel, title=meta.get("name", ""))
+    return [str(out)]
+
+
+def points_table(data: Any, meta: dict) -> pd.DataFrame:
+    """Points layer data (world coordinates in Å) and features as one table."""
+    coords = np.asarray(data, dtype=float).reshape(-1, np.asarray(data).shape[-1] if np.asarray(data).size else 2)
+    features = meta.get("features")
+    table = pd.DataFrame({"x_A": coords[:, -1], "y_A": coords[:, -2]}) if len(coords) else pd.DataFrame(
+        {"x_A": [], "y_A": []}
+    )
+    scale = np.asarray(meta.get("scale") or [1.0] * coords.shape[1], dtype=float)
+    translate = np.asarray(meta.get("translate") or [0.0] * coords.shape[1], dtype=float)
+    if len(coords):
+        # napari stores points in data coordinates; the world (Å) is data*scale+translate
+        table["x_A"] = coords[:, -1] * scale[-1] + translate[-1]
+        table["y_A"] = coords[:, -2] * scale[-2] + translate[-2]
+    if features is not None and len(features):
+        feats = pd.DataFrame(features).reset_index(drop=True)
+        table = pd.concat([table, feats], axis=1)
+    return table
+
+
+def write_points(path: str, data: Any, meta: dict) -> list[str]:
+    """npe2 writer: a Points layer and its features to CSV (positions in Å)."""
+    out = Path(path)
+    points_table(data, meta).to_csv(out, index=False)
+    return [str(out)]

@@ -1,0 +1,1 @@
+"""Digital twins: parent monolayers, defects, messy conditions, HAADF simulation, ground truth."""

@@ -1,0 +1,298 @@
+"""One call from a request to a digital twin: structure → image → imperfections → ground truth."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .defects import CLASS_IDS, DefectRequest, parse_defects, place_defects
+from .imperfections import Imperfections, apply_imperfections, distorted_positions
+from .microscope import Microscope
+from .parents import Parent, get_parent
+from .simulate import (
+    METHODS,
+    CancelFn,
+    ProgressFn,
+    _never,
+    _noop_progress,
+    apply_source_size,
+    calibrate_column_weights,
+    projected_columns,
+    render_incoherent,
+    simulate_abtem,
+)
+from .structures import GrainBoundary, Lattice, add_holes, build_lattice, lattice_from_atoms
+
+__all__ = ["TwinRequest", "Twin", "simulate_twin", "label_mask", "DEFECT_RADIUS_A"]
+
+#: Radius of the ground-truth discs around each defect site (Å), as specified for the label masks.
+DEFECT_RADIUS_A = 0.95
+
+
+@dataclass
+class TwinRequest:
+    """Everything that defines a twin (also what ``settings.json`` records).
+
+    Attributes
+    ----------
+    material : str
+        Parent formula or key (``"MoS2"``, ``"1T-TiS2"``).
+    defects : str or list of DefectRequest
+        e.g. ``"V_X=6,V_XX=2"`` (see :func:`~.defects.parse_defects`).
+    fov_A : float
+        Field of view (square) in Å.
+    pixel_size_A : float
+        Output pixel size in Å.
+    method : str
+        ``fast``, ``prism`` or ``multislice``.
+    seed : int
+    structure_path : str, optional
+        A structure file ase reads; replaces material-built lattices.
+    rotation_deg, grain_boundary, n_holes : messy conditions.
+    microscope : Microscope
+    imperfections : Imperfections
+    """
+
+    material: str = "MoS2"
+    defects: str | list = ""
+    fov_A: float = 40.0
+    pixel_size_A: float = 0.1
+    method: str = "fast"
+    seed: int = 0
+    structure_path: str | None = None
+    rotation_deg: float = 0.0
+    grain_boundary: GrainBoundary | None = None
+    n_holes: int = 0
+    microscope: Microscope = field(default_factory=Microscope)
+    imperfections: Imperfections = field(default_factory=Imperfections)
+    calibration_method: str = "prism"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        if not (self.pixel_size_A > 0 and np.isfinite(self.pixel_size_A)):
+            raise ValueError(f"pixel size must be positive, got {self.pixel_size_A}")
+        if self.pixel_size_A > 0.5:
+            raise ValueError(f"pixel size {self.pixel_size_A} Å cannot resolve MX2 columns; use ≤ 0.5 Å")
+        if self.method != "fast" and (self.rotation_deg or self.grain_boundary is not None):
+            raise ValueError(
+                "rotations and grain boundaries make a non-periodic field of view; abTEM needs a periodic "
+                "cell, so use method 'fast' for them (or give a periodic --structure)."
+            )
+
+    def defect_requests(self) -> list[DefectRequest]:
+        if isinstance(self.defects, str):
+            return parse_defects(self.defects)
+        return list(self.defects)
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["defects"] = self.defects if isinstance(self.defects, str) else [asdict(d) for d in self.defects]
+        return data
+
+
+@dataclass
+class Twin:
+    """A simulated image with its ground truth."""
+
+    image: np.ndarray  # (ny, nx) float32; counts if a dose was given, else fraction of beam
+    clean_image: np.ndarray  # noise-free, undistorted
+    labels: np.ndarray  # (ny, nx) uint8 class ids
+    pixel_size_A: tuple[float, float]  # (y, x)
+    atoms: pd.DataFrame  # x_A, y_A, z_A, element (image frame)
+    defects: pd.DataFrame  # x_A, y_A, defect_class, class_id, element (image frame)
+    sites: pd.DataFrame  # x_A, y_A, sublattice, defect_class (image frame)
+    settings: dict
+    lattice: Lattice
+
+    @property
+    def extent_A(self) -> tuple[float, float]:
+        return (self.image.shape[1] * self.pixel_size_A[1], self.image.shape[0] * self.pixel_size_A[0])
+
+    def truth_table(self) -> pd.DataFrame:
+        """``x_A, y_A, defect_class`` of every defect (the truth.csv columns)."""
+        return self.defects[["x_A", "y_A", "defect_class"]].copy()
+
+    def save(self, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+        """Write image.tif, labels.tif, truth.csv, atoms.csv, sites.csv and settings.json."""
+        from ..io.writer import write_calibrated_tiff
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        names = ["image.tif", "labels.tif", "truth.csv", "atoms.csv", "sites.csv", "settings.json"]
+        existing = [n for n in names if (out / n).exists()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"{out} already holds {', '.join(existing)}; choose another --out or pass --overwrite"
+            )
+        paths = [
+            write_calibrated_tiff(out / "image.tif", self.image.astype(np.float32), self.pixel_size_A,
+                                  title="digital twin HAADF"),
+            write_calibrated_tiff(out / "labels.tif", self.labels, self.pixel_size_A, title="defect labels"),
+        ]
+        self.truth_table().to_csv(out / "truth.csv", index=False)
+        self.atoms.to_csv(out / "atoms.csv", index=False)
+        self.sites.to_csv(out / "sites.csv", index=False)
+        (out / "settings.json").write_text(json.dumps(self.settings, indent=2, default=str))
+        return paths + [out / n for n in names[2:]]
+
+
+def label_mask(shape: tuple[int, int], pixel_size_A: tuple[float, float], x_A, y_A, class_ids,
+               radius_A: float = DEFECT_RADIUS_A, periodic: bool = False) -> np.ndarray:
+    """Discs of ``radius_A`` around each defect position, valued by class id (0 elsewhere)."""
+    ny, nx = shape
+    py, px = pixel_size_A
+    mask = np.zeros(shape, dtype=np.uint8)
+    ry, rx = int(np.ceil(radius_A / py)) + 1, int(np.ceil(radius_A / px)) + 1
+    for x, y, cid in zip(x_A, y_A, class_ids):
+        i0, j0 = int(round(y / py)), int(round(x / px))
+        ii = np.arange(i0 - ry, i0 + ry + 1)
+        jj = np.arange(j0 - rx, j0 + rx + 1)
+        inside = np.hypot((ii * py - y)[:, None], (jj * px - x)[None, :]) <= radius_A
+        if periodic:
+            ii, jj = ii % ny, jj % nx
+        else:
+            ok_i, ok_j = (ii >= 0) & (ii < ny), (jj >= 0) & (jj < nx)
+            inside = inside[np.ix_(ok_i, ok_j)]
+            ii, jj = ii[ok_i], jj[ok_j]
+        block = mask[np.ix_(ii, jj)]
+        block[inside] = cid
+        mask[np.ix_(ii, jj)] = block
+    return mask
+
+
+def _lattice_for(request: TwinRequest, rng: np.random.Generator) -> tuple[Lattice, Parent]:
+    if request.structure_path:
+        from ase.io import read
+
+        try:
+            atoms = read(request.structure_path)
+        except Exception as exc:
+            raise ValueError(f"{request.structure_path}: ase cannot read this structure ({exc})") from exc
+        if atoms.cell.rank < 2 or abs(atoms.cell[0, 1]) > 1e-6 or abs(atoms.cell[1, 0]) > 1e-6:
+            raise ValueError(
+                f"{request.structure_path}: the image covers the periodic cell, which must be orthogonal in x-y "
+                "(a along x, b along y); convert the cell first (e.g. ase.build.make_supercell)."
+            )
+        symbols = set(atoms.get_chemical_symbols())
+        chalcogen = next((c for c in ("Te", "Se", "S") if c in symbols), None)
+        metals = sorted(symbols - {"S", "Se", "Te"})
+        if chalcogen is None or not metals:
+            raise ValueError(f"{request.structure_path}: no metal and chalcogen found ({sorted(symbols)})")
+        try:
+            parent = get_parent(f"{metals[0]}{chalcogen}2")
+        except ValueError:
+            a = float(np.linalg.norm(atoms.cell[0]))
+            parent = Parent(f"{metals[0]}{chalcogen}2", "2H", metals[0], chalcogen, a, 0.0, request.structure_path)
+        atoms.positions[:, 2] += 2.0 - atoms.positions[:, 2].min()
+        atoms.cell[2, 2] = max(atoms.cell[2, 2], atoms.positions[:, 2].max() + 2.0)
+        atoms.pbc = True
+        return lattice_from_atoms(atoms, parent, periodic=True), parent
+    parent = get_parent(request.material)
+    lattice = build_lattice(parent, request.fov_A, rotation_deg=request.rotation_deg,
+                            grain_boundary=request.grain_boundary)
+    if request.n_holes:
+        add_holes(lattice, request.n_holes, rng)
+    return lattice, parent
+
+
+def simulate_twin(request: TwinRequest, progress: ProgressFn = _noop_progress,
+                  cancelled: CancelFn = _never) -> Twin:
+    """Build and image one twin.
+
+    Parameters
+    ----------
+    request : TwinRequest
+    progress : callable(fraction, message), optional
+    cancelled : callable() -> bool, optional
+        Polled between steps; a True return raises :class:`~.simulate.Cancelled`.
+    """
+    from .simulate import Cancelled
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(request.seed)
+    progress(0.0, "building the structure")
+    lattice, parent = _lattice_for(request, rng)
+    placed = place_defects(lattice, [] if request.structure_path else request.defect_requests(), seed=request.seed)
+    lattice.finalise()
+    if cancelled():
+        raise Cancelled("simulation cancelled")
+    atoms = lattice.atoms
+    extent = lattice.extent_A
+    nx = max(8, int(round(extent[0] / request.pixel_size_A)))
+    ny = max(8, int(round(extent[1] / request.pixel_size_A)))
+    pixel = (extent[1] / ny, extent[0] / nx)
+    columns = projected_columns(atoms, periodic=lattice.periodic)
+    m = request.microscope
+    calibration = None
+    if request.method == "fast":
+        examples = {}
+        symbols = atoms.get_chemical_symbols()
+        for sig, members in zip(columns.signature, columns.atoms):
+            examples.setdefault(sig, [(symbols[i], float(atoms.positions[i, 2])) for i in members])
+        progress(0.05, "calibrating fast mode against abTEM (cached after the first time)")
+        calibration = calibrate_column_weights(
+            parent, m, examples, method=request.calibration_method,
+            progress=lambda f, msg: progress(0.05 + 0.6 * f, f"calibration: {msg}"), cancelled=cancelled,
+        )
+        if cancelled():
+            raise Cancelled("simulation cancelled")
+        progress(0.7, "rendering (fast incoherent mode)")
+        weights = columns.signature.map(calibration.weights_A2).to_numpy(dtype=float)
+        clean = render_incoherent(columns.x_A, columns.y_A, weights, (ny, nx), extent, m, lattice.periodic,
+                                  object_sigma_A=calibration.object_sigma_A)
+    else:
+        if not lattice.periodic:
+            raise ValueError("abTEM methods need a periodic cell")
+        clean = simulate_abtem(atoms, m, request.method, (ny, nx),
+                               progress=lambda f, msg: progress(0.05 + 0.8 * f, msg), cancelled=cancelled)
+    clean = apply_source_size(clean, pixel, m, lattice.periodic)
+    progress(0.9, "imperfections")
+    state = apply_imperfections(clean, pixel, lattice.periodic, request.imperfections, rng)
+    # ground truth in the (possibly distorted) image frame
+    sites = lattice.sites.copy()
+    sites["defect_class"] = ""
+    if len(placed.table):
+        sites.loc[placed.table.site.to_numpy(), "defect_class"] = placed.table.defect_class.to_numpy()
+    sx, sy = distorted_positions(state, sites.x_A.to_numpy(), sites.y_A.to_numpy())
+    sites["x_A"], sites["y_A"] = sx, sy
+    defects = placed.table.copy()
+    if len(defects):
+        dx, dy = distorted_positions(state, defects.x_A.to_numpy(), defects.y_A.to_numpy())
+        defects["x_A"], defects["y_A"] = dx, dy
+    ax, ay = distorted_positions(state, atoms.positions[:, 0], atoms.positions[:, 1])
+    atoms_table = pd.DataFrame({"x_A": ax, "y_A": ay, "z_A": atoms.positions[:, 2],
+                                "element": atoms.get_chemical_symbols()})
+    labels = label_mask((ny, nx), pixel, defects.x_A, defects.y_A, defects.class_id, periodic=lattice.periodic) \
+        if len(defects) else np.zeros((ny, nx), np.uint8)
+    settings = {
+        "request": request.as_dict(),
+        "parent": asdict(parent),
+        "parent_citation": "see napari_mx2_defects.twin.parents (c2dm, Rasmussen & Thygesen 2015)",
+        "extent_A": list(extent),
+        "pixel_size_A": list(pixel),
+        "periodic": lattice.periodic,
+        "messy": {**lattice.messy, "holes": lattice.holes},
+        "notes": placed.notes,
+        "image_units": "counts (detected electrons)" if state.counts else "fraction of incident beam",
+        "calibration": None if calibration is None else calibration.to_json(),
+        "class_ids": {name: cid for name, cid in CLASS_IDS.items()},
+        "seconds": time.perf_counter() - t0,
+    }
+    progress(1.0, "done")
+    return Twin(
+        image=state.image.astype(np.float32),
+        clean_image=clean.astype(np.float32),
+        labels=labels,
+        pixel_size_A=pixel,
+        atoms=atoms_table,
+        defects=defects.drop(columns=["site"]),
+        sites=sites,
+        settings=settings,
+        lattice=lattice,
+    )

@@ -1,0 +1,251 @@
+"""Seedable imaging imperfections, each a separate composable transform.
+
+Every transform takes and returns an :class:`ImageState`: the image (in
+fraction of the incident beam until dose noise turns it into counts) plus the
+scan-distortion map that tells where each pixel really sampled the specimen,
+so the ground truth can follow geometric distortions exactly.
+
+Order used by :func:`apply_imperfections`: geometric distortions (drift, scan
+jitter) → contamination → probe-current variation → Poisson dose noise →
+Gaussian read noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+__all__ = [
+    "ImageState",
+    "LinearDrift",
+    "NonlinearDrift",
+    "ScanJitter",
+    "Contamination",
+    "ProbeCurrentVariation",
+    "PoissonDose",
+    "ReadNoise",
+    "Imperfections",
+    "apply_imperfections",
+]
+
+
+@dataclass
+class ImageState:
+    """An image and where its pixels sampled the specimen.
+
+    Attributes
+    ----------
+    image : ndarray (ny, nx)
+    pixel_size_A : (float, float)
+        (y, x) pixel size.
+    sample_y_A, sample_x_A : ndarray (ny, nx)
+        True specimen position of every pixel (identity grid before distortion).
+    periodic : bool
+        Whether the specimen repeats across the image edges.
+    """
+
+    image: np.ndarray
+    pixel_size_A: tuple[float, float]
+    periodic: bool
+    sample_y_A: np.ndarray = None
+    sample_x_A: np.ndarray = None
+    counts: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sample_y_A is None:
+            ny, nx = self.image.shape
+            yy, xx = np.meshgrid(np.arange(ny) * self.pixel_size_A[0], np.arange(nx) * self.pixel_size_A[1],
+                                 indexing="ij")
+            self.sample_y_A, self.sample_x_A = yy, xx
+
+
+def _resample(state: ImageState, dy_A: np.ndarray, dx_A: np.ndarray, reference: np.ndarray) -> ImageState:
+    """Re-sample ``reference`` (the undistorted image) at positions shifted by (dy, dx)."""
+    sy, sx = state.sample_y_A + dy_A, state.sample_x_A + dx_A
+    coords = np.array([sy / state.pixel_size_A[0], sx / state.pixel_size_A[1]])
+    mode = "grid-wrap" if state.periodic else "nearest"
+    image = map_coordinates(reference, coords, order=3, mode=mode)
+    return ImageState(image, state.pixel_size_A, state.periodic, sy, sx, state.counts)
+
+
+@dataclass
+class LinearDrift:
+    """Constant specimen drift during the scan (Å per scan line, fast axis x)."""
+
+    vx_A_per_line: float = 0.0
+    vy_A_per_line: float = 0.0
+
+    def __call__(self, state: ImageState, reference: np.ndarray, rng: np.random.Generator) -> ImageState:
+        rows = np.arange(state.image.shape[0])[:, None] * np.ones(state.image.shape[1])
+        return _resample(state, self.vy_A_per_line * rows, self.vx_A_per_line * rows, reference)
+
+
+@dataclass
+class NonlinearDrift:
+    """Smooth random drift: a sum of low-order sinusoids in scan time, up to ``amplitude_A``."""
+
+    amplitude_A: float = 0.0
+    n_modes: int = 3
+
+    def __call__(self, state: ImageState, reference: np.ndarray, rng: np.random.Generator) -> ImageState:
+        ny, nx = state.image.shape
+        t = (np.arange(ny)[:, None] * nx + np.arange(nx)[None, :]) / (ny * nx)
+        dy = np.zeros_like(t)
+        dx = np.zeros_like(t)
+        for k in range(1, self.n_modes + 1):
+            a, b = rng.normal(0, self.amplitude_A / self.n_modes, 2)
+            phase_a, phase_b = rng.uniform(0, 2 * np.pi, 2)
+            dy += a * np.sin(np.pi * k * t + phase_a)
+            dx += b * np.sin(np.pi * k * t + phase_b)
+        return _resample(state, dy, dx, reference)
+
+
+@dataclass
+class ScanJitter:
+    """Random shift of each scan line along the fast axis (Gaussian, ``sigma_A``)."""
+
+    sigma_A: float = 0.0
+
+    def __call__(self, state: ImageState, reference: np.ndarray, rng: np.random.Generator) -> ImageState:
+        ny, nx = state.image.shape
+        shifts = rng.normal(0, self.sigma_A, ny)[:, None] * np.ones(nx)
+        return _resample(state, np.zeros((ny, nx)), shifts, reference)
+
+
+@dataclass
+class Contamination:
+    """Low-frequency additive background (hydrocarbon contamination).
+
+    ``level`` is its standard deviation relative to the mean image intensity;
+    ``length_A`` its correlation length.
+    """
+
+    level: float = 0.0
+    length_A: float = 20.0
+
+    def __call__(self, state: ImageState, rng: np.random.Generator) -> ImageState:
+        if self.level <= 0:
+            return state
+        field_ = gaussian_filter(rng.normal(size=state.image.shape),
+                                 (self.length_A / state.pixel_size_A[0], self.length_A / state.pixel_size_A[1]),
+                                 mode="wrap")
+        field_ = (field_ - field_.min()) / max(np.ptp(field_), 1e-12)  # 0..1, never negative
+        field_ *= self.level * float(state.image.mean()) / max(field_.std(), 1e-12)
+        state.image = state.image + field_
+        return state
+
+
+@dataclass
+class ProbeCurrentVariation:
+    """Scan-line gain fluctuations of relative size ``relative_sigma`` (random walk, smoothed)."""
+
+    relative_sigma: float = 0.0
+
+    def __call__(self, state: ImageState, rng: np.random.Generator) -> ImageState:
+        if self.relative_sigma <= 0:
+            return state
+        ny = state.image.shape[0]
+        walk = gaussian_filter(rng.normal(size=ny), 2.0)
+        walk = walk / max(walk.std(), 1e-12) * self.relative_sigma
+        state.image = state.image * np.clip(1.0 + walk, 0.0, None)[:, None]
+        return state
+
+
+@dataclass
+class PoissonDose:
+    """Shot noise for an electron dose in e/Å² (the image must be in fraction of the beam).
+
+    Counts per pixel are Poisson with mean ``image × dose × pixel area``; the
+    result is in detected electrons.
+    """
+
+    dose_e_per_A2: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.dose_e_per_A2) and self.dose_e_per_A2 > 0):
+            raise ValueError(f"dose must be a positive number of e/Å², got {self.dose_e_per_A2}")
+
+    def expected_counts(self, state: ImageState) -> np.ndarray:
+        return np.clip(state.image, 0, None) * self.dose_e_per_A2 * state.pixel_size_A[0] * state.pixel_size_A[1]
+
+    def __call__(self, state: ImageState, rng: np.random.Generator) -> ImageState:
+        state.image = rng.poisson(self.expected_counts(state)).astype(np.float32)
+        state.counts = True
+        return state
+
+
+@dataclass
+class ReadNoise:
+    """Additive Gaussian detector noise with standard deviation ``sigma`` (in counts after dose)."""
+
+    sigma: float = 0.0
+
+    def __call__(self, state: ImageState, rng: np.random.Generator) -> ImageState:
+        if self.sigma > 0:
+            state.image = state.image + rng.normal(0, self.sigma, state.image.shape)
+        return state
+
+
+@dataclass
+class Imperfections:
+    """All imperfections of one twin, with neutral defaults (a perfect microscope)."""
+
+    dose_e_per_A2: float | None = None
+    read_noise: float = 0.0
+    scan_jitter_A: float = 0.0
+    drift_A_per_line: tuple[float, float] = (0.0, 0.0)  # (x, y)
+    nonlinear_drift_A: float = 0.0
+    contamination: float = 0.0
+    contamination_length_A: float = 20.0
+    probe_current_variation: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def apply_imperfections(image: np.ndarray, pixel_size_A: tuple[float, float], periodic: bool,
+                        settings: Imperfections, rng: np.random.Generator) -> ImageState:
+    """Apply ``settings`` to a noise-free image; returns the state with the distortion map."""
+    state = ImageState(np.asarray(image, dtype=float), pixel_size_A, periodic)
+    reference = state.image
+    geometric = []
+    if any(settings.drift_A_per_line):
+        geometric.append(LinearDrift(settings.drift_A_per_line[0], settings.drift_A_per_line[1]))
+    if settings.nonlinear_drift_A > 0:
+        geometric.append(NonlinearDrift(settings.nonlinear_drift_A))
+    if settings.scan_jitter_A > 0:
+        geometric.append(ScanJitter(settings.scan_jitter_A))
+    for transform in geometric:
+        state = transform(state, reference, rng)
+    state = Contamination(settings.contamination, settings.contamination_length_A)(state, rng)
+    state = ProbeCurrentVariation(settings.probe_current_variation)(state, rng)
+    if settings.dose_e_per_A2 is not None:
+        state = PoissonDose(settings.dose_e_per_A2)(state, rng)
+    state = ReadNoise(settings.read_noise)(state, rng)
+    return state
+
+
+def distorted_positions(state: ImageState, x_A: np.ndarray, y_A: np.ndarray, iterations: int = 8):
+    """Where true specimen positions appear in the distorted image (Å, image frame).
+
+    Inverts the pixel → specimen map by fixed-point iteration (distortions are
+    smooth and small).
+    """
+    x_A, y_A = np.asarray(x_A, float), np.asarray(y_A, float)
+    ny, nx = state.image.shape
+    py, px = state.pixel_size_A
+    offset_y = state.sample_y_A - np.arange(ny)[:, None] * py
+    offset_x = state.sample_x_A - np.arange(nx)[None, :] * px
+    if not offset_y.any() and not offset_x.any():
+        return x_A.copy(), y_A.copy()
+    u, v = x_A.copy(), y_A.copy()
+    mode = "grid-wrap" if state.periodic else "nearest"
+    for _ in range(iterations):
+        coords = np.array([v / py, u / px])
+        oy = map_coordinates(offset_y, coords, order=1, mode=mode)
+        ox = map_coordinates(offset_x, coords, order=1, mode=mode)
+        u, v = x_A - ox, y_A - oy
+    return u, v

@@ -1,0 +1,333 @@
+"""Parent monolayers on orthogonal supercells, their projected sites, and messy conditions.
+
+A :class:`Lattice` holds the atoms (ase) and the table of projected sites:
+metal columns (``M``), chalcogen columns (``X``; two atoms in 2H, one in 1T)
+and empty hollow sites (``H``, where interstitials go).  Positions are in Å,
+x along image columns, y along image rows, z along the beam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from ase import Atom, Atoms
+from ase.build import make_supercell, mx2
+from scipy.spatial import cKDTree
+
+from .parents import Parent
+
+__all__ = ["Lattice", "GrainBoundary", "build_lattice", "lattice_from_atoms", "add_holes"]
+
+#: Atoms closer than this in projection share a column (Å).
+COLUMN_TOLERANCE_A = 0.3
+#: Vacuum above and below the layer for the potential (Å); abTEM needs some room.
+VACUUM_A = 2.0
+
+
+@dataclass
+class GrainBoundary:
+    """Two grains meeting along a vertical line.
+
+    Attributes
+    ----------
+    rotation_deg : float
+        Rotation of the right grain relative to the left one.
+    separation_A : float
+        Gap between the grains (positive) or overlap (negative), −3 to 3 Å in
+        the digital-twin paper.
+    position : float
+        Boundary position as a fraction of the field-of-view width.
+    """
+
+    rotation_deg: float = 13.0
+    separation_A: float = 0.0
+    position: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not -3.0 <= self.separation_A <= 3.0:
+            raise ValueError(f"grain-boundary separation {self.separation_A} Å is outside −3…3 Å")
+        if not 0.1 <= self.position <= 0.9:
+            raise ValueError("grain-boundary position must be between 0.1 and 0.9 of the width")
+
+
+@dataclass
+class Lattice:
+    """Atoms plus projected sites of one twin."""
+
+    atoms: Atoms
+    parent: Parent
+    sites: pd.DataFrame
+    site_atoms: list[list[int]]
+    extent_A: tuple[float, float]  # (x, y)
+    periodic: bool
+    z_metal_A: float
+    messy: dict = field(default_factory=dict)
+    holes: list[dict] = field(default_factory=list)
+    _removed: set = field(default_factory=set)
+
+    @property
+    def area_A2(self) -> float:
+        return float(self.extent_A[0] * self.extent_A[1])
+
+    def interior_mask(self) -> np.ndarray:
+        """Sites where a defect may go: away from cropped edges and holes."""
+        ok = ~self.sites["in_hole"].to_numpy()
+        if not self.periodic:
+            margin = self.parent.a_A
+            x, y = self.sites.x_A.to_numpy(), self.sites.y_A.to_numpy()
+            ok &= (x > margin) & (y > margin) & (x < self.extent_A[0] - margin) & (y < self.extent_A[1] - margin)
+        return ok
+
+    def remove(self, index: int) -> None:
+        """Mark atom ``index`` for removal (indices stay valid until :meth:`finalise`)."""
+        self._removed.add(int(index))
+
+    def add(self, atom: Atom) -> None:
+        """Append an atom (existing indices stay valid)."""
+        self.atoms.append(atom)
+
+    def finalise(self) -> None:
+        """Delete the atoms marked by :meth:`remove` and refresh the site table."""
+        if not self._removed:
+            return
+        keep = np.ones(len(self.atoms), dtype=bool)
+        keep[list(self._removed)] = False
+        new_index = np.cumsum(keep) - 1
+        self.atoms = self.atoms[keep]
+        self.site_atoms = [[int(new_index[i]) for i in group if keep[i]] for group in self.site_atoms]
+        self._removed = set()
+
+
+def _orthogonal_parent(parent: Parent) -> Atoms:
+    kind = "2H" if parent.phase.upper() == "2H" else "1T"
+    cell = mx2(
+        formula=parent.formula,
+        kind=kind,
+        a=parent.a_A,
+        thickness=parent.thickness_A,
+        size=(1, 1, 1),
+        vacuum=VACUUM_A,
+    )
+    # (a, 0) and a1 + 2 a2 = (0, a√3): a rectangular cell with two formula units
+    return make_supercell(cell, [[1, 0, 0], [1, 2, 0], [0, 0, 1]])
+
+
+def _rotated_grain(parent: Parent, extent: tuple[float, float], angle_deg: float, centre: np.ndarray) -> Atoms:
+    unit = _orthogonal_parent(parent)
+    radius = np.hypot(*extent) / 2 + 2 * parent.a_A
+    lx, ly = unit.cell.lengths()[:2]
+    nx, ny = int(np.ceil(2 * radius / lx)) + 1, int(np.ceil(2 * radius / ly)) + 1
+    big = unit.repeat((nx, ny, 1))
+    pos = big.positions.copy()
+    pos[:, :2] -= np.array([nx * lx, ny * ly]) / 2
+    t = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    pos[:, :2] = pos[:, :2] @ rot.T + centre
+    big.positions = pos
+    return big
+
+
+def build_lattice(
+    parent: Parent,
+    fov_A: float | tuple[float, float] | None = None,
+    cells: tuple[int, int] | None = None,
+    rotation_deg: float = 0.0,
+    grain_boundary: GrainBoundary | None = None,
+) -> Lattice:
+    """Build a pristine parent monolayer covering a field of view.
+
+    Parameters
+    ----------
+    parent : Parent
+        The parent lattice.
+    fov_A : float or (float, float), optional
+        Field of view (x, y) in Å.  Without rotation or grain boundary the
+        cell is a periodic orthogonal supercell (a × a√3 repeated) at least
+        this large; otherwise exactly this large and non-periodic.
+    cells : (int, int), optional
+        Number of orthogonal cells (x, y) instead of ``fov_A``.
+    rotation_deg : float
+        In-plane lattice rotation.
+    grain_boundary : GrainBoundary, optional
+        Two grains; the right one is rotated by ``grain_boundary.rotation_deg``
+        relative to the left one (which has ``rotation_deg``).
+    """
+    unit = _orthogonal_parent(parent)
+    lx, ly = unit.cell.lengths()[:2]
+    if cells is None:
+        if fov_A is None:
+            raise ValueError("give a field of view (fov_A) or a number of cells")
+        fx, fy = (fov_A, fov_A) if np.isscalar(fov_A) else fov_A
+        if fx <= 0 or fy <= 0:
+            raise ValueError(f"field of view must be positive, got {fov_A}")
+        if fx * fy > 1e6:
+            raise ValueError(f"field of view {fx:g}×{fy:g} Å is too large for a twin (max 1000×1000 Å)")
+        cells = (max(1, int(np.ceil(fx / lx - 1e-6))), max(1, int(np.ceil(fy / ly - 1e-6))))
+    messy: dict = {"rotation_deg": float(rotation_deg)}
+    if rotation_deg == 0.0 and grain_boundary is None:
+        atoms = unit.repeat((cells[0], cells[1], 1))
+        atoms.wrap()
+        atoms.info["orthogonal_cells"] = (int(cells[0]), int(cells[1]))
+        extent = (float(atoms.cell[0, 0]), float(atoms.cell[1, 1]))
+        periodic = True
+    else:
+        extent = (float(fx), float(fy)) if fov_A is not None else (cells[0] * lx, cells[1] * ly)
+        centre = np.array(extent) / 2
+        grain_a = _rotated_grain(parent, extent, rotation_deg, centre)
+        grain_a.set_tags(np.zeros(len(grain_a), dtype=int))
+        if grain_boundary is None:
+            atoms = grain_a
+        else:
+            x_gb = grain_boundary.position * extent[0]
+            half = grain_boundary.separation_A / 2
+            grain_b = _rotated_grain(parent, extent, rotation_deg + grain_boundary.rotation_deg, centre)
+            grain_b.set_tags(np.ones(len(grain_b), dtype=int))
+            atoms = grain_a[grain_a.positions[:, 0] < x_gb - half] + grain_b[grain_b.positions[:, 0] >= x_gb + half]
+            messy["grain_boundary"] = {
+                "x_A": x_gb,
+                "rotation_deg": grain_boundary.rotation_deg,
+                "separation_A": grain_boundary.separation_A,
+            }
+        inside = (
+            (atoms.positions[:, 0] >= 0)
+            & (atoms.positions[:, 0] < extent[0])
+            & (atoms.positions[:, 1] >= 0)
+            & (atoms.positions[:, 1] < extent[1])
+        )
+        atoms = atoms[inside]
+        atoms.set_cell([extent[0], extent[1], unit.cell[2, 2]])
+        atoms.pbc = False
+        periodic = False
+    return lattice_from_atoms(atoms, parent, extent=extent, periodic=periodic, messy=messy)
+
+
+def _wrap(xy: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """Positions folded into [0, box) (unchanged when not periodic)."""
+    if box is None:
+        return xy
+    wrapped = np.mod(xy, box)
+    return np.where(wrapped >= box, 0.0, wrapped)
+
+
+def lattice_from_atoms(
+    atoms: Atoms,
+    parent: Parent,
+    extent: tuple[float, float] | None = None,
+    periodic: bool = True,
+    messy: dict | None = None,
+) -> Lattice:
+    """Group atoms into projected columns and find the empty hollow sites."""
+    atoms = atoms.copy()
+    if extent is None:
+        extent = (float(atoms.cell[0, 0]), float(atoms.cell[1, 1]))
+    metal_mask = np.array([s != parent.chalcogen for s in atoms.get_chemical_symbols()])
+    z_metal = float(np.median(atoms.positions[metal_mask, 2])) if metal_mask.any() else float(
+        np.mean(atoms.positions[:, 2])
+    )
+    xy = atoms.positions[:, :2]
+    tags = atoms.get_tags()
+    rows, groups = [], []
+    assigned = np.full(len(atoms), -1)
+    box = np.array(extent) if periodic else None
+    tree = cKDTree(_wrap(xy, box), boxsize=box)
+    for i in np.argsort(~metal_mask, kind="stable"):  # metals first
+        if assigned[i] >= 0:
+            continue
+        members = [j for j in tree.query_ball_point(_wrap(xy[i], box), COLUMN_TOLERANCE_A)
+                   if assigned[j] < 0]
+        for j in members:
+            assigned[j] = len(groups)
+        groups.append(members)
+        sub = "M" if metal_mask[i] else "X"
+        rows.append({"x_A": float(xy[i, 0]), "y_A": float(xy[i, 1]), "sublattice": sub,
+                     "n_atoms": len(members), "grain": int(tags[i])})
+    sites = pd.DataFrame(rows)
+    # hollow sites: opposite each metal's nearest chalcogen columns, where nothing is projected
+    m_xy = sites.loc[sites.sublattice == "M", ["x_A", "y_A"]].to_numpy()
+    x_xy = sites.loc[sites.sublattice == "X", ["x_A", "y_A"]].to_numpy()
+    hollows = []
+    if len(m_xy) and len(x_xy):
+        x_tree = cKDTree(_wrap(x_xy, box), boxsize=box)
+        bond = parent.a_A / np.sqrt(3)
+        for m in m_xy:
+            q = _wrap(m, box)
+            for j in x_tree.query_ball_point(q, 1.2 * bond):
+                d = x_xy[j] - m
+                if periodic:
+                    d -= box * np.round(d / box)
+                hollows.append(m - d)
+        hollows = np.array(hollows) if hollows else np.zeros((0, 2))
+        if periodic and len(hollows):
+            hollows = _wrap(hollows, box)
+        if len(hollows):
+            all_tree = cKDTree(_wrap(xy, box), boxsize=box)
+            dist, _ = all_tree.query(hollows)
+            hollows = hollows[dist > 0.8 * bond]
+            inside = np.ones(len(hollows), bool)
+            if not periodic:
+                inside = (hollows[:, 0] >= 0) & (hollows[:, 1] >= 0) & (hollows[:, 0] < extent[0]) & (
+                    hollows[:, 1] < extent[1])
+            hollows = hollows[inside]
+            if len(hollows):  # each hollow is found from up to three metals: keep one
+                keep = []
+                h_tree = cKDTree(hollows, boxsize=box if periodic else None)
+                seen = np.zeros(len(hollows), bool)
+                for k in range(len(hollows)):
+                    if seen[k]:
+                        continue
+                    near = h_tree.query_ball_point(hollows[k], 0.3)
+                    seen[near] = True
+                    keep.append(k)
+                hollows = hollows[keep]
+    h_rows = [{"x_A": float(h[0]), "y_A": float(h[1]), "sublattice": "H", "n_atoms": 0, "grain": -1}
+              for h in (hollows if len(hollows) else [])]
+    sites = pd.concat([sites, pd.DataFrame(h_rows)], ignore_index=True) if h_rows else sites
+    groups += [[] for _ in h_rows]
+    sites["in_hole"] = False
+    return Lattice(
+        atoms=atoms,
+        parent=parent,
+        sites=sites,
+        site_atoms=groups,
+        extent_A=(float(extent[0]), float(extent[1])),
+        periodic=periodic,
+        z_metal_A=z_metal,
+        messy=dict(messy or {}),
+    )
+
+
+def add_holes(lattice: Lattice, n_holes: int, rng: np.random.Generator, atoms_range=(5, 30)) -> None:
+    """Beam-damage holes: remove the 5–30 atoms nearest random points (in projection).
+
+    Sites whose atoms are all removed are flagged ``in_hole`` (no defect goes
+    there; the analysis masks them).  Each hole is recorded in ``lattice.holes``.
+    """
+    if n_holes <= 0:
+        return
+    lo, hi = atoms_range
+    if not 1 <= lo <= hi:
+        raise ValueError(f"hole size range {atoms_range} is not valid")
+    xy = lattice.atoms.positions[:, :2]
+    alive = np.ones(len(xy), bool)
+    margin = 2 * lattice.parent.a_A
+    for _ in range(n_holes):
+        centre = rng.uniform([margin, margin], np.array(lattice.extent_A) - margin)
+        k = int(rng.integers(lo, hi + 1))
+        d = np.hypot(*(xy - centre).T)
+        d[~alive] = np.inf
+        victims = np.argsort(d)[:k]
+        victims = victims[np.isfinite(d[victims])]
+        alive[victims] = False
+        for v in victims:
+            lattice.remove(int(v))
+        lattice.holes.append({"x_A": float(centre[0]), "y_A": float(centre[1]),
+                              "radius_A": float(d[victims].max()) if len(victims) else 0.0,
+                              "n_atoms": int(len(victims))})
+    in_hole = np.array([bool(g) and not alive[g].any() for g in lattice.site_atoms])
+    # hollow sites inside a hole are gone too
+    for hole in lattice.holes:
+        r = np.hypot(lattice.sites.x_A - hole["x_A"], lattice.sites.y_A - hole["y_A"])
+        in_hole |= (r < hole["radius_A"]).to_numpy()
+    lattice.sites["in_hole"] = in_hole

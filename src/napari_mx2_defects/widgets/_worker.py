@@ -1,0 +1,64 @@
+"""Running long computations in a napari thread worker with progress and cancel.
+
+The computation gets ``progress(fraction, message)`` and ``cancelled()``
+callables; progress crosses to the GUI thread through a Qt signal, and the
+Cancel button sets an event the computation polls.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Signal
+
+__all__ = ["JobRunner"]
+
+
+class _Bridge(QObject):
+    progressed = Signal(float, str)
+
+
+class JobRunner:
+    """Start one job at a time; wire progress, cancel, results and errors to callbacks."""
+
+    def __init__(self, on_progress: Callable[[float, str], None], on_done: Callable[[Any], None],
+                 on_error: Callable[[BaseException], None], on_finished: Callable[[], None]):
+        self._bridge = _Bridge()
+        self._bridge.progressed.connect(on_progress)
+        self._on_done = on_done
+        self._on_error = on_error
+        self._on_finished = on_finished
+        self._cancel = threading.Event()
+        self.worker = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.is_running
+
+    def start(self, job: Callable[..., Any]) -> Any:
+        """Run ``job(progress=..., cancelled=...)`` in a thread worker and return the worker."""
+        if self.running:
+            raise RuntimeError("a job is already running; cancel it first")
+        self._cancel.clear()
+
+        def run():
+            return job(progress=lambda f, m: self._bridge.progressed.emit(float(f), str(m)),
+                       cancelled=self._cancel.is_set)
+
+        worker = create_worker(run)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next check."""
+        self._cancel.set()
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._on_finished()

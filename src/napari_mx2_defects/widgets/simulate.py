@@ -1,0 +1,136 @@
+"""Dock widget "Simulate digital twin"."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+
+from ..twin.defects import CLASS_IDS
+from ..twin.parents import list_parents
+from ._worker import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["SimulateWidget"]
+
+
+class SimulateWidget(Container):
+    """Build a parent with defects, simulate its HAADF image, add image + truth layers."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer"):
+        super().__init__(scrollable=True)
+        self.viewer = viewer
+        self.material = ComboBox(label="parent", choices=list_parents(), value="2H-MoS2")
+        self.material.native.setEditable(True)  # type to search
+        self.defects = LineEdit(label="defects", value="V_X=8,V_XX=3,V_M=2")
+        self.defects.tooltip = "ids: " + ", ".join(CLASS_IDS) + " — e.g. V_X=6, V_XX=2%, TM_D(Re)=3, V_X:pairs=4"
+        self.fov = FloatSpinBox(label="field of view (Å)", value=40.0, min=5.0, max=1000.0, step=5.0)
+        self.pixel = FloatSpinBox(label="pixel size (Å)", value=0.1, min=0.01, max=0.5, step=0.01)
+        self.method = ComboBox(label="method", choices=["fast", "prism", "multislice"], value="fast")
+        self.dose = FloatSpinBox(label="dose (e/Å², 0 = none)", value=1e6, min=0.0, max=1e9, step=1e5)
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.rotation = FloatSpinBox(label="rotation (°)", value=0.0, min=-180, max=180)
+        self.gb_angle = FloatSpinBox(label="grain boundary angle (°, 0 = none)", value=0.0, min=-60, max=60)
+        self.gb_sep = FloatSpinBox(label="GB separation (Å)", value=0.0, min=-3.0, max=3.0, step=0.5)
+        self.holes = SpinBox(label="beam-damage holes", value=0, min=0, max=50)
+        self.energy = FloatSpinBox(label="energy (keV)", value=80.0, min=20.0, max=300.0)
+        self.semiangle = FloatSpinBox(label="semi-angle (mrad)", value=25.0, min=5.0, max=50.0)
+        self.defocus = FloatSpinBox(label="defocus (Å)", value=40.0, min=-500.0, max=500.0)
+        self.cs = FloatSpinBox(label="Cs (Å)", value=4e5, min=-1e7, max=1e7, step=1e4)
+        self.inner = FloatSpinBox(label="detector inner (mrad)", value=50.0, min=0.0, max=400.0)
+        self.outer = FloatSpinBox(label="detector outer (mrad)", value=200.0, min=1.0, max=500.0)
+        self.jitter = FloatSpinBox(label="scan jitter (Å)", value=0.0, min=0.0, max=2.0, step=0.02)
+        self.contamination = FloatSpinBox(label="contamination", value=0.0, min=0.0, max=2.0, step=0.05)
+        self.estimate = Label(value="")
+        self.run_button = PushButton(text="Simulate")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=100)
+        self.status = Label(value="")
+        self.extend([
+            self.material, self.defects, self.fov, self.pixel, self.method, self.dose, self.seed,
+            self.rotation, self.gb_angle, self.gb_sep, self.holes,
+            self.energy, self.semiangle, self.defocus, self.cs, self.inner, self.outer,
+            self.jitter, self.contamination, self.estimate, self.run_button, self.cancel_button, self.progress,
+            self.status,
+        ])
+        self.runner = JobRunner(self._on_progress, self._on_done, self._on_error, self._on_finished)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.runner.cancel)
+        for w in (self.method, self.fov, self.pixel):
+            w.changed.connect(self._update_estimate)
+        self._update_estimate()
+
+    def request(self):
+        """The :class:`~..twin.api.TwinRequest` the current settings describe."""
+        from ..twin.api import TwinRequest
+        from ..twin.imperfections import Imperfections
+        from ..twin.microscope import Microscope
+        from ..twin.structures import GrainBoundary
+
+        gb = GrainBoundary(self.gb_angle.value, self.gb_sep.value) if self.gb_angle.value else None
+        return TwinRequest(
+            material=self.material.value, defects=self.defects.value, fov_A=self.fov.value,
+            pixel_size_A=self.pixel.value, method=self.method.value, seed=self.seed.value,
+            rotation_deg=self.rotation.value, grain_boundary=gb, n_holes=self.holes.value,
+            microscope=Microscope(self.energy.value, self.semiangle.value, self.defocus.value, self.cs.value,
+                                  self.inner.value, self.outer.value),
+            imperfections=Imperfections(dose_e_per_A2=self.dose.value or None, scan_jitter_A=self.jitter.value,
+                                        contamination=self.contamination.value),
+        )
+
+    def _update_estimate(self, *_):
+        from ..twin.microscope import Microscope
+        from ..twin.simulate import estimate_seconds
+
+        n_atoms = int(3 * (self.fov.value / 3.18) ** 2 * 2 / 3**0.5)
+        seconds = estimate_seconds(n_atoms, (self.fov.value, self.fov.value), Microscope(), self.method.value)
+        self.estimate.value = f"estimated time on 2 cores: ~{seconds:,.0f} s" + (
+            " (+~20 s abTEM calibration the first time)" if self.method.value == "fast" else "")
+
+    def run(self, *_):
+        """Start the simulation in a thread worker (returns the worker)."""
+        try:
+            request = self.request()
+            request.defect_requests()  # validate before starting
+        except ValueError as exc:
+            self.status.value = f"⚠ {exc}"
+            return None
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "running…"
+        from ..twin.api import simulate_twin
+
+        return self.runner.start(lambda progress, cancelled: simulate_twin(request, progress, cancelled))
+
+    def _on_progress(self, fraction: float, message: str) -> None:
+        self.progress.value = int(round(100 * fraction))
+        self.status.value = message
+
+    def _on_done(self, twin) -> None:
+        from ..layers import twin_layers
+
+        base = f"{twin.settings['parent']['formula']} twin seed {twin.settings['request']['seed']}"
+        for data, kwargs, kind in twin_layers(twin, name=base):
+            getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        self.status.value = f"done: {len(twin.defects)} defects, {twin.settings['seconds']:.1f} s"
+
+    def _on_error(self, exc: BaseException) -> None:
+        from ..twin.simulate import Cancelled
+
+        self.status.value = "cancelled; no layer was added" if isinstance(exc, Cancelled) else f"⚠ {exc}"
+        self.progress.value = 0
+
+    def _on_finished(self) -> None:
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
