@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 
 from ..twin.defects import DEFECT_CLASSES
 from ..twin.parents import get_parent
+from .lattice import fft_lattice_spacing_px
 from .sites import SITE_CLASSES, classify_sites, find_holes, measure_sites, reference_levels
 from .statistics import concentration_table
 
@@ -115,18 +116,21 @@ def analyze_image(
     parent = get_parent(material)
     notes: list[str] = []
     progress(0.05, "measuring the lattice")
-    from .lattice import fft_lattice_spacing_px
 
-    fft_a_px, _ = fft_lattice_spacing_px(img)
     self_calibrated = pixel_size_A is None
+    energy = float(beam_energy_keV) if beam_energy_keV else 80.0
     if self_calibrated:
-        pixel_size_A = parent.a_A / fft_a_px
+        # first guess from the FFT, then the area-equivalent a of the fitted (possibly sheared) lattice
+        fft_a_px, _ = fft_lattice_spacing_px(img)
+        guess = parent.a_A / fft_a_px
+        _, m_brighter = reference_levels(parent.key, round(float(guess), 4), energy, dopant)
+        fitted = measure_sites(img, None, m_brighter, border_px=border_A / guess)
+        pixel_size_A = parent.a_A / fitted.a_px
         notes.append(
             f"no calibration: pixel size {pixel_size_A:.5f} Å self-calibrated from {parent.key} a = {parent.a_A} Å"
         )
     if not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
         raise ValueError(f"pixel size must be a positive number of Å, got {pixel_size_A}")
-    energy = float(beam_energy_keV) if beam_energy_keV else 80.0
     progress(0.15, "forward model of site intensities (first time per material: ~20 s of abTEM)")
     levels, m_brighter = reference_levels(parent.key, round(float(pixel_size_A), 4), energy, dopant)
     progress(0.5, "finding columns")

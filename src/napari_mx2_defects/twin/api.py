@@ -201,6 +201,22 @@ def _lattice_for(request: TwinRequest, rng: np.random.Generator) -> tuple[Lattic
     return lattice, parent
 
 
+def _standard_examples(parent: Parent, z_metal_A: float) -> dict[str, list[tuple[str, float]]]:
+    """Column types every calibration of a parent includes, so one calibration serves most twins.
+
+    Intact M and X2, X1 (V_X, and X_M which projects alike), M+X (M_X) and
+    X+X' (S_X with the default heavier substituent).
+    """
+    from .defects import _HEAVIER_CHALCOGEN
+    from .simulate import signature
+
+    m, x = parent.metal, parent.chalcogen
+    top, bottom = z_metal_A + parent.thickness_A / 2, z_metal_A - parent.thickness_A / 2
+    columns = [[(m, z_metal_A)], [(x, top), (x, bottom)], [(x, top)], [(m, top), (x, bottom)],
+               [(_HEAVIER_CHALCOGEN[x], top), (x, bottom)]]
+    return {signature([s for s, _ in col]): col for col in columns}
+
+
 def simulate_twin(request: TwinRequest, progress: ProgressFn = _noop_progress,
                   cancelled: CancelFn = _never) -> Twin:
     """Build and image one twin.
@@ -231,7 +247,7 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = _noop_progress,
     m = request.microscope
     calibration = None
     if request.method == "fast":
-        examples = {}
+        examples = _standard_examples(parent, lattice.z_metal_A) if not request.structure_path else {}
         symbols = atoms.get_chemical_symbols()
         for sig, members in zip(columns.signature, columns.atoms):
             examples.setdefault(sig, [(symbols[i], float(atoms.positions[i, 2])) for i in members])

@@ -140,7 +140,11 @@ def render_incoherent(
     r_prof, prof = microscope.probe_radial_profile(object_sigma_A)
     cutoff = r_prof[np.flatnonzero(prof > prof.max() * 1e-5)[-1]]
     px, py = int(np.ceil(cutoff / dx)) + 1, int(np.ceil(cutoff / dy)) + 1
-    canvas = np.zeros((ny + 2 * py, nx + 2 * px))
+    if periodic:  # a canvas of whole periods, folded back at the end (margins may exceed the cell)
+        ty, tx = int(np.ceil((ny + 2 * py) / ny)), int(np.ceil((nx + 2 * px) / nx))
+        canvas = np.zeros((ty * ny, tx * nx))
+    else:
+        canvas = np.zeros((ny + 2 * py, nx + 2 * px))
     span_x = np.arange(-px, px + 1)
     span_y = np.arange(-py, py + 1)
     for x, y, w in zip(np.asarray(x_A, float), np.asarray(y_A, float), np.asarray(weights_A2, float)):
@@ -161,21 +165,11 @@ def render_incoherent(
         ok_i = (ci >= 0) & (ci < canvas.shape[0])
         ok_j = (cj >= 0) & (cj < canvas.shape[1])
         canvas[np.ix_(ci[ok_i], cj[ok_j])] += patch[np.ix_(ok_i, ok_j)]
-    image = canvas[py : py + ny, px : px + nx].copy()
-    if periodic:  # fold the margins back across the periodic boundaries
-        image[:, :px] += canvas[py : py + ny, px + nx :][:, :px]
-        image[:, -px:] += canvas[py : py + ny, :px][:, -px:]
-        top, bottom = canvas[:py, px : px + nx], canvas[py + ny :, px : px + nx]
-        corners = {
-            "tl": canvas[:py, :px], "tr": canvas[:py, px + nx :],
-            "bl": canvas[py + ny :, :px], "br": canvas[py + ny :, px + nx :],
-        }
-        image[-py:, :] += top[-py:]
-        image[:py, :] += bottom[:py]
-        image[-py:, -px:] += corners["tl"][-py:, -px:]
-        image[-py:, :px] += corners["tr"][-py:, :px]
-        image[:py, -px:] += corners["bl"][:py, -px:]
-        image[:py, :px] += corners["br"][:py, :px]
+    if periodic:
+        canvas = np.roll(canvas, (-py, -px), axis=(0, 1))
+        image = canvas.reshape(ty, ny, tx, nx).sum(axis=(0, 2))
+    else:
+        image = canvas[py : py + ny, px : px + nx].copy()
     return image
 
 

@@ -47,10 +47,9 @@ class JobRunner:
             return job(progress=lambda f, m: self._bridge.progressed.emit(float(f), str(m)),
                        cancelled=self._cancel.is_set)
 
-        worker = create_worker(run)
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._finished)
+        # errors are ours to report (as a message in the widget), not re-raised in the event loop
+        worker = create_worker(run, _start_thread=False, _connect={
+            "returned": self._on_done, "errored": self._on_error, "finished": self._finished})
         self.worker = worker
         worker.start()
         return worker

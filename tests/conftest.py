@@ -1,0 +1,33 @@
+"""Shared fixtures: the real test data beside the checkout, and a quiet cache for abTEM calibrations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MX2_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _need_shared() -> Path:
+    if not SHARED.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the shared test data at {SHARED}")
+        pytest.skip(f"shared test data not found at {SHARED} (set MX2_SHARED_DATA)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real vendor files and real MoS2 images)."""
+    return _need_shared()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _calibration_cache(tmp_path_factory):
+    """Keep abTEM calibrations for the whole session in one folder (unless the caller set one)."""
+    if "MX2_DEFECTS_CACHE" not in os.environ:
+        os.environ["MX2_DEFECTS_CACHE"] = str(tmp_path_factory.mktemp("calibrations"))
+    yield

@@ -1,0 +1,142 @@
+"""Real napari viewers: the reader as a user opens files, and both dock widgets with their workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def test_open_through_the_plugin_sets_scale_in_angstrom(make_napari_viewer, shared_data):
+    viewer = make_napari_viewer()
+    path = shared_data / "formats/openNCEM/dmTest_float32_nonSquare_diffPixelSize.dm3"
+    layers = viewer.open(path, plugin="napari-mx2-defects")
+    assert len(layers) == 1
+    assert tuple(layers[0].scale) == pytest.approx((2.0, 10.0))
+    assert layers[0].metadata["calibrated"] is True
+    stack = viewer.open(shared_data / "formats/rosettasciio/tia/old/03_Scanning Preview.emi",
+                        plugin="napari-mx2-defects")[0]
+    assert stack.ndim == 3 and tuple(stack.scale[-2:]) == pytest.approx((3.84352, 3.84352), rel=1e-4)
+
+
+def test_truncated_file_errors_and_viewer_survives(make_napari_viewer, shared_data, tmp_path):
+    viewer = make_napari_viewer()
+    good = viewer.open(shared_data / "formats/rosettasciio/mrc/HAADFscan.mrc", plugin="napari-mx2-defects")[0]
+    bad = tmp_path / "cut.dm4"
+    bad.write_bytes((shared_data / "formats/openNCEM/dmTest_float32_nonSquare_diffPixelSize.dm4").read_bytes()[:900])
+    with pytest.raises(Exception, match="cut.dm4"):
+        viewer.open(bad, plugin="napari-mx2-defects")
+    assert good in viewer.layers and len(viewer.layers) == 1
+    viewer.add_image(np.zeros((4, 4)))  # still alive
+    assert len(viewer.layers) == 2
+
+
+def test_uncalibrated_file_opens_with_unit_scale(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    path = tmp_path / "raw.npy"
+    np.save(path, np.ones((30, 40)))
+    with pytest.warns(UserWarning, match="no calibration"):
+        layer = viewer.open(path, plugin="napari-mx2-defects")[0]
+    assert tuple(layer.scale) == (1.0, 1.0) and layer.metadata["calibrated"] is False
+
+
+def test_sample_data_and_writers(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("napari-mx2-defects", "mos2_twin")
+    kinds = sorted(type(layer).__name__ for layer in layers)
+    assert kinds == ["Image", "Labels", "Points"]
+    labels = next(layer for layer in layers if type(layer).__name__ == "Labels")
+    points = next(layer for layer in layers if type(layer).__name__ == "Points")
+    out = labels.save(str(tmp_path / "labels.tif"), plugin="napari-mx2-defects")
+    reopened = viewer.open(out[0], plugin="napari-mx2-defects")[0]
+    assert tuple(reopened.scale) == pytest.approx(tuple(labels.scale), rel=1e-4)
+    np.testing.assert_array_equal(np.asarray(reopened.data), np.asarray(labels.data))
+    csv = points.save(str(tmp_path / "defects.csv"), plugin="napari-mx2-defects")
+    table = pd.read_csv(csv[0])
+    assert {"x_A", "y_A", "defect_class"} <= set(table.columns)
+    assert len(table) == len(points.data) == 13
+
+
+def test_simulate_widget_runs_in_a_worker(make_napari_viewer, qtbot):
+    from napari_mx2_defects.widgets.simulate import SimulateWidget
+
+    viewer = make_napari_viewer()
+    widget = SimulateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.fov.value = 25.0
+    widget.defects.value = "V_X=3,V_M=1"
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=300_000):
+        pass
+    qtbot.waitUntil(lambda: len(viewer.layers) == 3, timeout=10_000)
+    image = viewer.layers[0]
+    assert image.metadata["calibrated"] and tuple(image.scale) == pytest.approx((0.1, 0.1), rel=0.02)
+    points = viewer.layers[2]
+    assert sorted(points.features.defect_class) == ["V_M", "V_X", "V_X", "V_X"]
+    assert "done" in widget.status.value
+
+
+def test_simulate_widget_cancel_adds_nothing(make_napari_viewer, qtbot):
+    from napari_mx2_defects.widgets.simulate import SimulateWidget
+
+    viewer = make_napari_viewer()
+    widget = SimulateWidget(viewer)
+    widget.method.value = "multislice"
+    widget.fov.value = 30.0
+    progressed = []
+    worker = widget.run()
+    widget.runner._bridge.progressed.connect(lambda f, m: progressed.append(f))
+    assert widget.cancel_button.enabled
+    widget.cancel_button.native.click()
+    with qtbot.waitSignal(worker.finished, timeout=300_000):
+        pass
+    qtbot.wait(50)
+    assert len(viewer.layers) == 0
+    assert "cancelled" in widget.status.value
+    assert widget.run_button.enabled
+
+
+def test_simulate_widget_reports_bad_input(make_napari_viewer, qtbot):
+    from napari_mx2_defects.widgets.simulate import SimulateWidget
+
+    viewer = make_napari_viewer()
+    widget = SimulateWidget(viewer)
+    widget.defects.value = "nonsense"
+    assert widget.run() is None
+    assert "cannot read defect" in widget.status.value
+    # an impossible count is only known once the lattice is built: it ends as a message, no layer
+    widget.defects.value = "V_X=99999"
+    widget.fov.value = 10.0
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.wait(50)
+    assert "impossible defect list" in widget.status.value
+    assert len(viewer.layers) == 0
+
+
+def test_statistics_widget_analyses_and_exports(make_napari_viewer, qtbot, tmp_path):
+    from napari_mx2_defects.sample_data import make_mos2_twin
+    from napari_mx2_defects.widgets.statistics import StatisticsWidget
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in make_mos2_twin():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = StatisticsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.image_layer.value == "MoS2 twin HAADF"
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=300_000):
+        pass
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=10_000)
+    assert viewer.layers[-1].name.endswith("sites")
+    assert len(widget.figure.axes) == 2
+    paths = widget.export(tmp_path)
+    table = pd.read_csv(tmp_path / "concentrations.csv")
+    shown = widget.result.concentrations
+    assert table["count"].tolist() == shown["count"].tolist()
+    assert table.per_cm2.to_numpy() == pytest.approx(shown.per_cm2.to_numpy())
+    assert (tmp_path / "statistics_panel.png").stat().st_size > 5000
+    assert len(paths) == 6
