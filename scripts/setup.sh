@@ -36,13 +36,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip wheel
+"$VENV/bin/python" -m pip install -q --upgrade pip wheel 2>&1 | (grep -v "^WARNING: Location" || true)
 
 # 3. The package. torch and torchvision are resolved together from the registry;
 #    constraints.txt forbids the machine's local torch 2.13.0+cpu wheel, which
 #    with the registry's CUDA torchvision fails at import (torchvision::nms).
 echo "[setup] installing napari-mx2-defects and its dependencies (first time: several minutes, ~5 GB)"
-"$VENV/bin/python" -m pip install -q -c constraints.txt ".[testing]"
+# (this machine kind's pip.conf names local indexes that lack most projects: drop those warnings)
+"$VENV/bin/python" -m pip install -q -c constraints.txt ".[testing]" 2>&1 | (grep -v "^WARNING: Location" || true)
 
 # 4. Check the pairing that bites on this kind of machine.
 "$VENV/bin/python" - <<'PY'

@@ -140,3 +140,21 @@ def test_statistics_widget_analyses_and_exports(make_napari_viewer, qtbot, tmp_p
     assert table.per_cm2.to_numpy() == pytest.approx(shown.per_cm2.to_numpy())
     assert (tmp_path / "statistics_panel.png").stat().st_size > 5000
     assert len(paths) == 6
+
+
+def test_demo_main_job_end_to_end(tmp_path):
+    """What `scripts/demo.sh` runs: twin → reader → segmentation → analysis, screenshot and CSVs."""
+    from napari_mx2_defects.demo import run_demo
+
+    summary = run_demo(tmp_path / "demo", fov_A=50.0, defects="V_X=12,V_XX=4,V_M=3")
+    out = tmp_path / "demo"
+    for name in ("screenshot.png", "layers.json", "summary.json", "analysis/sites.csv", "analysis/concentrations.csv",
+                 "analysis/histogram.png", "twin/image.tif", "twin/truth.csv"):
+        assert (out / name).exists(), name
+    from imageio.v3 import imread
+
+    shot = imread(out / "screenshot.png")
+    assert shot[..., :3].std() > 10  # a rendered image, not a black GL failure
+    assert summary["lattice"]["a_A"] == pytest.approx(3.1841, rel=0.01)
+    with pytest.raises(FileExistsError):
+        run_demo(out)

@@ -17,7 +17,8 @@ def test_top_level_manifest_is_valid():
     kinds = {c.command for c in manifest.contributions.readers}
     assert "napari-mx2-defects.get_reader" in kinds
     assert len(manifest.contributions.writers) == 2
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Simulate digital twin", "Defect statistics"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Simulate digital twin", "Find defects",
+                                                                        "Defect statistics"}
     assert manifest.contributions.sample_data
 
 

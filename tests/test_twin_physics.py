@@ -135,3 +135,34 @@ def test_fast_mode_matches_abtem_per_column():
     fast_i = column_intensities(fast, extent, cols.x_A, cols.y_A, radius)
     error = np.abs(fast_i - ref_i) / ref_i
     assert error.max() < 0.03, dict(zip(cols.signature, error.round(4)))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None)
+@given(x=st.floats(0, 19.9), y=st.floats(0, 17.9), w=st.floats(0.001, 0.1))
+def test_incoherent_render_conserves_the_scattered_fraction(x, y, w):
+    """Σ image × pixel area = Σ weights for a periodic cell, wherever the column sits (sub-pixel too)."""
+    m = Microscope()
+    image = render_incoherent(np.array([x]), np.array([y]), np.array([w]), (90, 100), (20.0, 18.0), m, True)
+    assert image.sum() * 0.2 * 0.2 == pytest.approx(w, rel=0.01)
+
+
+def test_structure_file_becomes_a_twin(tmp_path):
+    from ase.io import write
+
+    from napari_mx2_defects.twin.parents import get_parent
+    from napari_mx2_defects.twin.structures import build_lattice
+
+    atoms = build_lattice(get_parent("WSe2"), cells=(4, 3)).atoms
+    del atoms[[i for i, s in enumerate(atoms.get_chemical_symbols()) if s == "Se"][:1]]
+    path = tmp_path / "POSCAR"
+    write(path, atoms, format="vasp")
+    twin = simulate_twin(TwinRequest(structure_path=str(path), pixel_size_A=0.1))
+    assert twin.extent_A == pytest.approx((atoms.cell[0, 0], atoms.cell[1, 1]), rel=0.01)
+    w = atoms.positions[[i for i, s in enumerate(atoms.get_chemical_symbols()) if s == "W"][0]]
+    i, j = int(round(w[1] / twin.pixel_size_A[0])), int(round(w[0] / twin.pixel_size_A[1]))
+    ring = twin.clean_image[max(i - 6, 0) : i + 7, max(j - 6, 0) : j + 7]
+    assert twin.clean_image[i, j] >= 0.9 * ring.max()  # pixel (0, 0) is the cell origin, x along columns

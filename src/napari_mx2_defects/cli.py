@@ -63,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object per image")
     info.set_defaults(func=_cmd_info)
 
-    from .cli_twin import add_twin_commands
     from .cli_analysis import add_analysis_commands
+    from .cli_learn import add_learn_commands
+    from .cli_twin import add_twin_commands
     from .demo import add_demo_command
 
     add_twin_commands(sub)
+    add_learn_commands(sub)
     add_analysis_commands(sub)
     add_demo_command(sub)
     return parser

@@ -2,7 +2,7 @@
 
 twin (fast mode, calibrated against abTEM) → written as a calibrated TIFF →
 opened through this plugin's reader as a user would → segmentation with the
-shipped model when one is installed → site analysis → screenshot, plots, CSVs
+shipped model → site analysis → screenshot, plots, CSVs
 and the layer metadata in ``--out``.
 """
 
@@ -62,26 +62,37 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
     viewer.add_labels(truth_labels[0], **truth_labels[1])
     viewer.add_points(truth_points[0], **truth_points[1])
 
+    from .learn.checkpoint import default_model_path
+    from .learn.evaluate import instance_scores, match_instances
+    from .learn.inference import segment_image
+    from .layers import label_colormap_layer
+
     predictions = None
-    try:
-        from .learn.inference import segment_layer_image  # issue: segmentation
-    except ImportError:
-        segment_layer_image = None
-    if segment_layer_image is not None:
+    segmentation_scores = None
+    if default_model_path().exists():
         _log("segmenting with the shipped default model")
-        seg = segment_layer_image(np.asarray(image_layer.data), image_layer.metadata["pixel_size_A"])
+        seg = segment_image(np.asarray(image_layer.data), image_layer.metadata["pixel_size_A"],
+                            progress=lambda f, m: None)
         predictions = seg.defects
-        viewer.add_labels(seg.labels, name="model labels", scale=image_layer.scale, opacity=0.6)
+        viewer.add_labels(seg.labels, name="model labels", scale=image_layer.scale, opacity=0.7,
+                          colormap=label_colormap_layer())
+        viewer.add_points(seg.defects[["y_A", "x_A"]].to_numpy(), name="model defects", size=1.6,
+                          features=seg.defects.drop(columns=["x_A", "y_A"]), face_color="transparent",
+                          border_color="red")
         seg.defects.to_csv(out / "defects.csv", index=False)
+        segmentation_scores = instance_scores(match_instances(seg.defects, twin.truth_table()))
+        segmentation_scores.to_csv(out / "segmentation_scores.csv", index=False)
+        _log("model vs truth: " + ", ".join(f"{r.defect_class} F1 {r.f1:.2f}"
+                                             for r in segmentation_scores.itertuples()))
     else:
-        _log("no segmentation model is installed yet: the analysis classifies sites by intensity alone")
+        _log("no default model is installed: the analysis classifies sites by intensity alone")
 
     _log("analysing sites and concentrations")
     result = analyze_image(np.asarray(image_layer.data), image_layer.metadata["pixel_size_A"], material=material,
                            defects=predictions, beam_energy_keV=image_layer.metadata.get("beam_energy_keV"))
     result.save(out / "analysis")
     data, kwargs, _ = sites_layer(result)
-    viewer.add_points(data, **kwargs)
+    viewer.add_points(data, **kwargs, visible=False)
     viewer.layers.selection.active = image_layer
     viewer.reset_view()
     screenshot = out / "screenshot.png"
@@ -104,7 +115,7 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
         "truth_counts_full_field": truth_counts,
         "measured_counts_analysed_area": measured,
         "lattice": result.lattice,
-        "segmentation": predictions is not None,
+        "segmentation": None if segmentation_scores is None else segmentation_scores.to_dict("records"),
         "seconds": time.perf_counter() - t0,
         "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
     }

@@ -204,16 +204,19 @@ def _lattice_for(request: TwinRequest, rng: np.random.Generator) -> tuple[Lattic
 def _standard_examples(parent: Parent, z_metal_A: float) -> dict[str, list[tuple[str, float]]]:
     """Column types every calibration of a parent includes, so one calibration serves most twins.
 
-    Intact M and X2, X1 (V_X, and X_M which projects alike), M+X (M_X) and
-    X+X' (S_X with the default heavier substituent).
+    Intact M and X2, X1 (V_X, X_i, and X_M which projects alike), M+X (M_X), X+X' (S_X with the
+    default heavier substituent), the default dopant (TM_D) and M+M (a TM_A adatom of the host).
     """
     from .defects import _HEAVIER_CHALCOGEN
     from .simulate import signature
 
+    from .defects import default_dopant
+
     m, x = parent.metal, parent.chalcogen
     top, bottom = z_metal_A + parent.thickness_A / 2, z_metal_A - parent.thickness_A / 2
     columns = [[(m, z_metal_A)], [(x, top), (x, bottom)], [(x, top)], [(m, top), (x, bottom)],
-               [(_HEAVIER_CHALCOGEN[x], top), (x, bottom)]]
+               [(_HEAVIER_CHALCOGEN[x], top), (x, bottom)], [(default_dopant(parent), z_metal_A)],
+               [(m, z_metal_A), (m, z_metal_A + 1.5 * parent.thickness_A)]]
     return {signature([s for s, _ in col]): col for col in columns}
 
 

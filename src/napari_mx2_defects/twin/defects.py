@@ -280,10 +280,15 @@ def place_defects(
     return PlacedDefects(table=table, notes=notes)
 
 
+def default_dopant(parent) -> str:
+    """TM_D element when none is given: Re, or Nb in a Re host."""
+    return "Re" if parent.metal != "Re" else "Nb"
+
+
 def _element_for(req: DefectRequest, parent) -> str | None:
     name = req.defect_class
     if name == "TM_D":
-        el = req.element or ("Re" if parent.metal != "Re" else "Nb")
+        el = req.element or default_dopant(parent)
         if el not in _ALL_METALS:
             raise ValueError(f"TM_D: {el} is not a transition metal")
         if el == parent.metal:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -409,7 +409,7 @@ def calibrate_column_weights(
     from neighbouring columns are accounted for.
     """
     key_src = json.dumps(
-        {"parent": [parent.formula, parent.phase, parent.a_A, parent.thickness_A], "microscope": microscope.key(),
+        {"parent": [parent.formula, parent.phase, parent.a_A, parent.thickness_A], "microscope": replace(microscope, source_size_A=0.0).key(),
          "signatures": sorted(examples), "method": method, "v": _CACHE_VERSION},
         sort_keys=True, default=str,
     )

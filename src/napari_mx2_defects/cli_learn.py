@@ -1,0 +1,128 @@
+"""``mx2-defects dataset | train | segment | evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["add_learn_commands"]
+
+
+def _progress(quiet: bool):
+    return (lambda f, m: None) if quiet else (lambda f, m: print(f"[{100 * f:5.1f} %] {m}", file=sys.stderr,
+                                                                  flush=True))
+
+
+def _cmd_dataset(args):
+    from .learn.dataset import DatasetSpec, generate_dataset
+
+    spec = DatasetSpec(parents=args.parents.split(","), presets=args.presets.split(",") if args.presets else
+                       DatasetSpec().presets, size_px=args.size, dose_e_per_A2=(args.dose_min, args.dose_max))
+    out = generate_dataset(args.out, args.n, spec, seed=args.seed, scheduler=args.scheduler, workers=args.workers,
+                           progress=_progress(args.quiet), overwrite=args.overwrite)
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def _cmd_train(args):
+    from .learn.train import TrainConfig, train
+
+    config = TrainConfig(architecture=args.architecture, pixel_size_A=args.model_pixel_size, epochs=args.epochs,
+                         steps_per_epoch=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                         patience=args.patience, seed=args.seed, device=args.device, crop_px=args.crop)
+    command = "mx2-defects " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path, _ = train(args.dataset, args.out, config, command=command, progress=_progress(args.quiet))
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def _cmd_segment(args):
+    from .io.formats import load_images
+    from .io.writer import write_calibrated_tiff
+    from .learn.inference import DEFECTS_COLUMNS, segment_image
+
+    image = load_images(args.image)[0]
+    data = image.data if image.data.ndim == 2 else image.data.reshape(-1, *image.data.shape[-2:]).sum(0)
+    pixel = args.pixel_size or image.pixel_size_A
+    if pixel is None:
+        raise ValueError(f"{args.image} has no calibration: pass --pixel-size in Å")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("labels.tif", "defects.csv"):
+        if (out / name).exists() and not args.overwrite:
+            raise FileExistsError(f"{out / name} exists; choose another --out or pass --overwrite")
+    seg = segment_image(data, pixel, model=args.model, device=args.device, progress=_progress(args.quiet))
+    write_calibrated_tiff(out / "labels.tif", seg.labels, pixel, title="defect labels")
+    seg.defects[DEFECTS_COLUMNS[:4]].to_csv(out / "defects.csv", index=False)
+    print(f"{len(seg.defects)} defects on {seg.device}: " +
+          ", ".join(f"{k} {v}" for k, v in seg.defects.defect_class.value_counts().items()))
+    print(f"  wrote {out / 'labels.tif'}\n  wrote {out / 'defects.csv'}")
+    return 0
+
+
+def _cmd_evaluate(args):
+    from .learn.evaluate import evaluate_model_on_twins
+
+    doses = [float(d) for d in args.doses.split(",")]
+    result = evaluate_model_on_twins(args.model, materials=args.materials.split(","), doses=doses, n_per=args.n,
+                                     seed=args.seed, progress=_progress(args.quiet))
+    for dose, table in result["by_dose"].items():
+        print(f"\ndose {dose:g} e/Å²")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\nall doses")
+    print(result["overall"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def add_learn_commands(sub) -> None:
+    p = sub.add_parser("dataset", help="generate a training dataset of digital twins (zarr, dask)")
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--out", type=Path, required=True, help="output .zarr folder")
+    p.add_argument("--parents", default="MoS2,WSe2,MoTe2,WS2", help="comma-separated parents")
+    p.add_argument("--presets", default="", help="comma-separated microscope presets (default: all)")
+    p.add_argument("--size", type=int, default=256, help="image size in pixels")
+    p.add_argument("--dose-min", type=float, default=1e4)
+    p.add_argument("--dose-max", type=float, default=1e8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", help="address of a dask.distributed scheduler (default: a local cluster)")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_dataset)
+
+    p = sub.add_parser("train", help="train a segmentation model on a dataset")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors; card written beside)")
+    p.add_argument("--architecture", default="light", help="unet, attention-unet, resnet152-unet or light")
+    p.add_argument("--model-pixel-size", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--steps", type=int, default=60, help="steps per epoch")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--patience", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("segment", help="find defects in an image with a trained model")
+    p.add_argument("image", type=Path)
+    p.add_argument("--model", default="default", help="'default' or a .safetensors checkpoint with its card")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--pixel-size", type=float, help="pixel size in Å (for uncalibrated images)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("evaluate", help="per-instance F1 of a model on held-out digital twins")
+    p.add_argument("--model", default="default")
+    p.add_argument("--materials", default="MoSe2,WS2")
+    p.add_argument("--doses", default="1e6")
+    p.add_argument("--n", type=int, default=3, help="images per material and dose")
+    p.add_argument("--seed", type=int, default=10_000)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,1 @@
+"""Segmentation: models (segmentation-models-pytorch), datasets, training, inference, evaluation."""

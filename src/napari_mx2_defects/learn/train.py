@@ -1,0 +1,225 @@
+"""Training on digital-twin datasets: augmentation, class-imbalance-aware loss, validation, early stopping."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import zoom
+
+from ..twin.defects import CLASS_NAMES
+from .checkpoint import ModelCard, save_checkpoint
+from .dataset import load_dataset
+from .models import ARCHITECTURES, build_model, pick_device
+
+__all__ = ["TrainConfig", "train", "normalise", "resample_to", "per_class_pixel_metrics"]
+
+N_CLASSES = len(CLASS_NAMES)
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Robust intensity normalisation used in training and inference: (x − median) / (p99.5 − p0.5)."""
+    img = np.asarray(image, np.float32)
+    lo, med, hi = np.percentile(img, [0.5, 50, 99.5])
+    return ((img - med) / max(hi - lo, 1e-6)).astype(np.float32)
+
+
+NORMALISATION = "(x - median) / (p99.5 - p0.5) per image"
+
+
+def resample_to(image: np.ndarray, pixel_size_A: float, target_A: float, order: int = 1) -> np.ndarray:
+    """Resample an image from ``pixel_size_A`` to ``target_A`` per pixel."""
+    factor = pixel_size_A / target_A
+    if abs(factor - 1) < 1e-3:
+        return image
+    return zoom(image, factor, order=order, grid_mode=True, mode="grid-constant" if order == 0 else "nearest")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (stored in the model card)."""
+
+    architecture: str = "light"
+    pixel_size_A: float = 0.2
+    crop_px: int = 128
+    batch_size: int = 16
+    epochs: int = 30
+    steps_per_epoch: int = 60
+    learning_rate: float = 2e-3
+    validation_fraction: float = 0.15
+    patience: int = 6
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0: torch's default
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose from {', '.join(ARCHITECTURES)}")
+
+
+def _prepare(images, labels, metas, pixel_size_A):
+    xs, ys = [], []
+    for img, lab, meta in zip(images, labels, metas):
+        xs.append(normalise(resample_to(img, meta["pixel_size_A"], pixel_size_A, order=1)))
+        ys.append(resample_to(lab, meta["pixel_size_A"], pixel_size_A, order=0).astype(np.int64))
+    return xs, ys
+
+
+def _batch(xs, ys, indices, crop, rng, augment=True):
+    bx = np.zeros((len(indices), 1, crop, crop), np.float32)
+    by = np.zeros((len(indices), crop, crop), np.int64)
+    for k, i in enumerate(indices):
+        x, y = xs[i], ys[i]
+        h, w = x.shape
+        r0 = int(rng.integers(0, max(1, h - crop + 1)))
+        c0 = int(rng.integers(0, max(1, w - crop + 1)))
+        px, py = x[r0 : r0 + crop, c0 : c0 + crop], y[r0 : r0 + crop, c0 : c0 + crop]
+        if augment:  # the paper's augmentation: flips and 90° rotations
+            k90 = int(rng.integers(4))
+            px, py = np.rot90(px, k90), np.rot90(py, k90)
+            if rng.random() < 0.5:
+                px, py = px[:, ::-1], py[:, ::-1]
+        bx[k, 0, : px.shape[0], : px.shape[1]] = px
+        by[k, : py.shape[0], : py.shape[1]] = py
+    return torch.from_numpy(bx), torch.from_numpy(by)
+
+
+def _class_weights(ys) -> torch.Tensor:
+    counts = np.bincount(np.concatenate([y.ravel() for y in ys]), minlength=N_CLASSES).astype(float)
+    freq = counts / counts.sum()
+    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-8)), 0.0)
+    weights /= weights[0] if weights[0] > 0 else 1.0
+    return torch.tensor(np.minimum(weights, 50.0), dtype=torch.float32)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Soft Dice over the classes present in the training set (lattice included)."""
+    prob = logits.softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    inter = (prob * onehot).sum((0, 2, 3))
+    denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return 1 - dice[present].mean()
+
+
+def per_class_pixel_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per-class IoU, F1, precision and recall over pixels."""
+    out = {}
+    for cid, name in CLASS_NAMES.items():
+        tp = int(((pred == cid) & (target == cid)).sum())
+        fp = int(((pred == cid) & (target != cid)).sum())
+        fn = int(((pred != cid) & (target == cid)).sum())
+        if tp + fn == 0 and fp == 0:
+            continue
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"iou": tp / (tp + fp + fn) if tp + fp + fn else 0.0, "f1": f1, "precision": precision,
+                     "recall": recall}
+    return out
+
+
+def train(dataset: str | Path, out: str | Path, config: TrainConfig, command: str = "",
+          progress: Callable[[float, str], None] = lambda f, m: None,
+          log: Callable[[str], None] = print) -> tuple[Path, dict]:
+    """Train a model on a dataset from ``mx2-defects dataset`` and save the best checkpoint.
+
+    Returns
+    -------
+    path, history
+        The safetensors checkpoint (its card beside it) and the per-epoch metrics.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    images, labels, metas = load_dataset(dataset)
+    xs, ys = _prepare(images, labels, metas, config.pixel_size_A)
+    order = rng.permutation(len(xs))
+    n_val = max(1, int(round(config.validation_fraction * len(xs))))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if len(train_idx) == 0:
+        raise ValueError("the dataset is too small to split into training and validation samples")
+    weights = _class_weights([ys[i] for i in train_idx]).to(device)
+    present = weights > 0
+    model = build_model(config.architecture, N_CLASSES).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate,
+                                                    total_steps=config.epochs * config.steps_per_epoch)
+    history = []
+    best = (-1.0, None)
+    stale = 0
+    t0 = time.perf_counter()
+    out = Path(out)
+    for epoch in range(config.epochs):
+        model.train()
+        losses = []
+        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=None)
+        for _ in bar:
+            bx, by = _batch(xs, ys, rng.choice(train_idx, config.batch_size), config.crop_px, rng)
+            bx, by = bx.to(device), by.to(device)
+            logits = model(bx)
+            loss = F.cross_entropy(logits, by, weight=weights) + dice_loss(logits, by, present)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+        metrics = evaluate_pixels(model, [xs[i] for i in val_idx], [ys[i] for i in val_idx], device)
+        vac = [metrics[n]["f1"] for n in ("V_X", "V_XX", "V_M") if n in metrics]
+        score = float(np.mean(vac)) if vac else 0.0
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_vacancy_f1": score,
+                        "val": metrics, "seconds": time.perf_counter() - t0})
+        log(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, val pixel F1 " +
+            ", ".join(f"{k} {v['f1']:.3f}" for k, v in metrics.items()))
+        progress((epoch + 1) / config.epochs, f"epoch {epoch + 1}: val vacancy F1 {score:.3f}")
+        if score > best[0]:
+            best = (score, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            stale = 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                log(f"early stop after epoch {epoch + 1} (no improvement for {config.patience} epochs)")
+                break
+    model.load_state_dict(best[1])
+    spec = ARCHITECTURES[config.architecture]
+    card = ModelCard(
+        architecture=config.architecture,
+        spec=spec.as_dict(),
+        classes={str(k): v for k, v in CLASS_NAMES.items()},
+        pixel_size_A=config.pixel_size_A,
+        normalisation=NORMALISATION,
+        training_data={"dataset": str(dataset), "n_samples": len(xs), "n_train": int(len(train_idx)),
+                       "n_validation": int(n_val), "materials": sorted({m["material"] for m in metas}),
+                       "presets": sorted({m["preset"] for m in metas})},
+        command=command,
+        metrics={"validation_pixel": history[-1]["val"] if history else {}, "best_val_vacancy_f1": best[0],
+                 "epochs_run": len(history), "config": asdict(config),
+                 "train_seconds": time.perf_counter() - t0},
+    )
+    path = save_checkpoint(model, card, out)
+    return path, {"history": history}
+
+
+@torch.no_grad()
+def evaluate_pixels(model, xs, ys, device) -> dict:
+    model.eval()
+    preds, targets = [], []
+    for x, y in zip(xs, ys):
+        h, w = x.shape
+        ph, pw = (-h) % 32, (-w) % 32
+        t = torch.from_numpy(np.pad(x, ((0, ph), (0, pw)), mode="reflect"))[None, None].to(device)
+        preds.append(model(t).argmax(1)[0, :h, :w].cpu().numpy())
+        targets.append(y)
+    return per_class_pixel_metrics(np.concatenate([p.ravel() for p in preds]),
+                                   np.concatenate([t.ravel() for t in targets]))

@@ -1,0 +1,101 @@
+"""Dock widget "Find defects": run a segmentation model on an image layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
+
+from ._worker import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["SegmentWidget"]
+
+
+class SegmentWidget(Container):
+    """Labels (class per pixel) and Points (one per defect) from the shipped or a user's model."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer"):
+        super().__init__()
+        self.viewer = viewer
+        self.image_layer = ComboBox(label="image", choices=self._images())
+        self.use_default = CheckBox(label="shipped default model", value=True)
+        self.checkpoint = FileEdit(label="or checkpoint (.safetensors)", filter="*.safetensors", mode="r")
+        self.pixel = FloatSpinBox(label="pixel size if uncalibrated (Å)", value=0.0, min=0.0, max=2.0, step=0.005)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.probabilities = CheckBox(label="add probability image", value=False)
+        self.run_button = PushButton(text="Find defects")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=100)
+        self.status = Label(value="")
+        self.extend([self.image_layer, self.use_default, self.checkpoint, self.pixel, self.device, self.probabilities,
+                     self.run_button, self.cancel_button, self.progress, self.status])
+        self.runner = JobRunner(self._on_progress, self._on_done, self._on_error, self._on_finished)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.runner.cancel)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(lambda *_: setattr(self.image_layer, "choices", self._images()))
+
+    def _images(self) -> list[str]:
+        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Image"]
+
+    def run(self, *_):
+        """Start segmentation in a thread worker (returns the worker, or None with a message)."""
+        from ..learn.inference import segment_image
+
+        if not self.image_layer.value:
+            self.status.value = "⚠ open an image first"
+            return None
+        layer = self.viewer.layers[self.image_layer.value]
+        data = np.asarray(layer.data)
+        if data.ndim > 2:
+            data = data[tuple(int(i) for i in self.viewer.dims.current_step[: data.ndim - 2])]
+        meta = layer.metadata or {}
+        pixel = float(np.mean(layer.scale[-2:])) if meta.get("calibrated") else (self.pixel.value or None)
+        if pixel is None:
+            self.status.value = "⚠ this image has no calibration: enter its pixel size in Å"
+            return None
+        model = "default" if self.use_default.value else str(self.checkpoint.value)
+        device, want_probs = self.device.value, self.probabilities.value
+        self._context = (layer, pixel)
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "running…"
+        return self.runner.start(lambda progress, cancelled: segment_image(
+            data, pixel, model=model, device=device, return_probabilities=want_probs, progress=progress,
+            cancelled=cancelled))
+
+    def _on_progress(self, fraction: float, message: str) -> None:
+        self.progress.value = int(round(100 * fraction))
+        self.status.value = message
+
+    def _on_done(self, seg) -> None:
+        from ..layers import label_colormap_layer
+
+        layer, pixel = self._context
+        scale = (pixel, pixel)
+        self.viewer.add_labels(seg.labels, name=f"{layer.name} defects", scale=scale, opacity=0.6,
+                               colormap=label_colormap_layer(), units=("angstrom", "angstrom"),
+                               metadata={"pixel_size_A": pixel, "calibrated": True, "model": seg.card.architecture,
+                                         "class_names": seg.card.classes})
+        table = seg.defects
+        self.viewer.add_points(table[["y_A", "x_A"]].to_numpy(), name=f"{layer.name} defect points",
+                               features=table.drop(columns=["x_A", "y_A"]).reset_index(drop=True), size=1.2,
+                               face_color="transparent", border_color="red", units=("angstrom", "angstrom"))
+        if seg.probabilities is not None:
+            self.viewer.add_image(seg.probabilities, name=f"{layer.name} probabilities", scale=(1.0, *scale),
+                                  visible=False)
+        self.status.value = f"{len(table)} defects found on {seg.device}"
+
+    def _on_error(self, exc: BaseException) -> None:
+        from ..twin.simulate import Cancelled
+
+        self.status.value = "cancelled; no layer was added" if isinstance(exc, Cancelled) else f"⚠ {exc}"
+        self.progress.value = 0
+
+    def _on_finished(self) -> None:
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False

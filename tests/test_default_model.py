@@ -1,0 +1,70 @@
+"""The shipped default model: what its card says, the F1 bar on held-out twins, real images end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_mx2_defects.learn.checkpoint import default_model_path, load_checkpoint
+
+
+def test_default_model_is_small_safetensors_with_a_card():
+    path = default_model_path()
+    assert path.exists(), "the default model must ship in the package"
+    assert path.stat().st_size <= 20 * 1024 * 1024
+    model, card = load_checkpoint(path)
+    assert card.command.startswith("mx2-defects train")
+    assert card.training_data["materials"] and "MoSe2" not in card.training_data["materials"]
+    assert card.pixel_size_A > 0 and card.classes["1"] == "V_X"
+
+
+def test_f1_on_held_out_twins_at_high_dose():
+    """Held-out parents (MoSe2, WS2 are not in training), seeds and imperfections; dose 1e6 e/Å²."""
+    from napari_mx2_defects.learn.evaluate import evaluate_model_on_twins
+
+    result = evaluate_model_on_twins("default", materials=("MoSe2", "WS2"), doses=(1e6,), n_per=2, seed=20_000)
+    table = result["overall"].set_index("defect_class")
+    for name in ("V_X", "V_XX", "V_M"):
+        assert table.loc[name, "tp"] + table.loc[name, "fn"] >= 15, table
+        assert table.loc[name, "f1"] >= 0.90, table
+
+
+def test_segment_cli_on_a_twin(tmp_path):
+    twin = tmp_path / "twin"
+    run = [sys.executable, "-m", "napari_mx2_defects.cli"]
+    assert subprocess.run(run + ["simulate", "--defects", "V_X=8,V_M=3", "--fov", "40", "--dose", "1e7",
+                                 "--out", str(twin), "--quiet"]).returncode == 0
+    out = tmp_path / "seg"
+    proc = subprocess.run(run + ["segment", str(twin / "image.tif"), "--model", "default", "--out", str(out),
+                                 "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "defects.csv")
+    assert list(table.columns) == ["x_A", "y_A", "defect_class", "confidence"]
+    assert (table.defect_class == "V_X").sum() >= 6
+    proc = subprocess.run(run + ["segment", str(twin / "image.tif"), "--device", "cuda", "--out", str(tmp_path / "g"),
+                                 "--quiet"], capture_output=True, text=True)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["MoS2_stem_Exp-000-2.npy", "MoS2_stem_Exp-001-5.npy"])
+def test_real_images_run_end_to_end(shared_data, name):
+    from napari_mx2_defects.analysis.api import analyze_image
+    from napari_mx2_defects.io.formats import load_images
+    from napari_mx2_defects.learn.inference import segment_image
+
+    image = load_images(shared_data / "real/scilink_mos2" / name)[0]
+    seg = segment_image(image.data, image.pixel_size_A)
+    assert seg.labels.shape == image.data.shape
+    defect_fraction = float((seg.labels > 0).mean())
+    assert defect_fraction < 0.25  # a defect map, not a mislabelled lattice
+    result = analyze_image(image.data, image.pixel_size_A, "MoS2", defects=seg.defects,
+                           beam_energy_keV=image.beam_energy_keV)
+    assert "model_class" in result.sites
