@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# pytest-qt has loaded Qt by now: let the package keep triton out before torch is first imported
+# (see napari_mx2_defects/learn/__init__.py)
+import napari_mx2_defects.learn  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MX2_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -158,3 +158,33 @@ def test_demo_main_job_end_to_end(tmp_path):
     assert summary["lattice"]["a_A"] == pytest.approx(3.1841, rel=0.01)
     with pytest.raises(FileExistsError):
         run_demo(out)
+
+
+def test_find_defects_widget(make_napari_viewer, qtbot):
+    import torch
+
+    from napari_mx2_defects.sample_data import make_mos2_twin
+    from napari_mx2_defects.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in make_mos2_twin():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    n_before = len(viewer.layers)
+    if not torch.cuda.is_available():  # a chosen device that is absent: a message, no layer
+        widget.device.value = "cuda"
+        worker = widget.run()
+        with qtbot.waitSignal(worker.finished, timeout=60_000):
+            pass
+        qtbot.wait(50)
+        assert "no CUDA GPU" in widget.status.value and len(viewer.layers) == n_before
+        widget.device.value = "auto"
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=300_000):
+        pass
+    qtbot.waitUntil(lambda: len(viewer.layers) == n_before + 2, timeout=10_000)
+    labels, points = viewer.layers[-2], viewer.layers[-1]
+    assert type(labels).__name__ == "Labels" and tuple(labels.scale) == pytest.approx(tuple(viewer.layers[0].scale))
+    assert {"defect_class", "confidence", "area_A2"} <= set(points.features.columns)
+    assert (points.features.defect_class == "V_X").sum() >= 5

@@ -138,3 +138,19 @@ def test_missing_and_unknown_files(tmp_path):
         load_images(tmp_path / "absent.dm4")
     with pytest.raises(ReaderError, match="unsupported"):
         load_images(tmp_path / "x.png")
+
+
+def test_file_with_several_signals_gives_several_named_layers(shared_data, monkeypatch):
+    """A Velox file with HAADF and DF signals: one layer per signal, named by signal title."""
+    from rsciio.emd import file_reader
+
+    import napari_mx2_defects.io.formats as formats
+
+    path = shared_data / "formats/openNCEM/STEM HAADF Diffraction Micro.emd"
+    (haadf,) = file_reader(str(path))
+    df = {**haadf, "data": haadf["data"] // 2, "metadata": {**haadf["metadata"], "General": {"title": "DF4"}}}
+    monkeypatch.setitem(formats._FORMAT_READERS, ".emd", lambda p: [haadf, df])
+    layers = read_stem(str(path))
+    assert [kw["name"] for _, kw, _ in layers] == ["STEM HAADF Diffraction Micro [HAADF]",
+                                                   "STEM HAADF Diffraction Micro [DF4]"]
+    assert all(kw["scale"] == pytest.approx([873.708, 873.708], rel=1e-4) for _, kw, _ in layers)

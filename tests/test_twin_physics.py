@@ -10,11 +10,11 @@ from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
 from napari_mx2_defects.twin.imperfections import ImageState, Imperfections, PoissonDose
 from napari_mx2_defects.twin.microscope import Microscope
 from napari_mx2_defects.twin.simulate import (
-    calibration_cell,
     column_intensities,
     integration_radius_A,
     projected_columns,
     render_incoherent,
+    render_incoherent_periodic,
     simulate_abtem,
 )
 
@@ -135,6 +135,11 @@ def test_fast_mode_matches_abtem_per_column():
     fast_i = column_intensities(fast, extent, cols.x_A, cols.y_A, radius)
     error = np.abs(fast_i - ref_i) / ref_i
     assert error.max() < 0.03, dict(zip(cols.signature, error.round(4)))
+    # what simulate_twin runs: the Nyquist grid, Fourier-interpolated like abTEM's own output
+    interpolated = render_incoherent_periodic(cols.x_A, cols.y_A, cols.signature.map(calibration.weights_A2).to_numpy(),
+                                              shape, extent, m, object_sigma_A=calibration.object_sigma_A)
+    interp_i = column_intensities(interpolated, extent, cols.x_A, cols.y_A, radius)
+    assert (np.abs(interp_i - ref_i) / ref_i).max() < 0.03
 
 
 from hypothesis import given, settings  # noqa: E402
@@ -166,3 +171,24 @@ def test_structure_file_becomes_a_twin(tmp_path):
     i, j = int(round(w[1] / twin.pixel_size_A[0])), int(round(w[0] / twin.pixel_size_A[1]))
     ring = twin.clean_image[max(i - 6, 0) : i + 7, max(j - 6, 0) : j + 7]
     assert twin.clean_image[i, j] >= 0.9 * ring.max()  # pixel (0, 0) is the cell origin, x along columns
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("scan jitter", {"scan_jitter_A": 0.2}),
+    ("linear drift", {"drift_A_per_line": (0.01, 0.0)}),
+    ("non-linear drift", {"nonlinear_drift_A": 1.0}),
+    ("contamination", {"contamination": 0.3}),
+    ("probe current", {"probe_current_variation": 0.05}),
+    ("read noise", {"read_noise": 0.001}),
+])
+def test_each_imperfection_is_a_seedable_transform(mos2_twin, name, kwargs):
+    from napari_mx2_defects.twin.imperfections import apply_imperfections
+
+    clean = mos2_twin.clean_image
+    settings = Imperfections(**kwargs)
+    a = apply_imperfections(clean, mos2_twin.pixel_size_A, True, settings, np.random.default_rng(5)).image
+    b = apply_imperfections(clean, mos2_twin.pixel_size_A, True, settings, np.random.default_rng(5)).image
+    c = apply_imperfections(clean, mos2_twin.pixel_size_A, True, settings, np.random.default_rng(6)).image
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, clean), name
+    assert not np.array_equal(a, c), name

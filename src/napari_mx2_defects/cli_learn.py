@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -31,7 +30,8 @@ def _cmd_train(args):
 
     config = TrainConfig(architecture=args.architecture, pixel_size_A=args.model_pixel_size, epochs=args.epochs,
                          steps_per_epoch=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                         patience=args.patience, seed=args.seed, device=args.device, crop_px=args.crop)
+                         patience=args.patience, seed=args.seed, device=args.device, crop_px=args.crop,
+                         init_from=str(args.init_from) if args.init_from else None)
     command = "mx2-defects " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path, _ = train(args.dataset, args.out, config, command=command, progress=_progress(args.quiet))
     print(f"wrote {path} and {path.with_suffix('.json')}")
@@ -93,7 +93,7 @@ def add_learn_commands(sub) -> None:
     p.set_defaults(func=_cmd_dataset)
 
     p = sub.add_parser("train", help="train a segmentation model on a dataset")
-    p.add_argument("dataset", type=Path)
+    p.add_argument("dataset", type=Path, nargs="+", help="one or more datasets (.zarr)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors; card written beside)")
     p.add_argument("--architecture", default="light", help="unet, attention-unet, resnet152-unet or light")
     p.add_argument("--model-pixel-size", type=float, default=0.2)
@@ -105,6 +105,7 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--init-from", type=Path, help="start from this .safetensors checkpoint (fine-tuning)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 

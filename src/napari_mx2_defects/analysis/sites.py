@@ -75,8 +75,9 @@ def measure_sites(image: np.ndarray, a_px_hint: float | None, m_brighter: bool |
     nn = _nn_px(a_px)
     background = local_background(img, a_px)
     flat = img - background
-    peaks = find_peaks(flat, min_distance_px=0.6 * nn, smooth_px=max(0.5, 0.12 * a_px))
+    peaks = find_peaks(flat, min_distance_px=0.6 * nn, smooth_px=max(0.5, 0.12 * a_px), threshold_rel=0.1)
     fit = fit_lattice(peaks, a_px, g)
+    _check_second_sublattice(fit, flat)
     xy, sub = ideal_sites(fit, img.shape, border_px)
     if len(xy) == 0:
         raise ValueError("no lattice site lies inside the analysed area; the image is too small for its border")
@@ -104,6 +105,32 @@ def measure_sites(image: np.ndarray, a_px_hint: float | None, m_brighter: bool |
         "intensity_raw": raw, "intensity": raw / norm, "peak_found": found,
     })
     return SiteMeasurement(sites=sites, fit=fit, a_px=float(fit.a_px), fft_a_px=float(fft_a), notes=notes)
+
+
+def _check_second_sublattice(fit: LatticeFit, flat: np.ndarray) -> None:
+    """Put sublattice B where the image is bright, not on the empty hollow sites.
+
+    When one sublattice is much dimmer than the other (S2 beside W), few of its columns pass the
+    peak threshold and the fitted offset is unreliable; of the two honeycomb positions (+o, −o)
+    the chalcogen sits on the brighter one, the hollow site on the darker.
+    """
+    from scipy.ndimage import map_coordinates
+
+    obtuse = float(np.dot(fit.a1, fit.a2)) < 0
+    theory = np.array([1 / 3, 2 / 3]) if obtuse else np.array([1 / 3, 1 / 3])
+    fitted = fit.offset
+    # the fitted offset if it is a honeycomb position, else the theoretical one
+    base = fitted if min(np.linalg.norm((fitted - t) - np.round(fitted - t)) for t in (theory, -theory)) < 0.08 \
+        else theory
+    ny, nx = flat.shape
+    n1, n2 = np.meshgrid(np.arange(-6, 7), np.arange(-6, 7), indexing="ij")
+    cells = np.column_stack([n1.ravel(), n2.ravel()])
+    means = []
+    for candidate in (base, -base):
+        pts = fit.origin + (cells + candidate) @ fit.matrix.T
+        ok = (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] < nx) & (pts[:, 1] < ny)
+        means.append(float(np.mean(map_coordinates(flat, [pts[ok, 1], pts[ok, 0]], order=1))) if ok.any() else -np.inf)
+    fit.offset = base if means[0] >= means[1] else -base
 
 
 def classify_sites(sites: pd.DataFrame, levels: dict[str, dict[str, float]]) -> np.ndarray:

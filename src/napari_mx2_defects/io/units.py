@@ -25,8 +25,8 @@ ANGSTROM_PER_UNIT: dict[str, float] = {
 }
 
 _ALIASES = {
-    "µm": "um",  # micro sign U+00B5
-    "μm": "um",  # Greek small mu U+03BC
+    "\u00b5m": "um",  # micro sign U+00B5
+    "\u03bcm": "um",  # Greek small mu U+03BC
     "micron": "um",
     "microns": "um",
     "micrometer": "um",
@@ -34,8 +34,8 @@ _ALIASES = {
     "nanometer": "nm",
     "nanometre": "nm",
     "å": "A",
-    "Å": "A",  # U+00C5
-    "Å": "A",  # angstrom sign U+212B
+    "\u00c5": "A",  # U+00C5
+    "\u212b": "A",  # angstrom sign U+212B
     "a": "A",
     "ang": "A",
     "angstrom": "A",

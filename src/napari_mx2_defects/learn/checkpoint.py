@@ -82,7 +82,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from exc
     spec = ModelSpec(**{**card.spec, "decoder_channels": tuple(card.spec["decoder_channels"])})
     model = build_model(spec, n_classes=len(card.classes))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    expected = set(model.state_dict())
+    # checkpoints written before unused encoder stages were pruned still carry them
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
+             if k in expected or not k.startswith(("encoder.layer3.", "encoder.layer4."))}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

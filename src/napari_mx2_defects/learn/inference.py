@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from ..twin.defects import CLASS_NAMES
 from .checkpoint import ModelCard, default_model_path, load_checkpoint
@@ -142,14 +143,61 @@ def instances_from_labels(labels: np.ndarray, pixel_size_A: float, score: np.nda
     return pd.DataFrame(rows, columns=DEFECTS_COLUMNS)
 
 
+#: Classes that look alike on the two sublattices (an empty column; a single chalcogen), keyed by
+#: class → (sublattice it belongs to, its look-alike on the other sublattice).
+SUBLATTICE_TWINS = {"V_M": ("M", "V_XX"), "V_XX": ("X", "V_M"), "X_M": ("M", "V_X"), "V_X": ("X", "X_M")}
+
+
+def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarray, material: str,
+                       beam_energy_keV: float | None = None) -> tuple[np.ndarray, int]:
+    """Second stage: give sublattice look-alikes the class of the sublattice they sit on.
+
+    Where metal and chalcogen columns are about equally bright (MoSe2: Mo Z=42, Se2 2×34), an empty
+    metal site and an empty X2 site look the same and the network cannot tell the sublattices
+    apart. The site analysis can — it fits the lattice and decides which sublattice is the metal
+    from a forward model of the named parent — so each look-alike instance takes the class of the
+    sublattice under its centroid.
+
+    Returns
+    -------
+    labels, n_changed
+    """
+    from ..analysis.sites import measure_sites, reference_levels
+    from ..twin.parents import get_parent
+
+    parent = get_parent(material)
+    energy = float(beam_energy_keV) if beam_energy_keV else 80.0
+    _, m_brighter = reference_levels(parent.key, round(float(pixel_size_A), 4), energy, None)
+    sites = measure_sites(image, parent.a_A / pixel_size_A, m_brighter, border_px=0.0).sites
+    tree = cKDTree(sites[["x_px", "y_px"]].to_numpy())
+    nn_px = parent.a_A / np.sqrt(3) / pixel_size_A
+    out = labels.copy()
+    changed = 0
+    ids = {name: cid for cid, name in CLASS_NAMES.items()}
+    for name, (sub, other) in SUBLATTICE_TWINS.items():
+        regions, n = ndimage.label(labels == ids[name])
+        if n == 0:
+            continue
+        centres = np.array(ndimage.center_of_mass(labels == ids[name], regions, np.arange(1, n + 1)))
+        d, idx = tree.query(centres[:, ::-1])
+        for k in range(n):
+            if d[k] < 0.5 * nn_px and sites.sublattice.iat[idx[k]] != sub:
+                out[regions == k + 1] = ids[other]
+                changed += 1
+    return out, changed
+
+
 def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Path = "default",
                   device: str = "auto", tile: int = 256, overlap: int = 64, return_probabilities: bool = False,
+                  material: str | None = None, beam_energy_keV: float | None = None,
                   progress: Callable[[float, str], None] = lambda f, m: None,
                   cancelled: Callable[[], bool] = lambda: False) -> Segmentation:
     """Segment a HAADF image of any size.
 
     The image is resampled to the model's pixel size, normalised as in training, predicted in
-    overlapping tiles blended with a Hann window, and the labels resampled back.
+    overlapping tiles blended with a Hann window, and the labels resampled back. With
+    ``material`` the sublattice of each empty-site or single-chalcogen instance is checked against
+    the fitted lattice (:func:`assign_sublattices`).
     """
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
@@ -164,6 +212,9 @@ def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Pa
     n_classes = len(card.classes)
     labels_m, score_m, probs_m = _predict_tiled(net, work, dev, tile, overlap, progress, cancelled, n_classes,
                                                 return_probabilities)
+    if material:
+        model_scale_image = resample_to(img, pixel_size_A, card.pixel_size_A, order=1)
+        labels_m, _ = assign_sublattices(labels_m, card.pixel_size_A, model_scale_image, material, beam_energy_keV)
     instances = instances_from_labels(labels_m, card.pixel_size_A, score_m)
     labels = resample_to(labels_m, card.pixel_size_A, pixel_size_A, order=0)[: img.shape[0], : img.shape[1]]
     if labels.shape != img.shape:

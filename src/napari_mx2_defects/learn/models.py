@@ -53,7 +53,20 @@ def build_model(architecture: str | ModelSpec, n_classes: int) -> torch.nn.Modul
                   decoder_channels=list(spec.decoder_channels), in_channels=1, classes=n_classes)
     if spec.decoder_attention_type:
         kwargs["decoder_attention_type"] = spec.decoder_attention_type
-    return cls(**kwargs)
+    model = cls(**kwargs)
+    _prune_unused_stages(model.encoder, spec.encoder_depth)
+    return model
+
+
+#: ResNet stages that a shallower encoder never runs (smp builds them anyway).
+_RESNET_STAGES = {4: "layer3", 5: "layer4"}
+
+
+def _prune_unused_stages(encoder: torch.nn.Module, depth: int) -> None:
+    """Drop ResNet stages beyond ``depth``: smp's forward skips them, but they would fill the checkpoint."""
+    for stage, name in _RESNET_STAGES.items():
+        if depth < stage and hasattr(encoder, name):
+            delattr(encoder, name)
 
 
 def pick_device(device: str = "auto") -> torch.device:

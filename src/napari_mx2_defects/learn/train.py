@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # 0: torch's default
+    init_from: str | None = None  # a .safetensors checkpoint (same architecture) to start from
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -124,10 +125,10 @@ def per_class_pixel_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, d
     return out
 
 
-def train(dataset: str | Path, out: str | Path, config: TrainConfig, command: str = "",
+def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, command: str = "",
           progress: Callable[[float, str], None] = lambda f, m: None,
           log: Callable[[str], None] = print) -> tuple[Path, dict]:
-    """Train a model on a dataset from ``mx2-defects dataset`` and save the best checkpoint.
+    """Train a model on one or more datasets from ``mx2-defects dataset``; save the best checkpoint.
 
     Returns
     -------
@@ -141,7 +142,11 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, command: st
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    images, labels, metas = load_dataset(dataset)
+    datasets = [dataset] if isinstance(dataset, (str, Path)) else list(dataset)
+    parts = [load_dataset(d) for d in datasets]
+    images = [img for part in parts for img in part[0]]
+    labels = [lab for part in parts for lab in part[1]]
+    metas = [meta for part in parts for meta in part[2]]
     xs, ys = _prepare(images, labels, metas, config.pixel_size_A)
     order = rng.permutation(len(xs))
     n_val = max(1, int(round(config.validation_fraction * len(xs))))
@@ -151,6 +156,18 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, command: st
     weights = _class_weights([ys[i] for i in train_idx]).to(device)
     present = weights > 0
     model = build_model(config.architecture, N_CLASSES).to(device)
+    if config.init_from:
+        from .checkpoint import load_checkpoint
+
+        start, start_card = load_checkpoint(config.init_from)
+        if start_card.architecture != config.architecture:
+            raise ValueError(f"{config.init_from} is a {start_card.architecture} model, not {config.architecture}")
+        model.load_state_dict(start.state_dict())
+        initialised_from = {"checkpoint": str(config.init_from), "command": start_card.command,
+                            "training_data": start_card.training_data,
+                            "epochs_run": start_card.metrics.get("epochs_run")}
+    else:
+        initialised_from = None
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate,
                                                     total_steps=config.epochs * config.steps_per_epoch)
@@ -199,9 +216,9 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, command: st
         classes={str(k): v for k, v in CLASS_NAMES.items()},
         pixel_size_A=config.pixel_size_A,
         normalisation=NORMALISATION,
-        training_data={"dataset": str(dataset), "n_samples": len(xs), "n_train": int(len(train_idx)),
+        training_data={"datasets": [str(d) for d in datasets], "n_samples": len(xs), "n_train": int(len(train_idx)),
                        "n_validation": int(n_val), "materials": sorted({m["material"] for m in metas}),
-                       "presets": sorted({m["preset"] for m in metas})},
+                       "presets": sorted({m["preset"] for m in metas}), "initialised_from": initialised_from},
         command=command,
         metrics={"validation_pixel": history[-1]["val"] if history else {}, "best_val_vacancy_f1": best[0],
                  "epochs_run": len(history), "config": asdict(config),

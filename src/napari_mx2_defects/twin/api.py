@@ -24,6 +24,7 @@ from .simulate import (
     calibrate_column_weights,
     projected_columns,
     render_incoherent,
+    render_incoherent_periodic,
     simulate_abtem,
 )
 from .structures import GrainBoundary, Lattice, add_holes, build_lattice, lattice_from_atoms
@@ -263,8 +264,12 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = _noop_progress,
             raise Cancelled("simulation cancelled")
         progress(0.7, "rendering (fast incoherent mode)")
         weights = columns.signature.map(calibration.weights_A2).to_numpy(dtype=float)
-        clean = render_incoherent(columns.x_A, columns.y_A, weights, (ny, nx), extent, m, lattice.periodic,
-                                  object_sigma_A=calibration.object_sigma_A)
+        if lattice.periodic:
+            clean = render_incoherent_periodic(columns.x_A, columns.y_A, weights, (ny, nx), extent, m,
+                                               object_sigma_A=calibration.object_sigma_A)
+        else:
+            clean = render_incoherent(columns.x_A, columns.y_A, weights, (ny, nx), extent, m, False,
+                                      object_sigma_A=calibration.object_sigma_A)
     else:
         if not lattice.periodic:
             raise ValueError("abTEM methods need a periodic cell")

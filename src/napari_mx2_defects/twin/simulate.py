@@ -35,6 +35,7 @@ __all__ = [
     "Cancelled",
     "projected_columns",
     "render_incoherent",
+    "render_incoherent_periodic",
     "simulate_abtem",
     "calibrate_column_weights",
     "column_intensities",
@@ -171,6 +172,34 @@ def render_incoherent(
     else:
         image = canvas[py : py + ny, px : px + nx].copy()
     return image
+
+
+def render_incoherent_periodic(
+    x_A: np.ndarray,
+    y_A: np.ndarray,
+    weights_A2: np.ndarray,
+    shape: tuple[int, int],
+    extent_A: tuple[float, float],
+    microscope: Microscope,
+    object_sigma_A: float = 0.0,
+) -> np.ndarray:
+    """Fast mode for a periodic cell, computed as abTEM does: on the Nyquist scan grid, then
+    Fourier-interpolated to ``shape``.
+
+    The incoherent image is the probe intensity (band-limited to twice the aperture, which the
+    Nyquist grid samples exactly) convolved with narrow Gaussians, so Fourier interpolation loses
+    nothing; at fine output pixels this is ~30× quicker than rendering every pixel.
+    """
+    import abtem
+
+    nyq = microscope.nyquist_scan_sampling_A
+    coarse = (int(np.ceil(extent_A[1] / nyq)), int(np.ceil(extent_A[0] / nyq)))
+    if coarse[0] >= shape[0] and coarse[1] >= shape[1]:
+        return render_incoherent(x_A, y_A, weights_A2, shape, extent_A, microscope, True, object_sigma_A)
+    image = render_incoherent(x_A, y_A, weights_A2, coarse, extent_A, microscope, True, object_sigma_A)
+    step = (extent_A[0] / coarse[1], extent_A[1] / coarse[0])
+    fine = abtem.Images(image.T.copy(), sampling=step).interpolate(gpts=(shape[1], shape[0]))
+    return np.asarray(fine.array).T.copy()
 
 
 def apply_source_size(image: np.ndarray, pixel_size_A: tuple[float, float], microscope: Microscope,

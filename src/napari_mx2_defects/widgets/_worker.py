@@ -13,7 +13,7 @@ from typing import Any, Callable
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 
-__all__ = ["JobRunner"]
+__all__ = ["JobRunner", "JobWidget", "current_plane"]
 
 
 class _Bridge(QObject):
@@ -61,3 +61,48 @@ class JobRunner:
     def _finished(self) -> None:
         self.worker = None
         self._on_finished()
+
+
+class JobWidget:
+    """Mixin for dock widgets with ``run_button``, optional ``cancel_button``, ``progress`` and ``status``.
+
+    Subclasses call :meth:`_init_runner` after building their controls and implement ``_on_done``.
+    """
+
+    def _init_runner(self) -> None:
+        self.runner = JobRunner(self._on_progress, self._on_done, self._on_error, self._on_finished)
+        self.run_button.changed.connect(self.run)
+        if getattr(self, "cancel_button", None) is not None:
+            self.cancel_button.changed.connect(self.runner.cancel)
+
+    def _start(self, job, message: str = "running…"):
+        self.run_button.enabled = False
+        if getattr(self, "cancel_button", None) is not None:
+            self.cancel_button.enabled = True
+        self.status.value = message
+        return self.runner.start(job)
+
+    def _on_progress(self, fraction: float, message: str) -> None:
+        self.progress.value = int(round(100 * fraction))
+        self.status.value = message
+
+    def _on_error(self, exc: BaseException) -> None:
+        from ..twin.simulate import Cancelled
+
+        self.status.value = "cancelled; no layer was added" if isinstance(exc, Cancelled) else f"⚠ {exc}"
+        self.progress.value = 0
+
+    def _on_finished(self) -> None:
+        self.run_button.enabled = True
+        if getattr(self, "cancel_button", None) is not None:
+            self.cancel_button.enabled = False
+
+
+def current_plane(viewer, layer):
+    """The 2-D image of ``layer`` the viewer shows now (the current frame of a stack)."""
+    import numpy as np
+
+    data = np.asarray(layer.data)
+    if data.ndim > 2:
+        data = data[tuple(int(i) for i in viewer.dims.current_step[: data.ndim - 2])]
+    return data

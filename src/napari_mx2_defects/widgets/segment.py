@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
 
-from ._worker import JobRunner
+from ._worker import JobWidget, current_plane
 
 if TYPE_CHECKING:
     import napari
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["SegmentWidget"]
 
 
-class SegmentWidget(Container):
+class SegmentWidget(JobWidget, Container):
     """Labels (class per pixel) and Points (one per defect) from the shipped or a user's model."""
 
     def __init__(self, viewer: "napari.viewer.Viewer"):
@@ -33,9 +33,7 @@ class SegmentWidget(Container):
         self.status = Label(value="")
         self.extend([self.image_layer, self.use_default, self.checkpoint, self.pixel, self.device, self.probabilities,
                      self.run_button, self.cancel_button, self.progress, self.status])
-        self.runner = JobRunner(self._on_progress, self._on_done, self._on_error, self._on_finished)
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.runner.cancel)
+        self._init_runner()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(lambda *_: setattr(self.image_layer, "choices", self._images()))
 
@@ -50,9 +48,7 @@ class SegmentWidget(Container):
             self.status.value = "⚠ open an image first"
             return None
         layer = self.viewer.layers[self.image_layer.value]
-        data = np.asarray(layer.data)
-        if data.ndim > 2:
-            data = data[tuple(int(i) for i in self.viewer.dims.current_step[: data.ndim - 2])]
+        data = current_plane(self.viewer, layer)
         meta = layer.metadata or {}
         pixel = float(np.mean(layer.scale[-2:])) if meta.get("calibrated") else (self.pixel.value or None)
         if pixel is None:
@@ -61,16 +57,9 @@ class SegmentWidget(Container):
         model = "default" if self.use_default.value else str(self.checkpoint.value)
         device, want_probs = self.device.value, self.probabilities.value
         self._context = (layer, pixel)
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self.status.value = "running…"
-        return self.runner.start(lambda progress, cancelled: segment_image(
+        return self._start(lambda progress, cancelled: segment_image(
             data, pixel, model=model, device=device, return_probabilities=want_probs, progress=progress,
             cancelled=cancelled))
-
-    def _on_progress(self, fraction: float, message: str) -> None:
-        self.progress.value = int(round(100 * fraction))
-        self.status.value = message
 
     def _on_done(self, seg) -> None:
         from ..layers import label_colormap_layer
@@ -89,13 +78,3 @@ class SegmentWidget(Container):
             self.viewer.add_image(seg.probabilities, name=f"{layer.name} probabilities", scale=(1.0, *scale),
                                   visible=False)
         self.status.value = f"{len(table)} defects found on {seg.device}"
-
-    def _on_error(self, exc: BaseException) -> None:
-        from ..twin.simulate import Cancelled
-
-        self.status.value = "cancelled; no layer was added" if isinstance(exc, Cancelled) else f"⚠ {exc}"
-        self.progress.value = 0
-
-    def _on_finished(self) -> None:
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False

@@ -17,7 +17,7 @@ from magicgui.widgets import (
 
 from ..twin.defects import CLASS_IDS
 from ..twin.parents import list_parents
-from ._worker import JobRunner
+from ._worker import JobWidget
 
 if TYPE_CHECKING:
     import napari
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["SimulateWidget"]
 
 
-class SimulateWidget(Container):
+class SimulateWidget(JobWidget, Container):
     """Build a parent with defects, simulate its HAADF image, add image + truth layers."""
 
     def __init__(self, viewer: "napari.viewer.Viewer"):
@@ -64,9 +64,7 @@ class SimulateWidget(Container):
             self.jitter, self.contamination, self.estimate, self.run_button, self.cancel_button, self.progress,
             self.status,
         ])
-        self.runner = JobRunner(self._on_progress, self._on_done, self._on_error, self._on_finished)
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.runner.cancel)
+        self._init_runner()
         for w in (self.method, self.fov, self.pixel):
             w.changed.connect(self._update_estimate)
         self._update_estimate()
@@ -106,16 +104,9 @@ class SimulateWidget(Container):
         except ValueError as exc:
             self.status.value = f"⚠ {exc}"
             return None
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self.status.value = "running…"
         from ..twin.api import simulate_twin
 
-        return self.runner.start(lambda progress, cancelled: simulate_twin(request, progress, cancelled))
-
-    def _on_progress(self, fraction: float, message: str) -> None:
-        self.progress.value = int(round(100 * fraction))
-        self.status.value = message
+        return self._start(lambda progress, cancelled: simulate_twin(request, progress, cancelled))
 
     def _on_done(self, twin) -> None:
         from ..layers import twin_layers
@@ -124,13 +115,3 @@ class SimulateWidget(Container):
         for data, kwargs, kind in twin_layers(twin, name=base):
             getattr(self.viewer, f"add_{kind}")(data, **kwargs)
         self.status.value = f"done: {len(twin.defects)} defects, {twin.settings['seconds']:.1f} s"
-
-    def _on_error(self, exc: BaseException) -> None:
-        from ..twin.simulate import Cancelled
-
-        self.status.value = "cancelled; no layer was added" if isinstance(exc, Cancelled) else f"⚠ {exc}"
-        self.progress.value = 0
-
-    def _on_finished(self) -> None:
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False

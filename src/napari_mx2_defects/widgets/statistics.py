@@ -9,7 +9,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
 
 from ..twin.parents import list_parents
-from ._worker import JobRunner
+from ._worker import JobWidget, current_plane
 
 if TYPE_CHECKING:
     import napari
@@ -19,7 +19,7 @@ __all__ = ["StatisticsWidget"]
 _NONE = "(none)"
 
 
-class StatisticsWidget(Container):
+class StatisticsWidget(JobWidget, Container):
     """Measure every site of an image layer and count defects per cm², with plots."""
 
     def __init__(self, viewer: "napari.viewer.Viewer"):
@@ -47,8 +47,7 @@ class StatisticsWidget(Container):
         self.canvas.setMinimumHeight(380)
         self.native.layout().addWidget(self.canvas)
         self.result = None
-        self.runner = JobRunner(self._on_progress, self._on_done, self._on_error, self._on_finished)
-        self.run_button.changed.connect(self.run)
+        self._init_runner()
         self.export_csv_button.changed.connect(lambda *_: self._ask_and_export("csv"))
         self.export_png_button.changed.connect(lambda *_: self._ask_and_export("png"))
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -73,10 +72,7 @@ class StatisticsWidget(Container):
             self.status.value = "⚠ open an image first"
             return None
         layer = self.viewer.layers[self.image_layer.value]
-        data = np.asarray(layer.data)
-        if data.ndim > 2:
-            index = tuple(int(i) for i in self.viewer.dims.current_step[: data.ndim - 2])
-            data = data[index]
+        data = current_plane(self.viewer, layer)
         meta = layer.metadata or {}
         calibrated = bool(meta.get("calibrated", False))
         pixel = float(layer.scale[-1]) if calibrated else None
@@ -96,19 +92,14 @@ class StatisticsWidget(Container):
             regions = [np.asarray(s)[:, -2:] * shapes.scale[-2:] + shapes.translate[-2:] for s in shapes.data]
         material, dopant = self.material.value, (self.dopant.value or None)
         energy = meta.get("beam_energy_keV")
-        self.run_button.enabled = False
-        self.status.value = "running…" if calibrated else "no calibration: self-calibrating from the parent"
+        message = "running…" if calibrated else "no calibration: self-calibrating from the parent"
 
         def job(progress, cancelled):
             return analyze_image(data, pixel, material=material, defects=defects, regions=regions,
                                  beam_energy_keV=energy, dopant=dopant, progress=progress)
 
         self._source_name = layer.name
-        return self.runner.start(job)
-
-    def _on_progress(self, fraction: float, message: str) -> None:
-        self.progress.value = int(round(100 * fraction))
-        self.status.value = message
+        return self._start(job, message)
 
     def _on_done(self, result) -> None:
         from ..analysis.plots import draw_concentrations, draw_histogram
@@ -126,13 +117,6 @@ class StatisticsWidget(Container):
                              f"{lat['n_M_sites']} M / {lat['n_X_sites']} X sites; {lat['analysed_area_nm2']:.1f} nm²")
         self.export_csv_button.enabled = True
         self.export_png_button.enabled = True
-
-    def _on_error(self, exc: BaseException) -> None:
-        self.status.value = f"⚠ {exc}"
-        self.progress.value = 0
-
-    def _on_finished(self) -> None:
-        self.run_button.enabled = True
 
     def export(self, folder: str | Path, overwrite: bool = False) -> list[Path]:
         """Write sites.csv, concentrations.csv, lattice.json and the figures into ``folder``."""

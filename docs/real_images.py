@@ -1,0 +1,44 @@
+"""Segment and analyse the real MoS2 images of ../shared/data/real in a napari viewer; save screenshots.
+
+Run under a display (or xvfb-run): python docs/real_images.py [SHARED_DATA_DIR] [OUT_DIR]
+Writes one screenshot per image and prints what the analysis and the model found.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import napari
+import numpy as np
+
+from napari_mx2_defects.analysis.api import analyze_image
+from napari_mx2_defects.layers import label_colormap_layer
+from napari_mx2_defects.learn.inference import segment_image
+
+shared = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
+out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parent
+viewer = napari.Viewer(show=True)
+for path in sorted((shared / "real" / "scilink_mos2").glob("*.npy")):
+    viewer.layers.clear()
+    layer = viewer.open(path, plugin="napari-mx2-defects")[0]
+    pixel = layer.metadata["pixel_size_A"]
+    image = np.asarray(layer.data)
+    result = analyze_image(image, pixel, "MoS2", beam_energy_keV=layer.metadata["beam_energy_keV"])
+    self_cal = analyze_image(image, None, "MoS2", beam_energy_keV=layer.metadata["beam_energy_keV"])
+    pixel_used = self_cal.lattice["pixel_size_A"] if result.lattice["a_A"] > 3.3 else pixel
+    seg = segment_image(image, pixel_used, material="MoS2", beam_energy_keV=layer.metadata["beam_energy_keV"])
+    viewer.layers[0].scale = (pixel_used, pixel_used)
+    viewer.add_labels(seg.labels, scale=(pixel_used, pixel_used), colormap=label_colormap_layer(), opacity=0.6,
+                      name="model labels")
+    viewer.add_points(seg.defects[["y_A", "x_A"]].to_numpy(), size=1.5, face_color="transparent",
+                      border_color="red", name="model defects")
+    viewer.reset_view()
+    shot = out / f"real_{path.stem}.png"
+    viewer.screenshot(str(shot), canvas_only=True, flash=False)
+    counts = seg.defects.defect_class.value_counts().to_dict()
+    print(f"{path.name}: stated pixel {pixel:.5f} Å → a = {result.lattice['a_A']:.3f} Å "
+          f"(a1 {result.lattice['a1_A']:.3f}, a2 {result.lattice['a2_A']:.3f}, angle {result.lattice['angle_deg']:.1f}°), "
+          f"{result.lattice['n_M_sites']} M / {result.lattice['n_X_sites']} X sites; self-calibrated pixel "
+          f"{self_cal.lattice['pixel_size_A']:.5f} Å; segmented at {pixel_used:.5f} Å: {counts}; {shot.name}")
+viewer.close()
