@@ -173,15 +173,15 @@ def test_structure_file_becomes_a_twin(tmp_path):
     assert twin.clean_image[i, j] >= 0.9 * ring.max()  # pixel (0, 0) is the cell origin, x along columns
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("scan jitter", {"scan_jitter_A": 0.2}),
-    ("linear drift", {"drift_A_per_line": (0.01, 0.0)}),
-    ("non-linear drift", {"nonlinear_drift_A": 1.0}),
-    ("contamination", {"contamination": 0.3}),
-    ("probe current", {"probe_current_variation": 0.05}),
-    ("read noise", {"read_noise": 0.001}),
+@pytest.mark.parametrize("name, kwargs, random", [
+    ("scan jitter", {"scan_jitter_A": 0.2}, True),
+    ("linear drift", {"drift_A_per_line": (0.01, 0.0)}, False),  # deterministic by nature
+    ("non-linear drift", {"nonlinear_drift_A": 1.0}, True),
+    ("contamination", {"contamination": 0.3}, True),
+    ("probe current", {"probe_current_variation": 0.05}, True),
+    ("read noise", {"read_noise": 0.001}, True),
 ])
-def test_each_imperfection_is_a_seedable_transform(mos2_twin, name, kwargs):
+def test_each_imperfection_is_a_seedable_transform(mos2_twin, name, kwargs, random):
     from napari_mx2_defects.twin.imperfections import apply_imperfections
 
     clean = mos2_twin.clean_image
@@ -191,4 +191,4 @@ def test_each_imperfection_is_a_seedable_transform(mos2_twin, name, kwargs):
     c = apply_imperfections(clean, mos2_twin.pixel_size_A, True, settings, np.random.default_rng(6)).image
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, clean), name
-    assert not np.array_equal(a, c), name
+    assert np.array_equal(a, c) != random, name

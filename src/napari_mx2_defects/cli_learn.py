@@ -53,7 +53,8 @@ def _cmd_segment(args):
     for name in ("labels.tif", "defects.csv"):
         if (out / name).exists() and not args.overwrite:
             raise FileExistsError(f"{out / name} exists; choose another --out or pass --overwrite")
-    seg = segment_image(data, pixel, model=args.model, device=args.device, progress=_progress(args.quiet))
+    seg = segment_image(data, pixel, model=args.model, device=args.device, material=args.material,
+                        beam_energy_keV=image.beam_energy_keV, progress=_progress(args.quiet))
     write_calibrated_tiff(out / "labels.tif", seg.labels, pixel, title="defect labels")
     seg.defects[DEFECTS_COLUMNS[:4]].to_csv(out / "defects.csv", index=False)
     print(f"{len(seg.defects)} defects on {seg.device}: " +
@@ -115,6 +116,7 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--pixel-size", type=float, help="pixel size in Å (for uncalibrated images)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--material", help="parent (e.g. MoSe2): checks each vacancy's sublattice against the lattice")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_segment)

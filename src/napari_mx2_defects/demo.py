@@ -71,8 +71,8 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
     segmentation_scores = None
     if default_model_path().exists():
         _log("segmenting with the shipped default model")
-        seg = segment_image(np.asarray(image_layer.data), image_layer.metadata["pixel_size_A"],
-                            progress=lambda f, m: None)
+        seg = segment_image(np.asarray(image_layer.data), image_layer.metadata["pixel_size_A"], material=material,
+                            beam_energy_keV=image_layer.metadata.get("beam_energy_keV"))
         predictions = seg.defects
         viewer.add_labels(seg.labels, name="model labels", scale=image_layer.scale, opacity=0.7,
                           colormap=label_colormap_layer())

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
 
+from ..twin.parents import list_parents
 from ._worker import JobWidget, current_plane
 
 if TYPE_CHECKING:
@@ -25,13 +26,17 @@ class SegmentWidget(JobWidget, Container):
         self.use_default = CheckBox(label="shipped default model", value=True)
         self.checkpoint = FileEdit(label="or checkpoint (.safetensors)", filter="*.safetensors", mode="r")
         self.pixel = FloatSpinBox(label="pixel size if uncalibrated (Å)", value=0.0, min=0.0, max=2.0, step=0.005)
+        self.material = ComboBox(label="parent (checks sublattices)", choices=["(none)"] + list_parents(),
+                                 value="(none)")
+        self.material.native.setEditable(True)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.probabilities = CheckBox(label="add probability image", value=False)
         self.run_button = PushButton(text="Find defects")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
-        self.extend([self.image_layer, self.use_default, self.checkpoint, self.pixel, self.device, self.probabilities,
+        self.extend([self.image_layer, self.use_default, self.checkpoint, self.pixel, self.material, self.device,
+                     self.probabilities,
                      self.run_button, self.cancel_button, self.progress, self.status])
         self._init_runner()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -56,16 +61,18 @@ class SegmentWidget(JobWidget, Container):
             return None
         model = "default" if self.use_default.value else str(self.checkpoint.value)
         device, want_probs = self.device.value, self.probabilities.value
+        material = self.material.value if self.material.value != "(none)" else meta.get("material")
+        energy = meta.get("beam_energy_keV")
         self._context = (layer, pixel)
         return self._start(lambda progress, cancelled: segment_image(
-            data, pixel, model=model, device=device, return_probabilities=want_probs, progress=progress,
-            cancelled=cancelled))
+            data, pixel, model=model, device=device, return_probabilities=want_probs, material=material,
+            beam_energy_keV=energy, progress=progress, cancelled=cancelled))
 
     def _on_done(self, seg) -> None:
         from ..layers import label_colormap_layer
 
         layer, pixel = self._context
-        scale = (pixel, pixel)
+        scale = tuple(float(v) for v in layer.scale[-2:])  # the labels overlay the image pixel for pixel
         self.viewer.add_labels(seg.labels, name=f"{layer.name} defects", scale=scale, opacity=0.6,
                                colormap=label_colormap_layer(), units=("angstrom", "angstrom"),
                                metadata={"pixel_size_A": pixel, "calibrated": True, "model": seg.card.architecture,
