@@ -175,7 +175,7 @@ def test_find_defects_widget(make_napari_viewer, qtbot):
     if not torch.cuda.is_available():  # a chosen device that is absent: a message, no layer
         widget.device.value = "cuda"
         worker = widget.run()
-        with qtbot.waitSignal(worker.finished, timeout=60_000):
+        with qtbot.waitSignal(worker.finished, timeout=300_000):
             pass
         qtbot.wait(50)
         assert "no CUDA GPU" in widget.status.value and len(viewer.layers) == n_before
@@ -183,7 +183,7 @@ def test_find_defects_widget(make_napari_viewer, qtbot):
     worker = widget.run()
     with qtbot.waitSignal(worker.finished, timeout=300_000):
         pass
-    qtbot.waitUntil(lambda: len(viewer.layers) == n_before + 2, timeout=10_000)
+    qtbot.waitUntil(lambda: len(viewer.layers) == n_before + 2, timeout=60_000)
     labels, points = viewer.layers[-2], viewer.layers[-1]
     assert type(labels).__name__ == "Labels" and tuple(labels.scale) == pytest.approx(tuple(viewer.layers[0].scale))
     assert {"defect_class", "confidence", "area_A2"} <= set(points.features.columns)

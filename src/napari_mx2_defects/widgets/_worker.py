@@ -82,6 +82,14 @@ class JobWidget:
         self.status.value = message
         return self.runner.start(job)
 
+    def _selected_image(self):
+        """(layer, 2-D data shown now, metadata) of the chosen image layer, or None with a message."""
+        if not self.image_layer.value:
+            self.status.value = "⚠ open an image first"
+            return None
+        layer = self.viewer.layers[self.image_layer.value]
+        return layer, current_plane(self.viewer, layer), layer.metadata or {}
+
     def _on_progress(self, fraction: float, message: str) -> None:
         self.progress.value = int(round(100 * fraction))
         self.status.value = message

@@ -8,7 +8,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
 
 from ..twin.parents import list_parents
-from ._worker import JobWidget, current_plane
+from ._worker import JobWidget
 
 if TYPE_CHECKING:
     import napari
@@ -49,12 +49,10 @@ class SegmentWidget(JobWidget, Container):
         """Start segmentation in a thread worker (returns the worker, or None with a message)."""
         from ..learn.inference import segment_image
 
-        if not self.image_layer.value:
-            self.status.value = "⚠ open an image first"
+        selected = self._selected_image()
+        if selected is None:
             return None
-        layer = self.viewer.layers[self.image_layer.value]
-        data = current_plane(self.viewer, layer)
-        meta = layer.metadata or {}
+        layer, data, meta = selected
         pixel = float(np.mean(layer.scale[-2:])) if meta.get("calibrated") else (self.pixel.value or None)
         if pixel is None:
             self.status.value = "⚠ this image has no calibration: enter its pixel size in Å"

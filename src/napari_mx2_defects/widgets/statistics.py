@@ -9,7 +9,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
 
 from ..twin.parents import list_parents
-from ._worker import JobWidget, current_plane
+from ._worker import JobWidget
 
 if TYPE_CHECKING:
     import napari
@@ -68,12 +68,10 @@ class StatisticsWidget(JobWidget, Container):
 
         from ..analysis.api import analyze_image
 
-        if not self.image_layer.value:
-            self.status.value = "⚠ open an image first"
+        selected = self._selected_image()
+        if selected is None:
             return None
-        layer = self.viewer.layers[self.image_layer.value]
-        data = current_plane(self.viewer, layer)
-        meta = layer.metadata or {}
+        layer, data, meta = selected
         calibrated = bool(meta.get("calibrated", False))
         pixel = float(layer.scale[-1]) if calibrated else None
         defects = None
