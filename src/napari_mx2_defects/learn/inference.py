@@ -71,7 +71,14 @@ def _predict_tiled(model, image: np.ndarray, device: torch.device, tile: int, ov
     step = tile - overlap
     pad_h = max(tile, int(np.ceil((h - tile) / step)) * step + tile if h > tile else tile)
     pad_w = max(tile, int(np.ceil((w - tile) / step)) * step + tile if w > tile else tile)
-    padded = np.pad(image, ((0, pad_h - h), (0, pad_w - w)), mode="reflect" if h > 1 else "constant")
+
+    def tile_at(r: int, c: int) -> np.ndarray:
+        """One tile; tiles that run past the image are reflect-padded on their own (no padded copy)."""
+        block = image[r : r + tile, c : c + tile]
+        if block.shape != (tile, tile):
+            block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1])), mode="symmetric")
+        return block
+
     win = _window(tile)
     labels = np.zeros((h, w), np.uint8)
     score = np.zeros((h, w), np.float16)
@@ -87,7 +94,7 @@ def _predict_tiled(model, image: np.ndarray, device: torch.device, tile: int, ov
             raise Cancelled("segmentation cancelled")
         band = np.zeros((n_classes, tile, pad_w), np.float32)
         weight = np.zeros((tile, pad_w), np.float32)
-        batch = np.stack([padded[r : r + tile, c : c + tile] for c in cols])[:, None]
+        batch = np.stack([tile_at(r, c) for c in cols])[:, None]
         for start in range(0, len(batch), 8):
             x = torch.from_numpy(batch[start : start + 8]).to(device)
             p = model(x).softmax(1).float().cpu().numpy()
