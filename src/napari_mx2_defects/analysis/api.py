@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from ..twin.defects import DEFECT_CLASSES
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
-from .sites import SITE_CLASSES, classify_sites, find_holes, measure_sites, reference_levels
+from .sites import classify_sites, find_holes, measure_sites, reference_levels
 from .statistics import concentration_table
 
 __all__ = ["AnalysisResult", "analyze_image", "SITES_COLUMNS"]
@@ -158,9 +158,9 @@ def analyze_image(
     polygons = list(regions or [])
     a_A = meas.a_px * pixel_size_A
     cell_area = a_A**2 * np.sqrt(3) / 2
-    sublattice_of = {name: sub for sub, names in SITE_CLASSES.items() for name in names if name}
-    sublattice_of.update({DEFECT_CLASSES[c][0]: ("X" if DEFECT_CLASSES[c][2] == "X" else "M")
-                          for c in DEFECT_CLASSES})
+    # the sites a class is counted against: chalcogen columns for X defects, metal sites otherwise
+    sublattice_of = {DEFECT_CLASSES[c][0]: ("X" if DEFECT_CLASSES[c][2] == "X" else "M")
+                     for c in DEFECT_CLASSES}
     count_column = "model_class" if "model_class" in sites else "defect_class"
     if count_column == "model_class":
         notes.append("counts come from the model's predictions matched to sites; intensities classify the rest")

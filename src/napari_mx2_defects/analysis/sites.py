@@ -18,7 +18,6 @@ import pandas as pd
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from ..twin.defects import CLASS_IDS
 from ..twin.parents import Parent
 from .columns import find_peaks, integrated_intensity, local_background
 from .lattice import LatticeFit, fft_lattice_spacing_px, fit_lattice, ideal_sites
@@ -216,5 +215,3 @@ def reference_levels(parent_key: str, pixel_size_A: float, energy_keV: float,
     x_median = float(np.median(meas.sites.intensity_raw[meas.sites.sublattice == "X"]))
     return levels, m_median > x_median
 
-
-_ = CLASS_IDS  # class names used above are the twin's ids
