@@ -9,6 +9,16 @@ import pytest
 pytestmark = pytest.mark.gui
 
 
+def _wait_for_job(qtbot, widget, timeout: int) -> None:
+    """Wait until the widget's job has finished and its callbacks ran on the GUI thread.
+
+    Race-free, unlike waiting on ``worker.finished`` after the worker has started: a job that
+    fails at once (an absent device) can finish before such a wait connects. The runner's own
+    ``finished`` callback is connected before the worker starts and clears ``runner.worker``.
+    """
+    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=timeout)
+
+
 def test_open_through_the_plugin_sets_scale_in_angstrom(make_napari_viewer, shared_data):
     viewer = make_napari_viewer()
     path = shared_data / "formats/openNCEM/dmTest_float32_nonSquare_diffPixelSize.dm3"
@@ -67,9 +77,8 @@ def test_simulate_widget_runs_in_a_worker(make_napari_viewer, qtbot):
     viewer.window.add_dock_widget(widget)
     widget.fov.value = 25.0
     widget.defects.value = "V_X=3,V_M=1"
-    worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=300_000):
-        pass
+    assert widget.run() is not None  # a worker started
+    _wait_for_job(qtbot, widget, timeout=300_000)
     qtbot.waitUntil(lambda: len(viewer.layers) == 3, timeout=10_000)
     image = viewer.layers[0]
     assert image.metadata["calibrated"] and tuple(image.scale) == pytest.approx((0.1, 0.1), rel=0.02)
@@ -86,12 +95,11 @@ def test_simulate_widget_cancel_adds_nothing(make_napari_viewer, qtbot):
     widget.method.value = "multislice"
     widget.fov.value = 30.0
     progressed = []
-    worker = widget.run()
+    assert widget.run() is not None  # a worker started
     widget.runner._bridge.progressed.connect(lambda f, m: progressed.append(f))
     assert widget.cancel_button.enabled
     widget.cancel_button.native.click()
-    with qtbot.waitSignal(worker.finished, timeout=300_000):
-        pass
+    _wait_for_job(qtbot, widget, timeout=300_000)
     qtbot.wait(50)
     assert len(viewer.layers) == 0
     assert "cancelled" in widget.status.value
@@ -109,9 +117,8 @@ def test_simulate_widget_reports_bad_input(make_napari_viewer, qtbot):
     # an impossible count is only known once the lattice is built: it ends as a message, no layer
     widget.defects.value = "V_X=99999"
     widget.fov.value = 10.0
-    worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    assert widget.run() is not None  # a worker started
+    _wait_for_job(qtbot, widget, timeout=60_000)
     qtbot.wait(50)
     assert "impossible defect list" in widget.status.value
     assert len(viewer.layers) == 0
@@ -127,9 +134,8 @@ def test_statistics_widget_analyses_and_exports(make_napari_viewer, qtbot, tmp_p
     widget = StatisticsWidget(viewer)
     viewer.window.add_dock_widget(widget)
     assert widget.image_layer.value == "MoS2 twin HAADF"
-    worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=300_000):
-        pass
+    assert widget.run() is not None  # a worker started
+    _wait_for_job(qtbot, widget, timeout=300_000)
     qtbot.waitUntil(lambda: widget.result is not None, timeout=10_000)
     assert viewer.layers[-1].name.endswith("sites")
     assert len(widget.figure.axes) == 2
@@ -174,15 +180,13 @@ def test_find_defects_widget(make_napari_viewer, qtbot):
     n_before = len(viewer.layers)
     if not torch.cuda.is_available():  # a chosen device that is absent: a message, no layer
         widget.device.value = "cuda"
-        worker = widget.run()
-        with qtbot.waitSignal(worker.finished, timeout=300_000):
-            pass
+        assert widget.run() is not None  # a worker started
+        _wait_for_job(qtbot, widget, timeout=300_000)
         qtbot.wait(50)
         assert "no CUDA GPU" in widget.status.value and len(viewer.layers) == n_before
         widget.device.value = "auto"
-    worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=300_000):
-        pass
+    assert widget.run() is not None  # a worker started
+    _wait_for_job(qtbot, widget, timeout=300_000)
     qtbot.waitUntil(lambda: len(viewer.layers) == n_before + 2, timeout=60_000)
     labels, points = viewer.layers[-2], viewer.layers[-1]
     assert type(labels).__name__ == "Labels" and tuple(labels.scale) == pytest.approx(tuple(viewer.layers[0].scale))
