@@ -1,10 +1,12 @@
 """CPU (or GPU) throughput and peak memory of tiled inference for 1k, 4k and 8k images.
 
-Each size runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own.
-The image is a MoS2 twin tiled to size at 0.2 Å/pixel (the model's pixel size), so the numbers
-include no resampling.  Run:
+Each size runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own:
+it holds only the libraries, the model and the image (loaded from a .npy the parent wrote), and
+reports its resident memory before inference and its peak. The image is a MoS2 twin tiled to size
+at 0.2 Å/pixel (the model's pixel size: no resampling) unless ``--pixel-size-A`` says otherwise.
+Run:
 
-    python benchmarks/inference_throughput.py [--sizes 1024 4096 8192] [--device auto]
+    python benchmarks/inference_throughput.py [--sizes 1024 4096 8192] [--device auto] [--pixel-size-A 0.2]
 """
 
 from __future__ import annotations
@@ -15,45 +17,70 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
+
+import numpy as np
 
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from napari_mx2_defects.learn.inference import segment_image, load_model
-from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
-from napari_mx2_defects.twin.imperfections import Imperfections
 
-size, device = int(sys.argv[1]), sys.argv[2]
-twin = simulate_twin(TwinRequest(material="MoS2", defects="V_X=2%,V_M=1%", fov_A=102.4, pixel_size_A=0.2,
-                                 imperfections=Imperfections(dose_e_per_A2=1e6), seed=1))
-reps = int(np.ceil(size / twin.image.shape[0]))
-image = np.tile(twin.image, (reps, reps))[:size, :size].astype(np.float32)
+path, device, pixel_size_A = sys.argv[1], sys.argv[2], float(sys.argv[3])
+image = np.load(path)  # the user's image: in memory before inference, counted in the peak
 model, card = load_model("default", device)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-seg = segment_image(image, 0.2, device=device)
+seg = segment_image(image, pixel_size_A, device=device)
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"size": size, "seconds": seconds, "mpix_per_s": size * size / 1e6 / seconds,
-                  "peak_rss_GB": peak / 1024**2, "rss_before_GB": base / 1024**2, "device": seg.device,
-                  "defects": int(len(seg.defects))}))
+out = {"size": image.shape[0], "seconds": seconds, "mpix_per_s": image.size / 1e6 / seconds,
+       "peak_rss_GB": peak / 1024**2, "rss_before_GB": base / 1024**2, "device": seg.device,
+       "defects": int(len(seg.defects))}
+if seg.device.startswith("cuda"):
+    import torch
+    out["gpu_peak_GB"] = torch.cuda.max_memory_allocated() / 1024**3
+print(json.dumps(out))
 """
+
+
+def _test_image(size: int, folder: str, pixel_size_A: float) -> str:
+    """A MoS2 twin (V_X 2 %, V_M 1 %, 1e6 e/Å²), 512 pixels wide, tiled to ``size``², saved as .npy."""
+    from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
+    from napari_mx2_defects.twin.imperfections import Imperfections
+
+    twin = simulate_twin(TwinRequest(material="MoS2", defects="V_X=2%,V_M=1%", fov_A=512 * pixel_size_A,
+                                     pixel_size_A=pixel_size_A,
+                                     imperfections=Imperfections(dose_e_per_A2=1e6), seed=1))
+    reps = int(np.ceil(size / twin.image.shape[0]))
+    path = os.path.join(folder, f"mos2_{size}.npy")
+    np.save(path, np.tile(twin.image.astype(np.float32), (reps, reps))[:size, :size])
+    return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--pixel-size-A", type=float, default=0.2,
+                        help="pixel size of the test image (the default model's is 0.2 Å: no resampling)")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
-    print(f"{'size':>6} {'seconds':>8} {'MPix/s':>7} {'peak RSS GB':>11} {'device':>7}")
-    for size in args.sizes:
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(size), args.device], capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{size:>6} failed: {proc.stderr.strip().splitlines()[-1]}")
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{r['size']:>6} {r['seconds']:>8.1f} {r['mpix_per_s']:>7.3f} {r['peak_rss_GB']:>11.2f} {r['device']:>7}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
+          f"image pixel size {args.pixel_size_A} Å")
+    print(f"{'size':>6} {'seconds':>8} {'MPix/s':>7} {'RSS before GB':>13} {'peak RSS GB':>11} {'device':>7}")
+    with tempfile.TemporaryDirectory() as folder:
+        for size in args.sizes:
+            path = _test_image(size, folder, args.pixel_size_A)
+            proc = subprocess.run([sys.executable, "-c", CHILD, path, args.device,
+                                   str(args.pixel_size_A)], capture_output=True, text=True)
+            os.remove(path)
+            if proc.returncode != 0:
+                print(f"{size:>6} failed: {proc.stderr.strip().splitlines()[-1]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            gpu = f"  (GPU peak {r['gpu_peak_GB']:.2f} GB)" if "gpu_peak_GB" in r else ""
+            print(f"{r['size']:>6} {r['seconds']:>8.1f} {r['mpix_per_s']:>7.3f} {r['rss_before_GB']:>13.2f} "
+                  f"{r['peak_rss_GB']:>11.2f} {r['device']:>7}{gpu}")
 
 
 if __name__ == "__main__":

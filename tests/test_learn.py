@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from napari_mx2_defects.learn.checkpoint import CheckpointError, ModelCard, load_checkpoint, save_checkpoint
 from napari_mx2_defects.learn.models import ARCHITECTURES, build_model, pick_device
@@ -131,3 +133,82 @@ def test_instance_matching():
     scores = instance_scores(match_instances(pred, truth)).set_index("defect_class")
     assert scores.loc["V_X", "tp"] == 1 and scores.loc["V_X", "fp"] == 1 and scores.loc["V_X", "fn"] == 1
     assert scores.loc["V_M", "f1"] == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), chunk_rows=st.integers(1, 40), density=st.floats(0.02, 0.7))
+def test_streamed_regions_equal_whole_image_labelling(seed, chunk_rows, density):
+    """Regions found chunk by chunk are exactly the connected regions of the whole label map."""
+    from scipy import ndimage
+
+    from napari_mx2_defects.learn.inference import _components
+
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(1, 90, 2)
+    labels = ((rng.random((h, w)) < density) * rng.integers(1, 4, (h, w))).astype(np.uint8)
+    streamed = sorted((cid, tuple(rr * w + cc)) for cid, rr, cc in _components(labels, [1, 2, 3], chunk_rows))
+    whole = []
+    for cid in (1, 2, 3):
+        regions, n = ndimage.label(labels == cid)
+        for k in range(1, n + 1):
+            rr, cc = np.nonzero(regions == k)
+            whole.append((cid, tuple(rr * w + cc)))
+    assert streamed == sorted(whole)
+
+
+def test_instances_carry_centroid_area_and_confidence():
+    from napari_mx2_defects.learn.inference import instances_from_labels
+
+    labels = np.zeros((2100, 40), np.uint8)
+    yy, xx = np.mgrid[:2100, :40]
+    labels[(yy - 1023.5) ** 2 + (xx - 20) ** 2 <= 25] = 1  # straddles the 1024-row chunk edge
+    labels[(yy - 10) ** 2 + (xx - 8) ** 2 <= 25] = 4
+    score = np.full(labels.shape, 200, np.uint8)
+    found = instances_from_labels(labels, 0.2, score).sort_values("y_A").reset_index(drop=True)
+    assert list(found.defect_class) == ["M_X", "V_X"]
+    assert found.y_A.tolist() == pytest.approx([10 * 0.2, 1023.5 * 0.2])
+    assert found.x_A.tolist() == pytest.approx([8 * 0.2, 20 * 0.2])
+    assert found.confidence.tolist() == pytest.approx([200 / 255] * 2)
+    assert found.area_A2.tolist() == pytest.approx([(labels == 4).sum() * 0.04, (labels == 1).sum() * 0.04])
+
+
+def test_resampled_segmentation_keeps_the_image_grid(tmp_path):
+    """An image finer than the model's pixel size comes back on its own grid, input untouched."""
+    from napari_mx2_defects.learn.inference import segment_image
+
+    torch.manual_seed(1)
+    path = save_checkpoint(build_model("light", len(CLASS_NAMES)), _card(), tmp_path / "m.safetensors")
+    image = np.random.default_rng(2).normal(size=(150, 170)).astype(np.float32)
+    before = image.copy()
+    seg = segment_image(image, 0.1, model=path, tile=64, overlap=16, return_probabilities=True)
+    assert np.array_equal(image, before)
+    assert seg.labels.shape == image.shape and seg.labels.dtype == np.uint8
+    assert seg.probabilities.shape == (len(CLASS_NAMES), *image.shape)
+    total = seg.probabilities.astype(np.float32).sum(0)[2:-2, 2:-2]
+    assert np.allclose(total, 1.0, atol=0.02)
+    assert set(np.unique(seg.labels)) <= set(CLASS_NAMES)
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.5, 1.37, 2.0, 0.23])
+def test_tiles_resampled_on_the_fly_equal_the_resampled_image(factor):
+    """Per-tile resampling gives the whole-image zoom, mirrored past the edges like numpy's pad."""
+    from napari_mx2_defects.learn.inference import ModelScaleTiles
+    from napari_mx2_defects.learn.train import resample_to
+
+    image = np.random.default_rng(3).normal(size=(97, 131)).astype(np.float32)
+    whole = resample_to(image, 0.2 * factor, 0.2, order=1)
+    tiles = ModelScaleTiles(image, 0.2 * factor, 0.2)
+    assert tiles.shape == whole.shape
+    padded = np.pad(whole, ((0, 64), (0, 64)), mode="symmetric")
+    for r, c in [(0, 0), (10, 20), (whole.shape[0] - 20, whole.shape[1] - 7), (whole.shape[0] - 1, 0)]:
+        np.testing.assert_allclose(tiles(r, c, 48), padded[r : r + 48, c : c + 48], atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.8, 1.6])
+def test_tile_normalisation_is_that_of_the_resampled_image(factor):
+    from napari_mx2_defects.learn.inference import ModelScaleTiles
+    from napari_mx2_defects.learn.train import normalisation_stats, resample_to
+
+    image = np.random.default_rng(4).gamma(2.0, size=(1300, 900)).astype(np.float32)
+    expected = normalisation_stats(resample_to(image, 0.2 * factor, 0.2, order=1))
+    assert ModelScaleTiles(image, 0.2 * factor, 0.2).normalisation_stats() == pytest.approx(expected, rel=1e-5)

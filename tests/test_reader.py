@@ -144,7 +144,7 @@ def test_file_with_several_signals_gives_several_named_layers(shared_data, monke
     """A Velox file with HAADF and DF signals: one layer per signal, named by signal title."""
     from rsciio.emd import file_reader
 
-    import napari_mx2_defects.io.formats as formats
+    from napari_mx2_defects.io import formats
 
     path = shared_data / "formats/openNCEM/STEM HAADF Diffraction Micro.emd"
     (haadf,) = file_reader(str(path))

@@ -142,8 +142,8 @@ def test_fast_mode_matches_abtem_per_column():
     assert (np.abs(interp_i - ref_i) / ref_i).max() < 0.03
 
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @settings(max_examples=20, deadline=None)

@@ -9,4 +9,4 @@ __version__ = "0.1.0"
 
 from .io.formats import CalibratedImage, ReaderError, load_images
 
-__all__ = ["CalibratedImage", "ReaderError", "load_images", "__version__"]
+__all__ = ["CalibratedImage", "ReaderError", "__version__", "load_images"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

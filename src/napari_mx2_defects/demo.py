@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["run_demo", "add_demo_command"]
+__all__ = ["add_demo_command", "run_demo"]
 
 
 def _log(message: str) -> None:
@@ -62,10 +62,10 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
     viewer.add_labels(truth_labels[0], **truth_labels[1])
     viewer.add_points(truth_points[0], **truth_points[1])
 
+    from .layers import label_colormap_layer
     from .learn.checkpoint import default_model_path
     from .learn.evaluate import instance_scores, match_instances
     from .learn.inference import segment_image
-    from .layers import label_colormap_layer
 
     predictions = None
     segmentation_scores = None

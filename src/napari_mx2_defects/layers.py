@@ -9,7 +9,7 @@ import pandas as pd
 
 from .twin.defects import CLASS_COLORS, CLASS_NAMES
 
-__all__ = ["twin_layers", "sites_layer", "label_colormap", "LayerData"]
+__all__ = ["LayerData", "label_colormap", "sites_layer", "twin_layers"]
 
 LayerData = tuple[Any, dict, str]
 

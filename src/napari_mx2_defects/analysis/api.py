@@ -7,9 +7,9 @@ analyze`` and the demo all call.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ from .lattice import fft_lattice_spacing_px
 from .sites import classify_sites, find_holes, measure_sites, reference_levels
 from .statistics import concentration_table
 
-__all__ = ["AnalysisResult", "analyze_image", "SITES_COLUMNS"]
+__all__ = ["SITES_COLUMNS", "AnalysisResult", "analyze_image"]
 
 SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class"]
 

@@ -7,7 +7,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates, minimum_filter
 from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
 
-__all__ = ["find_peaks", "refine_positions", "local_background", "integrated_intensity"]
+__all__ = ["find_peaks", "integrated_intensity", "local_background", "refine_positions"]
 
 
 def find_peaks(image: np.ndarray, min_distance_px: float, smooth_px: float = 1.0,

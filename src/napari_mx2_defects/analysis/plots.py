@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["histogram_figure", "concentration_figure", "draw_histogram", "draw_concentrations", "fit_mixture"]
+__all__ = ["concentration_figure", "draw_concentrations", "draw_histogram", "fit_mixture", "histogram_figure"]
 
 
 def fit_mixture(values: np.ndarray, max_components: int = 4, seed: int = 0):

@@ -22,8 +22,14 @@ from ..twin.parents import Parent
 from .columns import find_peaks, integrated_intensity, local_background
 from .lattice import LatticeFit, fft_lattice_spacing_px, fit_lattice, ideal_sites
 
-__all__ = ["SiteMeasurement", "measure_sites", "reference_levels", "classify_sites", "find_holes",
-           "SITE_CLASSES"]
+__all__ = [
+    "SITE_CLASSES",
+    "SiteMeasurement",
+    "classify_sites",
+    "find_holes",
+    "measure_sites",
+    "reference_levels",
+]
 
 #: Classes told apart by site intensity, per sublattice.  Interstitials and adatoms
 #: sit off the lattice sites and are left to the segmentation model.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from scipy.stats import chi2
 
-__all__ = ["poisson_interval", "concentration_table", "CONCENTRATION_COLUMNS"]
+__all__ = ["CONCENTRATION_COLUMNS", "concentration_table", "poisson_interval"]
 
 CONCENTRATION_COLUMNS = [
     "region",

@@ -12,20 +12,21 @@ import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .units import is_length_unit, length_to_angstrom
 
 __all__ = [
+    "SUFFIXES",
     "CalibratedImage",
     "ReaderError",
-    "SUFFIXES",
-    "load_images",
     "is_supported",
+    "load_images",
 ]
 
 log = logging.getLogger(__name__)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .formats import ReaderError, is_supported, load_images
 
-__all__ = ["ReaderError", "napari_get_reader", "read_stem", "layer_data"]
+__all__ = ["ReaderError", "layer_data", "napari_get_reader", "read_stem"]
 
 LayerData = tuple[Any, dict, str]
 

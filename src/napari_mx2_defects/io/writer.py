@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_labels", "write_points", "write_calibrated_tiff", "points_table"]
+__all__ = ["points_table", "write_calibrated_tiff", "write_labels", "write_points"]
 
 
 def _refuse_overwrite(path: Path, overwrite: bool) -> None:

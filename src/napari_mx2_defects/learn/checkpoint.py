@@ -11,7 +11,7 @@ import torch
 
 from .models import ModelSpec, build_model
 
-__all__ = ["ModelCard", "save_checkpoint", "load_checkpoint", "default_model_path", "CheckpointError"]
+__all__ = ["CheckpointError", "ModelCard", "default_model_path", "load_checkpoint", "save_checkpoint"]
 
 CARD_VERSION = 1
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..twin.microscope import Microscope
 
-__all__ = ["DatasetSpec", "MICROSCOPE_PRESETS", "sample_request", "generate_dataset", "load_dataset"]
+__all__ = ["MICROSCOPE_PRESETS", "DatasetSpec", "generate_dataset", "load_dataset", "sample_request"]
 
 #: Instruments spanning the project brief's range (60–300 kV, 18–35 mrad); the 80 kV preset is
 #: the digital-twin paper's setting.  Detector ranges follow each preset's convergence angle.

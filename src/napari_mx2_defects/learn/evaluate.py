@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["match_instances", "instance_scores", "evaluate_model_on_twins"]
+__all__ = ["evaluate_model_on_twins", "instance_scores", "match_instances"]
 
 
 def match_instances(pred: pd.DataFrame, truth: pd.DataFrame, radius_A: float = 1.0) -> dict[str, dict[str, int]]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,9 +15,9 @@ from scipy.spatial import cKDTree
 from ..twin.defects import CLASS_NAMES
 from .checkpoint import ModelCard, default_model_path, load_checkpoint
 from .models import pick_device
-from .train import normalise, resample_to
+from .train import needs_resampling, normalisation_stats, normalise, resample_to, sample_step, stats_of_sample
 
-__all__ = ["Segmentation", "segment_image", "segment_layer_image", "instances_from_labels", "load_model"]
+__all__ = ["Segmentation", "instances_from_labels", "load_model", "segment_image", "segment_layer_image"]
 
 DEFECTS_COLUMNS = ["x_A", "y_A", "defect_class", "confidence", "area_A2"]
 
@@ -28,7 +28,7 @@ class Segmentation:
 
     labels: np.ndarray  # class id per pixel
     defects: pd.DataFrame  # x_A, y_A, defect_class, confidence, area_A2
-    probabilities: np.ndarray | None  # (n_classes, H, W) when asked for
+    probabilities: np.ndarray | None  # float16 (n_classes, H, W) when asked for
     card: ModelCard
     device: str
 
@@ -54,99 +54,184 @@ def _window(tile: int) -> np.ndarray:
     return np.maximum(w, 1e-3)
 
 
+def _reflect(index: np.ndarray, n: int) -> np.ndarray:
+    """Indices past either end of ``0..n-1`` mirrored back (numpy's "symmetric" padding)."""
+    k = np.mod(index, 2 * n)
+    return np.where(k < n, k, 2 * n - 1 - k)
+
+
+class ModelScaleTiles:
+    """Tiles of an image at the model's pixel size, resampled on the fly.
+
+    Resampling is linear with scipy's ``zoom(..., order=1, grid_mode=True, mode="nearest")``
+    geometry (pixel centres map to pixel centres, the output shape is the rounded input shape ×
+    factor), evaluated per tile, so no resampled copy of the whole image is ever held. Tiles that
+    run past the image are mirrored ("symmetric" padding).
+    """
+
+    def __init__(self, image: np.ndarray, pixel_size_A: float, model_pixel_A: float):
+        self.image = image
+        h, w = image.shape
+        self.resampled = needs_resampling(pixel_size_A, model_pixel_A)
+        factor = pixel_size_A / model_pixel_A
+        self.shape = (max(1, round(h * factor)), max(1, round(w * factor))) if self.resampled else (h, w)
+        self.source_per_model_px = (h / self.shape[0], w / self.shape[1])
+
+    def _source_coordinates(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Source-image coordinates (y, x) of model-scale pixel rows and columns."""
+        sy, sx = self.source_per_model_px
+        return (rows + 0.5) * sy - 0.5, (cols + 0.5) * sx - 0.5
+
+    def __call__(self, r: int, c: int, tile: int) -> np.ndarray:
+        """The ``tile`` × ``tile`` block whose top-left model-scale pixel is (r, c), as float32."""
+        h_m, w_m = self.shape
+        rows, cols = _reflect(np.arange(r, r + tile), h_m), _reflect(np.arange(c, c + tile), w_m)
+        if not self.resampled:
+            if r + tile <= h_m and c + tile <= w_m:
+                return np.asarray(self.image[r : r + tile, c : c + tile], np.float32)
+            return np.asarray(self.image[np.ix_(rows, cols)], np.float32)
+        y, x = self._source_coordinates(rows, cols)
+        h, w = self.image.shape
+        y0, x0 = max(0, int(np.floor(y.min()))), max(0, int(np.floor(x.min())))
+        y1, x1 = min(h, int(np.floor(y.max())) + 2), min(w, int(np.floor(x.max())) + 2)
+        yy, xx = np.meshgrid(y - y0, x - x0, indexing="ij")
+        return ndimage.map_coordinates(self.image[y0:y1, x0:x1], [yy, xx], output=np.float32, order=1,
+                                       mode="nearest")
+
+    def normalisation_stats(self) -> tuple[float, float]:
+        """:func:`~napari_mx2_defects.learn.train.normalisation_stats` of the image at the model's
+        pixel size (as in training), from the same strided sample, without resampling the image."""
+        if not self.resampled:
+            return normalisation_stats(self.image)
+        step = sample_step(self.shape)
+        y, x = self._source_coordinates(np.arange(0, self.shape[0], step), np.arange(0, self.shape[1], step))
+        yy, xx = np.meshgrid(y, x, indexing="ij")
+        sample = ndimage.map_coordinates(self.image, [yy, xx], output=np.float32, order=1, mode="nearest")
+        return stats_of_sample(sample)
+
+
 @torch.no_grad()
-def _predict_tiled(model, image: np.ndarray, device: torch.device, tile: int, overlap: int,
+def _predict_tiled(model, source: ModelScaleTiles, device: torch.device, tile: int, overlap: int,
                    progress: Callable[[float, str], None], cancelled: Callable[[], bool], n_classes: int,
-                   keep_probabilities: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Class map, winning-class probability and (optionally) all probabilities, by overlapping
-    tiles blended with a Hann window.
+                   keep_probabilities: bool, batch_size: int = 4
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Class map, winning-class probability and (optionally) all probabilities at the model's
+    pixel size, by overlapping tiles blended with a Hann window.
+
+    Each tile is resampled (:class:`ModelScaleTiles`) and normalised on its own with the whole
+    image's statistics, so neither a resampled nor a normalised copy of the image is made.
 
     Memory: one band of tile rows is accumulated at a time (n_classes × tile × W floats); the
-    outputs are the uint8 labels and a float16 score per pixel, so an 8192² image needs well
-    under 2 GB. All probabilities (float16, n_classes × H × W) are kept only on request.
+    outputs are the uint8 labels and the winning probability quantised to uint8 (1/255), so the
+    outputs of an 8192² image take 134 MB. All probabilities (float16, n_classes × H × W) are
+    kept only on request.
     """
     from ..twin.simulate import Cancelled
 
-    h, w = image.shape
+    h, w = source.shape
+    stats = source.normalisation_stats()
     step = tile - overlap
     pad_h = max(tile, int(np.ceil((h - tile) / step)) * step + tile if h > tile else tile)
     pad_w = max(tile, int(np.ceil((w - tile) / step)) * step + tile if w > tile else tile)
 
     def tile_at(r: int, c: int) -> np.ndarray:
-        """One tile; tiles that run past the image are reflect-padded on their own (no padded copy)."""
-        block = image[r : r + tile, c : c + tile]
-        if block.shape != (tile, tile):
-            block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1])), mode="symmetric")
-        return block
+        return normalise(source(r, c, tile), stats)
 
     win = _window(tile)
     labels = np.zeros((h, w), np.uint8)
-    score = np.zeros((h, w), np.float16)
+    score = np.zeros((h, w), np.uint8)
     probs_out = np.zeros((n_classes, h, w), np.float16) if keep_probabilities else None
     rows = list(range(0, pad_h - tile + 1, step))
     cols = list(range(0, pad_w - tile + 1, step))
     total = len(rows) * len(cols)
     done = 0
-    # process one band of rows at a time: the band's accumulator is n_classes × tile × W
-    carry = None
+    # one band of tile rows at a time: its accumulator is n_classes × tile × W
+    band = np.zeros((n_classes, tile, pad_w), np.float32)
+    weight = np.zeros((tile, pad_w), np.float32)
     for r_index, r in enumerate(rows):
-        if cancelled():
-            raise Cancelled("segmentation cancelled")
-        band = np.zeros((n_classes, tile, pad_w), np.float32)
-        weight = np.zeros((tile, pad_w), np.float32)
-        batch = np.stack([tile_at(r, c) for c in cols])[:, None]
-        for start in range(0, len(batch), 8):
-            x = torch.from_numpy(batch[start : start + 8]).to(device)
+        for start in range(0, len(cols), batch_size):
+            if cancelled():
+                raise Cancelled("segmentation cancelled")
+            chunk = cols[start : start + batch_size]
+            x = torch.from_numpy(np.stack([tile_at(r, c) for c in chunk])[:, None]).to(device)
             p = model(x).softmax(1).float().cpu().numpy()
-            for k, c in enumerate(cols[start : start + 8]):
-                band[:, :, c : c + tile] += p[k] * win
+            for k, c in enumerate(chunk):
+                p[k] *= win
+                band[:, :, c : c + tile] += p[k]
                 weight[:, c : c + tile] += win
-        done += len(cols)
-        progress(done / total, f"tile {done}/{total}")
-        if carry is not None:  # add the overlapping part of the previous band
-            band[:, :overlap] += carry[0]
-            weight[:overlap] += carry[1]
-        carry = (band[:, step:], weight[step:]) if r_index < len(rows) - 1 else None
-        final_rows = step if carry is not None else tile
+            done += len(chunk)
+            progress(done / total, f"tile {done}/{total}")
+        last_band = r_index == len(rows) - 1
         top = r
-        bottom = min(h, r + final_rows)
-        if top >= h:
+        bottom = min(h, r + (tile if last_band else step))  # rows no later band reaches
+        if top < h:
+            n = bottom - top
+            prob = band[:, :n, :w]
+            prob /= weight[None, :n, :w]
+            labels[top:bottom] = prob.argmax(0)
+            score[top:bottom] = np.rint(prob.max(0) * 255)
+            if probs_out is not None:
+                probs_out[:, top:bottom] = prob
+        if last_band or top >= h:
             break
-        prob = band[:, : bottom - top, :w] / weight[None, : bottom - top, :w]
-        labels[top:bottom] = prob.argmax(0).astype(np.uint8)
-        score[top:bottom] = prob.max(0).astype(np.float16)
-        if probs_out is not None:
-            probs_out[:, top:bottom] = prob.astype(np.float16)
-        if carry is not None:
-            carry = (carry[0].copy(), carry[1].copy())
+        # the overlap rows carry over to the next band, the rest starts from zero
+        band[:, :overlap] = band[:, step:]
+        band[:, overlap:] = 0
+        weight[:overlap] = weight[step:]
+        weight[overlap:] = 0
     return labels, score, probs_out
+
+
+def _components(labels: np.ndarray, class_ids, chunk_rows: int = 1024):
+    """Connected regions of each class, streamed in row chunks so only a chunk is ever labelled.
+
+    Yields ``(class_id, rows, cols)`` (pixel coordinates of one whole region) once per region.
+    A region that touches the lower edge of a chunk is left for the next chunk, which starts at
+    the first row of such regions; a region the next chunk sees that ends before the previous
+    chunk's last row was already yielded (its pixels and connections lie inside that chunk).
+    """
+    h = labels.shape[0]
+    start, prev_stop = 0, 0
+    while start < h:
+        stop = min(h, max(start + chunk_rows, prev_stop + 1))
+        block = labels[start:stop]
+        next_start = stop
+        for cid in class_ids:
+            mask = block == cid
+            if not mask.any():
+                continue
+            regions, _ = ndimage.label(mask)
+            for k, sl in enumerate(ndimage.find_objects(regions), start=1):
+                if sl is None:
+                    continue
+                top, bottom = sl[0].start + start, sl[0].stop + start
+                if bottom < prev_stop:  # ended inside the previous chunk: already yielded
+                    continue
+                if stop < h and bottom == stop:  # may go on below: finish it with the next chunk
+                    next_start = min(next_start, top)
+                    continue
+                rr, cc = np.nonzero(regions[sl] == k)
+                yield cid, rr + top, cc + sl[1].start
+        prev_stop, start = stop, next_start
 
 
 def instances_from_labels(labels: np.ndarray, pixel_size_A: float, score: np.ndarray | None = None,
                           min_area_A2: float = 0.6) -> pd.DataFrame:
     """One defect per connected region of a class: centroid (Å), class, mean probability, area.
 
-    ``score`` is the probability of the predicted class per pixel; regions smaller than
-    ``min_area_A2`` (a fifth of a 0.95 Å ground-truth disc) are dropped as speckle.
+    ``score`` is the probability of the predicted class per pixel (float, or uint8 in 1/255);
+    regions smaller than ``min_area_A2`` (a fifth of a 0.95 Å ground-truth disc) are dropped as
+    speckle. Regions are found chunk by chunk, so memory does not grow with the image.
     """
     rows = []
-    for cid, name in CLASS_NAMES.items():
-        if cid == 0:
+    scale = 1 / 255 if score is not None and score.dtype == np.uint8 else 1.0
+    for cid, rr, cc in _components(labels, [c for c in CLASS_NAMES if c != 0]):
+        area = rr.size * pixel_size_A**2
+        if area < min_area_A2:
             continue
-        mask = labels == cid
-        if not mask.any():
-            continue
-        regions, n = ndimage.label(mask)
-        index = np.arange(1, n + 1)
-        areas = ndimage.sum(mask, regions, index) * pixel_size_A**2
-        centres = ndimage.center_of_mass(mask, regions, index)
-        conf = (ndimage.mean(score.astype(np.float32), regions, index) if score is not None
-                else np.full(n, np.nan))
-        for (cy, cx), area, c in zip(centres, areas, conf):
-            if area < min_area_A2:
-                continue
-            rows.append({"x_A": cx * pixel_size_A, "y_A": cy * pixel_size_A, "defect_class": name,
-                         "confidence": float(c), "area_A2": float(area)})
+        conf = float(score[rr, cc].astype(np.float32).mean() * scale) if score is not None else float("nan")
+        rows.append({"x_A": cc.mean() * pixel_size_A, "y_A": rr.mean() * pixel_size_A,
+                     "defect_class": CLASS_NAMES[cid], "confidence": conf, "area_A2": float(area)})
     return pd.DataFrame(rows, columns=DEFECTS_COLUMNS)
 
 
@@ -181,16 +266,13 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
     out = labels.copy()
     changed = 0
     ids = {name: cid for cid, name in CLASS_NAMES.items()}
-    for name, (sub, other) in SUBLATTICE_TWINS.items():
-        regions, n = ndimage.label(labels == ids[name])
-        if n == 0:
-            continue
-        centres = np.array(ndimage.center_of_mass(labels == ids[name], regions, np.arange(1, n + 1)))
-        d, idx = tree.query(centres[:, ::-1])
-        for k in range(n):
-            if d[k] < 0.5 * nn_px and sites.sublattice.iat[idx[k]] != sub:
-                out[regions == k + 1] = ids[other]
-                changed += 1
+    rule = {ids[name]: (sub, ids[other]) for name, (sub, other) in SUBLATTICE_TWINS.items()}
+    for cid, rr, cc in _components(labels, list(rule)):
+        sub, other = rule[cid]
+        d, idx = tree.query([cc.mean(), rr.mean()])
+        if d < 0.5 * nn_px and sites.sublattice.iat[idx] != sub:
+            out[rr, cc] = other
+            changed += 1
     return out, changed
 
 
@@ -201,37 +283,48 @@ def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Pa
                   cancelled: Callable[[], bool] = lambda: False) -> Segmentation:
     """Segment a HAADF image of any size.
 
-    The image is resampled to the model's pixel size, normalised as in training, predicted in
-    overlapping tiles blended with a Hann window, and the labels resampled back. With
+    The image is resampled to the model's pixel size and normalised as in training, tile by tile,
+    predicted in overlapping tiles blended with a Hann window, and the labels resampled back.
+    Apart from the outputs, memory does not grow with the image: an 8192² image at the model's
+    pixel size needs about 0.5 GB on top of the libraries and the image (benchmarks/RESULTS.md). With
     ``material`` the sublattice of each empty-site or single-chalcogen instance is checked against
     the fitted lattice (:func:`assign_sublattices`).
     """
-    img = np.asarray(image, dtype=np.float32)
+    img = np.asarray(image)
     if img.ndim != 2:
         raise ValueError(f"expected one 2-D image, got shape {img.shape}")
-    if not np.isfinite(img).all():
+    if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer)):
+        raise ValueError(f"expected a numeric image, got {img.dtype}")
+    if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
         raise ValueError("the image holds NaN/inf pixels; crop or fill them before segmenting")
     if pixel_size_A is None or not (pixel_size_A > 0):
         raise ValueError("the image has no pixel size: give one in Å (or self-calibrate with the analysis)")
     net, card = load_model(model, device)
     dev = next(net.parameters()).device
-    work = normalise(resample_to(img, pixel_size_A, card.pixel_size_A, order=1))
     n_classes = len(card.classes)
-    labels_m, score_m, probs_m = _predict_tiled(net, work, dev, tile, overlap, progress, cancelled, n_classes,
-                                                return_probabilities)
+    labels_m, score_m, probs_m = _predict_tiled(net, ModelScaleTiles(img, pixel_size_A, card.pixel_size_A), dev,
+                                                tile, overlap, progress, cancelled, n_classes, return_probabilities)
     if material:
-        model_scale_image = resample_to(img, pixel_size_A, card.pixel_size_A, order=1)
-        labels_m, _ = assign_sublattices(labels_m, card.pixel_size_A, model_scale_image, material, beam_energy_keV)
+        # the site fit needs the whole image at the model's pixel size (the image itself if it is there)
+        model_scale = resample_to(img.astype(np.float32, copy=False), pixel_size_A, card.pixel_size_A, order=1)
+        labels_m, _ = assign_sublattices(labels_m, card.pixel_size_A, model_scale, material, beam_energy_keV)
+        del model_scale
     instances = instances_from_labels(labels_m, card.pixel_size_A, score_m)
+    del score_m
     labels = resample_to(labels_m, card.pixel_size_A, pixel_size_A, order=0)[: img.shape[0], : img.shape[1]]
     if labels.shape != img.shape:
         labels = np.pad(labels, ((0, img.shape[0] - labels.shape[0]), (0, img.shape[1] - labels.shape[1])))
     probabilities = None
-    if return_probabilities:
-        probabilities = np.stack([resample_to(p.astype(np.float32), card.pixel_size_A, pixel_size_A, order=1)
-                                  [: img.shape[0], : img.shape[1]] for p in probs_m])
-    return Segmentation(labels=labels.astype(np.uint8), defects=instances, probabilities=probabilities, card=card,
-                        device=str(dev))
+    if return_probabilities:  # float16, (n_classes, H, W): 1.5 GB for an 8192² image
+        if not needs_resampling(pixel_size_A, card.pixel_size_A):
+            probabilities = probs_m
+        else:
+            probabilities = np.zeros((n_classes, *img.shape), np.float16)
+            for k, p in enumerate(probs_m):
+                back = resample_to(p.astype(np.float32), card.pixel_size_A, pixel_size_A, order=1)
+                probabilities[k, : back.shape[0], : back.shape[1]] = back[: img.shape[0], : img.shape[1]]
+    return Segmentation(labels=labels.astype(np.uint8, copy=False), defects=instances,
+                        probabilities=probabilities, card=card, device=str(dev))
 
 
 def segment_layer_image(image: np.ndarray, pixel_size_A: float, **kwargs) -> Segmentation:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -17,30 +17,56 @@ from .checkpoint import ModelCard, save_checkpoint
 from .dataset import load_dataset
 from .models import ARCHITECTURES, build_model, pick_device
 
-__all__ = ["TrainConfig", "train", "normalise", "resample_to", "per_class_pixel_metrics"]
+__all__ = ["TrainConfig", "normalisation_stats", "normalise", "per_class_pixel_metrics", "resample_to", "train"]
 
 N_CLASSES = len(CLASS_NAMES)
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
-    """Robust intensity normalisation used in training and inference: (x − median) / (p99.5 − p0.5)."""
-    img = np.asarray(image, np.float32)
-    # percentiles of a strided sample (≤ ~1 M pixels) so large images need no sorted full copy
-    step = max(1, int(np.sqrt(img.size / 1e6)))
-    lo, med, hi = np.percentile(img[::step, ::step], [0.5, 50, 99.5])
-    out = np.subtract(img, np.float32(med), dtype=np.float32)
-    out /= np.float32(max(hi - lo, 1e-6))
+def normalisation_stats(image: np.ndarray) -> tuple[float, float]:
+    """Offset and scale of :func:`normalise`: the median and the p99.5 − p0.5 range.
+
+    Percentiles come from a strided sample (≤ ~1 M pixels) so large images need no sorted copy.
+    """
+    img = np.asarray(image)
+    return stats_of_sample(img[:: sample_step(img.shape), :: sample_step(img.shape)])
+
+
+def sample_step(shape: tuple[int, int]) -> int:
+    """Stride of the ≤ ~1 M-pixel sample that :func:`normalisation_stats` takes of an image."""
+    return max(1, int(np.sqrt(shape[0] * shape[1] / 1e6)))
+
+
+def stats_of_sample(sample: np.ndarray) -> tuple[float, float]:
+    """Median and p99.5 − p0.5 range of a sample of pixels."""
+    lo, med, hi = np.percentile(np.asarray(sample, np.float32), [0.5, 50, 99.5])
+    return float(med), float(max(hi - lo, 1e-6))
+
+
+def normalise(image: np.ndarray, stats: tuple[float, float] | None = None) -> np.ndarray:
+    """Robust intensity normalisation used in training and inference: (x − median) / (p99.5 − p0.5).
+
+    ``stats`` (from :func:`normalisation_stats` of the whole image) lets a tile be normalised as
+    part of a larger image.
+    """
+    offset, scale = normalisation_stats(image) if stats is None else stats
+    out = np.subtract(image, np.float32(offset), dtype=np.float32)
+    out /= np.float32(scale)
     return out
 
 
 NORMALISATION = "(x - median) / (p99.5 - p0.5) per image"
 
 
+def needs_resampling(pixel_size_A: float, target_A: float) -> bool:
+    """Whether the pixel sizes differ by more than 0.1 % (less is used as it is)."""
+    return abs(pixel_size_A / target_A - 1) >= 1e-3
+
+
 def resample_to(image: np.ndarray, pixel_size_A: float, target_A: float, order: int = 1) -> np.ndarray:
     """Resample an image from ``pixel_size_A`` to ``target_A`` per pixel."""
-    factor = pixel_size_A / target_A
-    if abs(factor - 1) < 1e-3:
+    if not needs_resampling(pixel_size_A, target_A):
         return image
+    factor = pixel_size_A / target_A
     return zoom(image, factor, order=order, grid_mode=True, mode="grid-constant" if order == 0 else "nearest")
 
 
@@ -194,7 +220,7 @@ def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, comm
             loss.backward()
             optimiser.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
         metrics = evaluate_pixels(model, [xs[i] for i in val_idx], [ys[i] for i in val_idx], device)
         vac = [metrics[n]["f1"] for n in ("V_X", "V_XX", "V_M") if n in metrics]
@@ -220,7 +246,7 @@ def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, comm
         classes={str(k): v for k, v in CLASS_NAMES.items()},
         pixel_size_A=config.pixel_size_A,
         normalisation=NORMALISATION,
-        training_data={"datasets": [str(d) for d in datasets], "n_samples": len(xs), "n_train": int(len(train_idx)),
+        training_data={"datasets": [str(d) for d in datasets], "n_samples": len(xs), "n_train": len(train_idx),
                        "n_validation": int(n_val), "materials": sorted({m["material"] for m in metas}),
                        "presets": sorted({m["preset"] for m in metas}), "initialised_from": initialised_from},
         command=command,

@@ -29,7 +29,7 @@ from .simulate import (
 )
 from .structures import GrainBoundary, Lattice, add_holes, build_lattice, lattice_from_atoms
 
-__all__ = ["TwinRequest", "Twin", "simulate_twin", "label_mask", "DEFECT_RADIUS_A"]
+__all__ = ["DEFECT_RADIUS_A", "Twin", "TwinRequest", "label_mask", "simulate_twin"]
 
 #: Radius of the ground-truth discs around each defect site (Å), as specified for the label masks.
 DEFECT_RADIUS_A = 0.95
@@ -208,10 +208,8 @@ def _standard_examples(parent: Parent, z_metal_A: float) -> dict[str, list[tuple
     Intact M and X2, X1 (V_X, X_i, and X_M which projects alike), M+X (M_X), X+X' (S_X with the
     default heavier substituent), the default dopant (TM_D) and M+M (a TM_A adatom of the host).
     """
-    from .defects import _HEAVIER_CHALCOGEN
+    from .defects import _HEAVIER_CHALCOGEN, default_dopant
     from .simulate import signature
-
-    from .defects import default_dopant
 
     m, x = parent.metal, parent.chalcogen
     top, bottom = z_metal_A + parent.thickness_A / 2, z_metal_A - parent.thickness_A / 2

@@ -17,10 +17,10 @@ from ase.data import atomic_numbers
 from .structures import Lattice
 
 __all__ = [
-    "DEFECT_CLASSES",
+    "CLASS_COLORS",
     "CLASS_IDS",
     "CLASS_NAMES",
-    "CLASS_COLORS",
+    "DEFECT_CLASSES",
     "DefectRequest",
     "parse_defects",
     "place_defects",

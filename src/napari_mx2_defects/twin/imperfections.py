@@ -18,15 +18,15 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 __all__ = [
+    "Contamination",
     "ImageState",
+    "Imperfections",
     "LinearDrift",
     "NonlinearDrift",
-    "ScanJitter",
-    "Contamination",
-    "ProbeCurrentVariation",
     "PoissonDose",
+    "ProbeCurrentVariation",
     "ReadNoise",
-    "Imperfections",
+    "ScanJitter",
     "apply_imperfections",
 ]
 

@@ -73,7 +73,7 @@ class Microscope:
     def key(self) -> str:
         return ",".join(f"{k}={v:g}" for k, v in sorted(self.as_dict().items()))
 
-    def abtem_probe(self, **grid) -> "abtem.Probe":  # noqa: F821
+    def abtem_probe(self, **grid) -> abtem.Probe:  # noqa: F821
         """An abTEM probe with these settings (grid keywords forwarded)."""
         import abtem
 
@@ -85,7 +85,7 @@ class Microscope:
             **grid,
         )
 
-    def abtem_detector(self) -> "abtem.AnnularDetector":  # noqa: F821
+    def abtem_detector(self) -> abtem.AnnularDetector:  # noqa: F821
         import abtem
 
         return abtem.AnnularDetector(inner=self.detector_inner_mrad, outer=self.detector_outer_mrad)

@@ -17,7 +17,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["Parent", "CHALCOGENS", "parent_table", "get_parent", "list_parents"]
+__all__ = ["CHALCOGENS", "Parent", "get_parent", "list_parents", "parent_table"]
 
 CHALCOGENS = ("S", "Se", "Te")
 CITATION = (

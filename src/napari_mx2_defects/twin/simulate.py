@@ -17,9 +17,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -33,13 +33,13 @@ from .microscope import Microscope
 __all__ = [
     "METHODS",
     "Cancelled",
+    "calibrate_column_weights",
+    "column_intensities",
+    "estimate_seconds",
     "projected_columns",
     "render_incoherent",
     "render_incoherent_periodic",
     "simulate_abtem",
-    "calibrate_column_weights",
-    "column_intensities",
-    "estimate_seconds",
 ]
 
 METHODS = ("fast", "prism", "multislice")

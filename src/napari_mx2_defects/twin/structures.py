@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 
 from .parents import Parent
 
-__all__ = ["Lattice", "GrainBoundary", "build_lattice", "lattice_from_atoms", "add_holes"]
+__all__ = ["GrainBoundary", "Lattice", "add_holes", "build_lattice", "lattice_from_atoms"]
 
 #: Atoms closer than this in projection share a column (Å).
 COLUMN_TOLERANCE_A = 0.3
@@ -324,7 +324,7 @@ def add_holes(lattice: Lattice, n_holes: int, rng: np.random.Generator, atoms_ra
             lattice.remove(int(v))
         lattice.holes.append({"x_A": float(centre[0]), "y_A": float(centre[1]),
                               "radius_A": float(d[victims].max()) if len(victims) else 0.0,
-                              "n_atoms": int(len(victims))})
+                              "n_atoms": len(victims)})
     in_hole = np.array([bool(g) and not alive[g].any() for g in lattice.site_atoms])
     # hollow sites inside a hole are gone too
     for hole in lattice.holes:

@@ -8,7 +8,8 @@ Cancel button sets an event the computation polls.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal

@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+)
 
 from ..twin.parents import list_parents
 from ._worker import JobWidget
@@ -19,7 +28,7 @@ __all__ = ["SegmentWidget"]
 class SegmentWidget(JobWidget, Container):
     """Labels (class per pixel) and Points (one per defect) from the shipped or a user's model."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
         self.image_layer = ComboBox(label="image", choices=self._images())

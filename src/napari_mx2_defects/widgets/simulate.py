@@ -28,7 +28,7 @@ __all__ = ["SimulateWidget"]
 class SimulateWidget(JobWidget, Container):
     """Build a parent with defects, simulate its HAADF image, add image + truth layers."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(scrollable=True)
         self.viewer = viewer
         self.material = ComboBox(label="parent", choices=list_parents(), value="2H-MoS2")

@@ -22,7 +22,7 @@ _NONE = "(none)"
 class StatisticsWidget(JobWidget, Container):
     """Measure every site of an image layer and count defects per cm², with plots."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(scrollable=False)
         self.viewer = viewer
         self.image_layer = ComboBox(label="image", choices=self._layer_names("Image"))
