@@ -13,7 +13,7 @@ import napari
 import numpy as np
 
 from napari_mx2_defects.analysis.api import analyze_image
-from napari_mx2_defects.layers import label_colormap_layer
+from napari_mx2_defects.layers import label_colormap_layer, label_features
 from napari_mx2_defects.learn.inference import segment_image
 
 shared = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -30,9 +30,9 @@ for path in sorted((shared / "real" / "scilink_mos2").glob("*.npy")):
     seg = segment_image(image, pixel_used, material="MoS2", beam_energy_keV=layer.metadata["beam_energy_keV"])
     viewer.layers[0].scale = (pixel_used, pixel_used)
     viewer.add_labels(seg.labels, scale=(pixel_used, pixel_used), colormap=label_colormap_layer(), opacity=0.6,
-                      name="model labels")
+                      name="model labels", units=("angstrom", "angstrom"), features=label_features())
     viewer.add_points(seg.defects[["y_A", "x_A"]].to_numpy(), size=1.5, face_color="transparent",
-                      border_color="red", name="model defects")
+                      border_color="red", name="model defects", units=("angstrom", "angstrom"))
     viewer.reset_view()
     shot = out / f"real_{path.stem}.png"
     viewer.screenshot(str(shot), canvas_only=True, flash=False)

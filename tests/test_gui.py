@@ -190,5 +190,8 @@ def test_find_defects_widget(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: len(viewer.layers) == n_before + 2, timeout=60_000)
     labels, points = viewer.layers[-2], viewer.layers[-1]
     assert type(labels).__name__ == "Labels" and tuple(labels.scale) == pytest.approx(tuple(viewer.layers[0].scale))
+    names = dict(zip(labels.features["index"], labels.features["class"], strict=True))
+    assert names[1] == "V_X" and names[3] == "V_M"
+    assert labels.features["color"].str.match("#[0-9a-f]{8}$").all()
     assert {"defect_class", "confidence", "area_A2"} <= set(points.features.columns)
     assert (points.features.defect_class == "V_X").sum() >= 5

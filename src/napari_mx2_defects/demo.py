@@ -56,13 +56,13 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
     viewer = napari.Viewer(show=True, title="napari-mx2-defects demo")
     layers = viewer.open(twin_dir / "image.tif", plugin="napari-mx2-defects")
     image_layer = layers[0]
-    _log(f"opened through the plugin reader: scale {tuple(image_layer.scale)} Å, "
+    _log(f"opened through the plugin reader: scale {' × '.join(f'{v:.5f}' for v in image_layer.scale)} Å, "
          f"calibrated={image_layer.metadata['calibrated']}")
     _, truth_labels, truth_points = twin_layers(twin, name="truth")
     viewer.add_labels(truth_labels[0], **truth_labels[1])
     viewer.add_points(truth_points[0], **truth_points[1])
 
-    from .layers import label_colormap_layer
+    from .layers import label_colormap_layer, label_features
     from .learn.checkpoint import default_model_path
     from .learn.evaluate import instance_scores, match_instances
     from .learn.inference import segment_image
@@ -74,11 +74,11 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
         seg = segment_image(np.asarray(image_layer.data), image_layer.metadata["pixel_size_A"], material=material,
                             beam_energy_keV=image_layer.metadata.get("beam_energy_keV"))
         predictions = seg.defects
-        viewer.add_labels(seg.labels, name="model labels", scale=image_layer.scale, opacity=0.7,
-                          colormap=label_colormap_layer())
+        viewer.add_labels(seg.labels, name="model labels", scale=image_layer.scale, units=image_layer.units,
+                          opacity=0.7, colormap=label_colormap_layer(), features=label_features())
         viewer.add_points(seg.defects[["y_A", "x_A"]].to_numpy(), name="model defects", size=1.6,
                           features=seg.defects.drop(columns=["x_A", "y_A"]), face_color="transparent",
-                          border_color="red")
+                          border_color="red", units=image_layer.units)
         seg.defects.to_csv(out / "defects.csv", index=False)
         segmentation_scores = instance_scores(match_instances(seg.defects, twin.truth_table()))
         segmentation_scores.to_csv(out / "segmentation_scores.csv", index=False)

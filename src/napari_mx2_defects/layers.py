@@ -9,7 +9,8 @@ import pandas as pd
 
 from .twin.defects import CLASS_COLORS, CLASS_NAMES
 
-__all__ = ["LayerData", "label_colormap", "sites_layer", "twin_layers"]
+__all__ = ["LayerData", "label_colormap", "label_colormap_layer", "label_features", "sites_layer",
+           "twin_layers"]
 
 LayerData = tuple[Any, dict, str]
 
@@ -53,13 +54,21 @@ def twin_layers(twin, name: str = "twin") -> list[LayerData]:
                           "colormap": "gray", "metadata": meta}, "image")
     labels = (twin.labels, {"name": f"{name} truth labels", "scale": scale, "units": ["angstrom", "angstrom"],
                             "colormap": label_colormap_layer(), "opacity": 0.6,
-                            "features": pd.DataFrame({"index": list(CLASS_NAMES),
-                                                      "class": list(CLASS_NAMES.values())}),
+                            "features": label_features(),
                             "metadata": {**meta, "class_names": CLASS_NAMES}}, "labels")
     defects = twin.defects[["x_A", "y_A", "defect_class", "element"]]
     points = _points(defects, twin.pixel_size_A, f"{name} truth defects", "defect_class", 1.2,
                      {"pixel_size_A": meta["pixel_size_A"]})
     return [image, labels, points]
+
+
+def label_features() -> pd.DataFrame:
+    """Features table of a defect Labels layer: one row per class id with its name and colour."""
+    def hex_colour(rgba) -> str:
+        return "#" + "".join(f"{round(255 * float(v)):02x}" for v in rgba)
+
+    return pd.DataFrame({"index": list(CLASS_NAMES), "class": list(CLASS_NAMES.values()),
+                         "color": [hex_colour(CLASS_COLORS.get(cid, (0, 0, 0, 0))) for cid in CLASS_NAMES]})
 
 
 def label_colormap_layer():

@@ -76,12 +76,13 @@ class SegmentWidget(JobWidget, Container):
             beam_energy_keV=energy, progress=progress, cancelled=cancelled))
 
     def _on_done(self, seg) -> None:
-        from ..layers import label_colormap_layer
+        from ..layers import label_colormap_layer, label_features
 
         layer, pixel = self._context
         scale = tuple(float(v) for v in layer.scale[-2:])  # the labels overlay the image pixel for pixel
         self.viewer.add_labels(seg.labels, name=f"{layer.name} defects", scale=scale, opacity=0.6,
                                colormap=label_colormap_layer(), units=("angstrom", "angstrom"),
+                               features=label_features(),
                                metadata={"pixel_size_A": pixel, "calibrated": True, "model": seg.card.architecture,
                                          "class_names": seg.card.classes})
         table = seg.defects
@@ -90,5 +91,6 @@ class SegmentWidget(JobWidget, Container):
                                face_color="transparent", border_color="red", units=("angstrom", "angstrom"))
         if seg.probabilities is not None:
             self.viewer.add_image(seg.probabilities, name=f"{layer.name} probabilities", scale=(1.0, *scale),
+                                  units=("pixel", "angstrom", "angstrom"), axis_labels=("class", "y", "x"),
                                   visible=False)
         self.status.value = f"{len(table)} defects found on {seg.device}"
