@@ -24,6 +24,7 @@ from napari_mx2_defects.twin.microscope import Microscope
 from napari_mx2_defects.twin.parents import get_parent
 from napari_mx2_defects.twin.simulate import (
     calibrate_column_weights,
+    column_examples,
     column_intensities,
     integration_radius_A,
     projected_columns,
@@ -49,9 +50,7 @@ def main() -> None:
     extent = (float(atoms.cell[0, 0]), float(atoms.cell[1, 1]))
     shape = (int(round(extent[1] / 0.05)), int(round(extent[0] / 0.05)))
     cols = projected_columns(atoms, periodic=True)
-    symbols = atoms.get_chemical_symbols()
-    examples = {s: [(symbols[i], float(atoms.positions[i, 2])) for i in members]
-                for s, members in zip(cols.signature, cols.atoms)}
+    examples = column_examples(atoms, cols)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{args.material} 6×4 cell, {len(atoms)} atoms, {extent[0]:.1f}×{extent[1]:.1f} Å")
 

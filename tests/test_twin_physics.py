@@ -110,7 +110,7 @@ def test_fast_mode_matches_abtem_per_column():
     """Fast mode vs abTEM (PRISM, which equals multislice here) on a cell it was not calibrated on."""
     from napari_mx2_defects.twin.defects import parse_defects, place_defects
     from napari_mx2_defects.twin.parents import get_parent
-    from napari_mx2_defects.twin.simulate import calibrate_column_weights
+    from napari_mx2_defects.twin.simulate import calibrate_column_weights, column_examples
     from napari_mx2_defects.twin.structures import build_lattice
 
     parent = get_parent("MoS2")
@@ -123,9 +123,7 @@ def test_fast_mode_matches_abtem_per_column():
     extent = (atoms.cell[0, 0], atoms.cell[1, 1])
     shape = (int(round(extent[1] / 0.05)), int(round(extent[0] / 0.05)))
     cols = projected_columns(atoms, periodic=True)
-    symbols = atoms.get_chemical_symbols()
-    examples = {sig: [(symbols[i], atoms.positions[i, 2]) for i in members]
-                for sig, members in zip(cols.signature, cols.atoms)}
+    examples = column_examples(atoms, cols)
     calibration = calibrate_column_weights(parent, m, examples)
     reference = simulate_abtem(atoms, m, "prism", shape)
     fast = render_incoherent(cols.x_A, cols.y_A, cols.signature.map(calibration.weights_A2).to_numpy(), shape,

@@ -22,6 +22,7 @@ from .simulate import (
     _noop_progress,
     apply_source_size,
     calibrate_column_weights,
+    column_examples,
     projected_columns,
     render_incoherent,
     render_incoherent_periodic,
@@ -250,9 +251,8 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = _noop_progress,
     calibration = None
     if request.method == "fast":
         examples = _standard_examples(parent, lattice.z_metal_A) if not request.structure_path else {}
-        symbols = atoms.get_chemical_symbols()
-        for sig, members in zip(columns.signature, columns.atoms):
-            examples.setdefault(sig, [(symbols[i], float(atoms.positions[i, 2])) for i in members])
+        for sig, example in column_examples(atoms, columns).items():
+            examples.setdefault(sig, example)
         progress(0.05, "calibrating fast mode against abTEM (cached after the first time)")
         calibration = calibrate_column_weights(
             parent, m, examples, method=request.calibration_method,

@@ -34,6 +34,7 @@ __all__ = [
     "METHODS",
     "Cancelled",
     "calibrate_column_weights",
+    "column_examples",
     "column_intensities",
     "estimate_seconds",
     "projected_columns",
@@ -116,6 +117,16 @@ def projected_columns(atoms: Atoms, periodic: bool, tolerance_A: float = 0.3) ->
             }
         )
     return pd.DataFrame(rows, columns=["x_A", "y_A", "signature", "n_atoms", "atoms"])
+
+
+def column_examples(atoms: Atoms, columns: pd.DataFrame) -> dict[str, list[tuple[str, float]]]:
+    """One example per column signature, as :func:`calibrate_column_weights` takes them: the
+    (element, z in Å) of the atoms of the first column with that signature."""
+    symbols = atoms.get_chemical_symbols()
+    examples: dict[str, list[tuple[str, float]]] = {}
+    for sig, members in zip(columns.signature, columns.atoms):
+        examples.setdefault(sig, [(symbols[i], float(atoms.positions[i, 2])) for i in members])
+    return examples
 
 
 def render_incoherent(
