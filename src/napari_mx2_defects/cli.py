@@ -18,7 +18,7 @@ __all__ = ["build_parser", "main"]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .io.formats import ReaderError, describe, load_images
+    from .io.formats import ReaderError, describe, describe_lines, load_images
 
     status = 0
     for path in args.files:
@@ -44,6 +44,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(f"  calibrated     {'yes' if image.calibrated else 'no'}")
             energy = summary["beam_energy_keV"]
             print(f"  beam energy    {f'{energy:g} keV' if energy else 'not recorded'}")
+            for line in describe_lines(image):  # optics the file records (io/optics.py)
+                print(f"  {line}")
             for message in image.warnings:
                 print(f"  warning: {message}")
     return status

@@ -2,16 +2,25 @@
 
 One contract for every format, as in rosettasciio: :func:`load_images` turns a
 file into a list of :class:`CalibratedImage` (data, per-axis pixel size in Å,
-axis names, metadata).  The napari reader (:mod:`.reader`) and the command
+axis names, optics, metadata).  The napari reader (:mod:`.reader`) and the command
 line (``mx2-defects info``) are thin layers over it.
+
+Every path either opens or raises :class:`ReaderError` with one line naming the
+image file and saying what to do:
+
+* only regular files are read (FIFOs, devices and folders are refused at once);
+* ``.npy`` headers and MRC headers are checked in process against the file size and
+  the memory available before anything is allocated;
+* every other format is parsed by rosettasciio in a worker process with a time
+  budget (:mod:`.isolation`), where the declared sizes are checked again before the
+  pixels are read (:mod:`.vendor`);
+* a calibration that is zero, negative, not finite or outside physical range opens
+  uncalibrated with a warning, never as a made-up scale.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import warnings
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,24 +28,24 @@ from typing import Any
 
 import numpy as np
 
+from .npy import check_sidecar_values, read_npy_array, read_npy_sidecar, sidecar_path
+from .optics import format_optics, read_optics
+from .safety import ReaderError, check_allocation, check_declared_size, check_regular_file, one_line
 from .units import is_length_unit, length_to_angstrom
 
 __all__ = [
     "SUFFIXES",
     "CalibratedImage",
     "ReaderError",
+    "describe",
+    "describe_lines",
     "is_supported",
     "load_images",
+    "sidecar_path",
 ]
 
-log = logging.getLogger(__name__)
-
-
-class ReaderError(ValueError):
-    """A file of a supported format could not be read.
-
-    The message names the file and the problem, and says what to do.
-    """
+#: Pixel sizes outside this range (Å) are not a calibration but a broken or placeholder value.
+PLAUSIBLE_PIXEL_A = (1e-4, 1e9)
 
 
 @dataclass
@@ -68,6 +77,13 @@ class CalibratedImage:
         The metadata as rosettasciio (or the sidecar) returned it.
     warnings : list of str
         Problems worth showing the user (e.g. missing calibration).
+    optics : dict
+        Optics the file records, under unit-carrying keys (see :mod:`.optics`):
+        ``convergence_semiangle_mrad``, ``detector_inner_mrad``, ``detector_outer_mrad``,
+        ``camera_length_mm``, ``dwell_time_s``, ``exposure_time_s``, ``probe_current_A``,
+        ``beam_energy_keV``, and the strings ``detector`` and ``mode``. Only what the file holds.
+    optics_source : dict
+        For each optics key, the vendor tag it was read from.
     """
 
     data: np.ndarray
@@ -80,6 +96,8 @@ class CalibratedImage:
     original_units: tuple[str, ...] = ()
     original_metadata: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    optics: dict[str, Any] = field(default_factory=dict)
+    optics_source: dict[str, str] = field(default_factory=dict)
 
     @property
     def pixel_size_A(self) -> float | None:
@@ -95,12 +113,14 @@ class CalibratedImage:
         return abs(sy - sx) <= 1e-3 * max(sy, sx)
 
     def layer_metadata(self, source: str | Path) -> dict[str, Any]:
-        """Metadata dict stored on the napari layer."""
+        """Metadata dict stored on the napari layer (``optics`` holds the recorded optics)."""
         return {
             "pixel_size_A": self.pixel_size_A,
             "pixel_size_yx_A": tuple(float(s) for s in self.scale_A[-2:]),
             "calibrated": self.calibrated,
             "beam_energy_keV": self.beam_energy_keV,
+            "optics": dict(self.optics),
+            "optics_source": dict(self.optics_source),
             "axis_names": list(self.axis_names),
             "original_units": list(self.original_units),
             "source_path": str(source),
@@ -108,36 +128,34 @@ class CalibratedImage:
         }
 
 
-def _rsciio_reader(module: str) -> Callable[..., list[dict]]:
-    def read(path: Path) -> list[dict]:
-        import importlib
+def _isolated_reader(path: Path) -> list[dict]:
+    from .isolation import read_signals_isolated
 
-        reader = importlib.import_module(f"rsciio.{module}").file_reader
-        return reader(str(path))
-
-    return read
+    return read_signals_isolated(path, _file_bytes(path))
 
 
-def _read_tiff(path: Path) -> list[dict]:
-    from rsciio.tiff import file_reader
+def _file_bytes(path: Path) -> int:
+    from .vendor import companion_files
 
-    return file_reader(str(path))
+    total = path.stat().st_size
+    for other in companion_files(path):
+        try:
+            total += other.stat().st_size
+        except OSError:
+            pass
+    return total
 
 
-#: suffix -> function returning rosettasciio-style signal dicts
+#: suffix -> function returning rosettasciio-style signal dicts (pixels as numpy arrays)
 _FORMAT_READERS: dict[str, Callable[[Path], list[dict]]] = {
-    ".dm3": _rsciio_reader("digitalmicrograph"),
-    ".dm4": _rsciio_reader("digitalmicrograph"),
-    ".emd": _rsciio_reader("emd"),
-    ".ser": _rsciio_reader("tia"),
-    ".emi": _rsciio_reader("tia"),
-    ".mrc": _rsciio_reader("mrc"),
-    ".tif": _read_tiff,
-    ".tiff": _read_tiff,
+    suffix: _isolated_reader for suffix in (".dm3", ".dm4", ".emd", ".ser", ".emi", ".mrc", ".tif", ".tiff")
 }
 
 #: Every suffix the reader claims.
 SUFFIXES: tuple[str, ...] = (*_FORMAT_READERS, ".npy")
+
+#: MRC modes rosettasciio reads, with their item size in bytes.
+_MRC_ITEMSIZE = {0: 1, 1: 2, 2: 4, 4: 8, 6: 2, 12: 2}
 
 
 def is_supported(path: str | Path) -> bool:
@@ -152,7 +170,7 @@ def load_images(path: str | Path) -> list[CalibratedImage]:
     ----------
     path : str or pathlib.Path
         A ``.dm3/.dm4/.emd/.ser/.emi/.mrc/.tif/.tiff`` file, or a ``.npy``
-        array with an optional JSON sidecar (see :func:`read_npy_sidecar`).
+        array with an optional JSON sidecar (see :func:`.npy.read_npy_sidecar`).
 
     Returns
     -------
@@ -162,28 +180,28 @@ def load_images(path: str | Path) -> list[CalibratedImage]:
     Raises
     ------
     ReaderError
-        When the file is missing, corrupt, truncated or holds no image.
+        When the file is missing, not a regular file, corrupt, truncated, declares
+        more data than it holds or than memory allows, takes longer than the time
+        budget to parse, or holds no image. The message is one line naming the file.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ReaderError(f"{path.name}: unsupported file type {suffix!r}; supported: {', '.join(SUFFIXES)}")
-    if not path.exists():
-        raise ReaderError(f"{path}: no such file")
+    st = check_regular_file(path)
     if suffix == ".npy":
         return [_load_npy(path)]
+    if suffix == ".mrc":
+        _check_mrc_header(path, st.st_size)
     try:
-        with warnings.catch_warnings(), _quiet_loggers("tifffile", "rsciio"):
-            warnings.simplefilter("ignore")
-            signals = _FORMAT_READERS[suffix](path)
+        signals = _FORMAT_READERS[suffix](path)
     except ReaderError:
         raise
-    except Exception as exc:  # rosettasciio raises many types for bad files
-        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - a reader hook (tests) raising anything else
         raise ReaderError(
-            f"{path.name}: cannot read this {suffix} file ({type(exc).__name__}: {problem}). "
+            f"{path.name}: cannot read this {suffix} file ({type(exc).__name__}: {one_line(exc, 120)}). "
             "It may be truncated or corrupt: copy it again from the microscope PC."
-        ) from exc
+        ) from None
     images = []
     many = len(signals) > 1
     for index, signal in enumerate(signals):
@@ -191,10 +209,11 @@ def load_images(path: str | Path) -> list[CalibratedImage]:
             image = _from_signal_dict(signal, path, index if many else None)
         except ReaderError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - malformed metadata must not escape as a traceback
             raise ReaderError(
-                f"{path.name}: signal {index} could not be interpreted ({type(exc).__name__}: {exc})."
-            ) from exc
+                f"{path.name}: signal {index} could not be interpreted ({type(exc).__name__}: {one_line(exc, 120)}); "
+                "the file may be corrupt."
+            ) from None
         if image is not None:
             images.append(image)
     if not images:
@@ -205,57 +224,48 @@ def load_images(path: str | Path) -> list[CalibratedImage]:
     return images
 
 
-#: Keys under which vendors store the accelerating voltage, with the factor to keV.
-_VOLTAGE_KEYS: tuple[tuple[str, float], ...] = (
-    ("beam_energy", 1.0),  # rosettasciio's own metadata, keV
-    ("Voltage", 1e-3),  # DigitalMicrograph "Microscope Info", V
-    ("AccelerationVoltage", 1e-3),  # Velox EMD "Optics", V
-    ("AcceleratingVoltage", 1e-3),  # TIA "MicroscopeConditions", V
-    ("High tension_kV", 1.0),  # TIA "ExperimentalDescription", kV
-    ("HT", 1e-3),
-)
+def _check_mrc_header(path: Path, file_bytes: int) -> None:
+    """MRC sizes from the 1024-byte header, checked against the file before rosettasciio maps it."""
+    if file_bytes < 1024:
+        raise ReaderError(f"{path.name}: {file_bytes} bytes, shorter than the 1024-byte MRC header; the file is "
+                          "truncated: copy it again.")
+    with open(path, "rb") as fh:
+        header = fh.read(1024)
+    nx, ny, nz, mode = (int(v) for v in np.frombuffer(header, "<i4", count=4))
+    extended = int(np.frombuffer(header, "<u4", count=1, offset=92)[0])
+    if min(nx, ny, nz) < 1:
+        raise ReaderError(f"{path.name}: the MRC header declares an invalid size nx={nx}, ny={ny}, nz={nz}; the "
+                          "file is corrupt: copy it again.")
+    if mode not in _MRC_ITEMSIZE:
+        raise ReaderError(f"{path.name}: MRC mode {mode} is not a pixel type this reader knows (0, 1, 2, 4, 6, 12); "
+                          "the file is corrupt or not an image.")
+    nbytes = nx * ny * nz * _MRC_ITEMSIZE[mode]
+    what = f"a {nz} × {ny} × {nx} image (mode {mode})"
+    check_declared_size(path, nbytes, file_bytes - 1024 - extended, what)
+    check_allocation(path, nbytes, what)
 
 
-def _find_key(tree: Any, key: str, depth: int = 0) -> Any:
-    if depth > 16:
-        return None
-    if isinstance(tree, dict):
-        if key in tree and not isinstance(tree[key], dict):
-            return tree[key]
-        for value in tree.values():
-            found = _find_key(value, key, depth + 1)
-            if found is not None:
-                return found
-    return None
-
-
-def _beam_energy(metadata: dict, original: dict | None = None) -> float | None:
-    """Accelerating voltage in keV from rosettasciio metadata or the vendor tags."""
-    for tree in (metadata, original or {}):
-        for key, to_keV in _VOLTAGE_KEYS:
-            value = _find_key(tree, key)
-            try:
-                value = float(value) * to_keV
-            except (TypeError, ValueError):
-                continue
-            if np.isfinite(value) and 1.0 <= value <= 3000.0:
-                return value
-    return None
+def _finite(value: Any, default: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return number if math.isfinite(number) else default
 
 
 def _signal_title(metadata: dict) -> str:
     general = metadata.get("General", {}) if isinstance(metadata, dict) else {}
-    title = general.get("title") or ""
-    return str(title).strip()
+    title = general.get("title") if isinstance(general, dict) else ""
+    return one_line(title or "", 80)
 
 
 def _from_signal_dict(signal: dict, path: Path, index: int | None) -> CalibratedImage | None:
     data = np.asarray(signal["data"])
     axes = signal.get("axes") or []
     metadata = signal.get("metadata") or {}
-    if data.dtype.names:  # e.g. RGB structured arrays: not a HAADF image
+    if data.dtype.names or data.dtype.hasobject:  # e.g. RGB structured arrays: not a HAADF image
         return None
-    if len(axes) != data.ndim:
+    if len(axes) != data.ndim or not all(isinstance(ax, dict) for ax in axes):
         axes = [{"name": f"axis{i}", "scale": 1.0, "offset": 0.0, "units": None} for i in range(data.ndim)]
     # rosettasciio puts navigation axes first and signal axes last in array order;
     # keep only axes with >1 pixel so singleton dimensions vanish.
@@ -269,42 +279,57 @@ def _from_signal_dict(signal: dict, path: Path, index: int | None) -> Calibrated
     # (uncalibrated) is still an image.
     plane = list(range(data.ndim - 2, data.ndim))
     frames = list(range(data.ndim - 2))
-    if spatial and not set(plane) <= set(spatial):
+    if spatial and not set(plane) <= set(spatial) and len(spatial) < 2:
         # A file whose image plane is not spatial (e.g. a spectrum image):
         # not something this plugin analyses.
-        if len(spatial) < 2:
-            return None
+        return None
     warnings_list: list[str] = []
-    scale_A = []
-    offset_A = []
+    scale_A, offset_A = [1.0] * data.ndim, [0.0] * data.ndim
     calibrated = True
-    for i, ax in enumerate(axes):
+    problems = []
+    low, high = PLAUSIBLE_PIXEL_A
+    for i in plane:
+        ax = axes[i]
         unit = ax.get("units")
-        scale = float(ax.get("scale", 1.0) or 1.0)
-        offset = float(ax.get("offset", 0.0) or 0.0)
-        if i in plane:
-            if is_length_unit(unit) and scale > 0 and np.isfinite(scale):
-                scale_A.append(length_to_angstrom(scale, unit))
-                offset_A.append(length_to_angstrom(offset, unit))
-            else:
-                calibrated = False
-                scale_A.append(1.0)
-                offset_A.append(0.0)
-        else:
-            scale_A.append(1.0)
-            offset_A.append(0.0)
+        scale = _finite(ax.get("scale"), math.nan) if ax.get("scale") is not None else math.nan
+        if not is_length_unit(unit):
+            calibrated = False
+            continue
+        size_A = length_to_angstrom(scale, unit) if math.isfinite(scale) else math.nan
+        if not (math.isfinite(size_A) and low <= size_A <= high):
+            calibrated = False
+            problems.append(f"{ax.get('name') or 'axis'} {scale:g} {one_line(unit, 12)}")
+            continue
+        scale_A[i] = size_A
+        offset_A[i] = length_to_angstrom(_finite(ax.get("offset"), 0.0), unit)
     if not calibrated:
         scale_A = [1.0] * data.ndim
         offset_A = [0.0] * data.ndim
-        warnings_list.append(
-            f"{path.name}: no spatial calibration in the file; opened with pixel size 1 "
-            "(unitless). Set the pixel size in Å before measuring lengths or concentrations."
-        )
+        if problems:
+            warnings_list.append(
+                f"{path.name}: the file records an impossible pixel size ({', '.join(problems)}); opened "
+                "uncalibrated with pixel size 1. Set the pixel size in Å before measuring lengths or "
+                "concentrations."
+            )
+        else:
+            warnings_list.append(
+                f"{path.name}: no spatial calibration in the file; opened with pixel size 1 "
+                "(unitless). Set the pixel size in Å before measuring lengths or concentrations."
+            )
     names = ["frame"] * len(frames) + ["y", "x"]
     if len(frames) > 1:
         names = [f"frame{j}" for j in range(len(frames))] + ["y", "x"]
     title = _signal_title(metadata)
     name = path.stem if index is None else f"{path.stem} [{title or index}]"
+    optics, sources = read_optics(signal.get("original_metadata"))
+    if "beam_energy_keV" not in optics:  # rosettasciio's own mapping, in keV
+        for mode in ("TEM", "SEM"):
+            tem = metadata.get("Acquisition_instrument", {}).get(mode, {}) if isinstance(metadata, dict) else {}
+            energy = _finite(tem.get("beam_energy") if isinstance(tem, dict) else None, math.nan)
+            if 1.0 <= energy <= 3000.0:
+                optics["beam_energy_keV"] = energy
+                sources["beam_energy_keV"] = f"rosettasciio Acquisition_instrument/{mode}/beam_energy"
+                break
     return CalibratedImage(
         data=data,
         name=name,
@@ -312,161 +337,56 @@ def _from_signal_dict(signal: dict, path: Path, index: int | None) -> Calibrated
         scale_A=tuple(scale_A),
         offset_A=tuple(offset_A),
         calibrated=calibrated,
-        beam_energy_keV=_beam_energy(metadata, signal.get("original_metadata")),
-        original_units=tuple(str(ax.get("units")) for ax in axes),
-        original_metadata={"metadata": _jsonable(metadata), "axes": _jsonable(axes)},
+        beam_energy_keV=optics.get("beam_energy_keV"),
+        original_units=tuple(one_line(ax.get("units"), 40) for ax in axes),
+        original_metadata={"metadata": metadata, "axes": axes},
         warnings=warnings_list,
+        optics=optics,
+        optics_source=sources,
     )
 
 
-def sidecar_path(path: Path) -> Path:
-    """Calibration sidecar of a ``.npy`` file: the same stem with ``.json``."""
-    return path.with_suffix(".json")
-
-
-def read_npy_sidecar(path: Path) -> tuple[float | None, float | None, dict]:
-    """Pixel size (Å) and beam energy (keV) from the JSON beside a ``.npy``.
-
-    Accepted keys, first match wins: ``pixel_size_A``; ``pixel_size`` with
-    ``pixel_size_units`` (any length unit); or a field of view
-    (``field_of_view_x`` + ``field_of_view_units``, anywhere in the JSON,
-    as experimenters' metadata files store it) divided by the image width.
-    Beam energy: ``beam_energy_keV`` or ``voltage`` (``"60 kV"``).
-
-    Returns
-    -------
-    pixel_size_A, fov_x_A, metadata
-        ``pixel_size_A`` is None when only a field of view is given (the
-        caller divides by the image width) or nothing is; ``fov_x_A`` is the
-        field of view in Å when present.
-    """
-    side = sidecar_path(path)
-    if not side.exists():
-        return None, None, {}
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReaderError(f"{side.name}: calibration sidecar is not valid JSON ({exc}).") from exc
-    flat = _flatten(meta)
-    pixel = None
-    if "pixel_size_A" in flat:
-        pixel = float(flat["pixel_size_A"])
-    elif "pixel_size" in flat and is_length_unit(flat.get("pixel_size_units")):
-        pixel = length_to_angstrom(float(flat["pixel_size"]), flat["pixel_size_units"])
-    fov = None
-    if "field_of_view_x" in flat:
-        unit = flat.get("field_of_view_units", "nm")
-        if is_length_unit(unit):
-            fov = length_to_angstrom(float(flat["field_of_view_x"]), unit)
-    return pixel, fov, meta
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str):
-    """Silence library loggers that print tracebacks for files we report ourselves."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def _beam_energy_from_sidecar(meta: dict) -> float | None:
-    flat = _flatten(meta)
-    if "beam_energy_keV" in flat:
-        return float(flat["beam_energy_keV"])
-    voltage = flat.get("voltage")
-    if isinstance(voltage, (int, float)):
-        return float(voltage)
-    if isinstance(voltage, str):
-        parts = voltage.replace("kV", " kV").split()
-        try:
-            value = float(parts[0])
-        except (ValueError, IndexError):
-            return None
-        if len(parts) > 1 and parts[1].lower() == "v":
-            value /= 1000.0
-        return value
-    return None
-
-
 def _load_npy(path: Path) -> CalibratedImage:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ReaderError(
-            f"{path.name}: not a plain numeric .npy array ({exc}); object arrays are refused "
-            "because loading them would run code from the file."
-        ) from exc
-    except Exception as exc:
-        raise ReaderError(f"{path.name}: cannot read this .npy file ({type(exc).__name__}: {exc}); "
-                          "it may be truncated.") from exc
-    data = np.squeeze(data)
-    if data.ndim < 2 or not np.issubdtype(data.dtype, np.number):
-        raise ReaderError(f"{path.name}: expected a numeric image of 2 or more dimensions, got shape {data.shape}.")
-    pixel, fov, meta = read_npy_sidecar(path)
-    if pixel is None and fov is not None:
-        pixel = fov / data.shape[-1]
-    calibrated = pixel is not None and pixel > 0 and np.isfinite(pixel)
+    data = np.squeeze(read_npy_array(path))
+    if data.ndim < 2:
+        raise ReaderError(f"{path.name}: expected an image of 2 or more dimensions, got shape {data.shape}; "
+                          "save the image itself, not a profile or a scalar.")
+    side = read_npy_sidecar(path)
+    check_sidecar_values(path, side.meta)
     warn = []
+    pixel_yx = side.pixel_size_yx_A
+    fov_y, fov_x = side.fov_yx_A
+    if pixel_yx is None and fov_x is not None:
+        pixel_x = fov_x / data.shape[-1]
+        pixel_y = fov_y / data.shape[-2] if fov_y is not None else pixel_x
+        pixel_yx = (pixel_y, pixel_x)
+    calibrated = pixel_yx is not None
     if not calibrated:
-        pixel = 1.0
+        pixel_yx = (1.0, 1.0)
         warn.append(
             f"{path.name}: no calibration (no {sidecar_path(path).name} with pixel_size_A or a field of "
             "view); opened with pixel size 1. Set the pixel size in Å before measuring."
         )
     nframes = data.ndim - 2
-    scale = (1.0,) * nframes + (pixel, pixel)
+    optics, sources = read_optics(side.meta, sidecar=True)
     return CalibratedImage(
         data=data,
         name=path.stem,
         axis_names=tuple(["frame"] * nframes + ["y", "x"]),
-        scale_A=scale,
+        scale_A=(1.0,) * nframes + tuple(float(s) for s in pixel_yx),
         offset_A=(0.0,) * data.ndim,
         calibrated=calibrated,
-        beam_energy_keV=_beam_energy_from_sidecar(meta),
+        beam_energy_keV=optics.get("beam_energy_keV"),
         original_units=("",) * nframes + (("A", "A") if calibrated else ("", "")),
-        original_metadata={"sidecar": meta},
+        original_metadata={"sidecar": side.meta},
         warnings=warn,
+        optics=optics,
+        optics_source=sources,
     )
 
 
-def _flatten(tree: Any, out: dict | None = None) -> dict:
-    out = {} if out is None else out
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                _flatten(value, out)
-            else:
-                out.setdefault(key, value)
-    return out
-
-
-def _jsonable(obj: Any, depth: int = 0) -> Any:
-    """A JSON-friendly copy of rosettasciio metadata (bytes decoded, arrays listed if small)."""
-    if depth > 12:
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in obj]
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", "replace")
-    if isinstance(obj, np.ndarray):
-        return obj.tolist() if obj.size <= 64 else f"<array shape={obj.shape} dtype={obj.dtype}>"
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
 def describe(image: CalibratedImage) -> dict[str, Any]:
-    """Summary used by ``mx2-defects info``."""
+    """Summary used by ``mx2-defects info`` (``--json``); :func:`describe_lines` prints it."""
     return {
         "name": image.name,
         "shape": list(image.data.shape),
@@ -475,6 +395,12 @@ def describe(image: CalibratedImage) -> dict[str, Any]:
         "pixel_size_A": [round(s, 6) for s in image.scale_A[-2:]] if image.calibrated else None,
         "calibrated": image.calibrated,
         "beam_energy_keV": image.beam_energy_keV,
+        "optics": dict(image.optics),
+        "optics_source": dict(image.optics_source),
         "original_units": list(image.original_units),
     }
 
+
+def describe_lines(image: CalibratedImage) -> list[str]:
+    """The optics part of ``mx2-defects info``, one aligned line per recorded value."""
+    return [f"{label:<15}{value}" for label, value in format_optics(image.optics)]
