@@ -51,13 +51,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return status
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: argument --cs: … (see 'mx2-defects simulate --help')``."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        one_line = " ".join(str(message).split())
+        self.exit(2, f"error: {one_line} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mx2-defects",
         description="Point defects in HAADF-STEM images of monolayer MX2.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="print what the reader finds in a microscope file")
@@ -74,22 +83,74 @@ def build_parser() -> argparse.ArgumentParser:
     add_learn_commands(sub)
     add_analysis_commands(sub)
     add_demo_command(sub)
+    for command in sub.choices.values():  # --debug is also accepted after the subcommand
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
     return parser
 
 
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def error_message(exc: BaseException) -> str:
+    """One line saying what went wrong and, where it can, what to change."""
+    if isinstance(exc, OSError) and exc.filename is not None and not str(exc).startswith(("error", "--")):
+        reason = (exc.strerror or type(exc).__name__).lower()
+        target = exc.filename if exc.filename2 is None else f"{exc.filename} → {exc.filename2}"
+        hints = {
+            PermissionError: "choose a location you can write to (or fix its permissions)",
+            NotADirectoryError: "a part of the path is a file, not a folder; choose another path",
+            IsADirectoryError: "that is a folder; give a file name",
+            FileNotFoundError: "check the path",
+        }
+        hint = next((h for cls, h in hints.items() if isinstance(exc, cls)), "")
+        if exc.errno == 28:  # ENOSPC
+            hint = "free some disk space or choose another --out"
+        return _one_line(f"{target}: {reason}{'; ' + hint if hint else ''}")
+    if isinstance(exc, MemoryError):
+        return "not enough memory for this job; use a smaller image, --fov or --size"
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing or unknown entry {text}"
+    known = (ValueError, OSError, RuntimeError, KeyError, TypeError)
+    if not isinstance(exc, known) or type(exc).__module__.startswith(("safetensors", "zarr", "distributed")):
+        text = f"{type(exc).__name__}: {text}"
+    return _one_line(text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``mx2-defects``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of ``mx2-defects``.
+
+    Every error is one line on stderr (``error: …``, exit status 2); ``--debug`` shows the
+    traceback instead.  Ctrl-C (SIGINT) prints ``interrupted`` and exits with 130; outputs are
+    written atomically, so an interrupted command leaves the previous result or none.
+    """
+    words = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in words
     try:
+        parser = build_parser()
+        args = parser.parse_args(words)
+        debug = bool(getattr(args, "debug", debug))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every error is one line unless --debug
+        if debug:
+            raise
+        message = error_message(exc)
+        if not isinstance(exc, (ValueError, OSError, KeyError, MemoryError)):
+            message += " (unexpected: run again with --debug for the traceback and report it)"
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # a Ctrl-C while the interpreter is shutting down
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,4 +1,8 @@
-"""``mx2-defects analyze``: sites, intensity histogram and concentrations of one image."""
+"""``mx2-defects analyze``: sites, intensity histogram and concentrations of one image.
+
+Numbers are checked as they are parsed (:mod:`.core.validation`), the output folder and the
+image size before any work; the files appear together when complete (:mod:`.io.atomic`).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,42 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_analysis_commands"]
+from .core.validation import BOUNDS, arg_type, check_allocation
+
+__all__ = ["ANALYSIS_BYTES_PER_PIXEL", "add_analysis_commands"]
+
+#: Peak bytes per image pixel of the site analysis (float64 copies, filters, FFT), with margin.
+ANALYSIS_BYTES_PER_PIXEL = 96
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .analysis.api import analyze_image
+    from .analysis.api import ANALYSIS_FILES, analyze_image
+    from .io.atomic import StagedOutput
     from .io.formats import load_images
+    from .twin.parents import get_parent
 
+    stage = StagedOutput(args.out, ANALYSIS_FILES, overwrite=args.overwrite)  # before any work
+    get_parent(args.material)
+    defects = _read_defects(args.defects) if args.defects else None
     images = load_images(args.image)
     image = images[0]
     data = image.data
+    ny, nx = data.shape[-2:]
+    check_allocation(f"the analysis of {args.image.name}", float(ny) * nx, ANALYSIS_BYTES_PER_PIXEL,
+                     hint="crop or bin the image first")
     if data.ndim > 2:
         print(f"note: {args.image} is a stack of {data.shape[0]} frames; analysing their sum", file=sys.stderr)
         data = data.reshape(-1, *data.shape[-2:]).sum(axis=0)
     pixel = args.pixel_size if args.pixel_size is not None else image.pixel_size_A
+    if pixel is not None:
+        pixel = BOUNDS["image_pixel_size_A"].with_option(
+            "--pixel-size" if args.pixel_size is not None else f"the pixel size of {args.image.name}").check(pixel)
+    energy = args.energy or image.beam_energy_keV
+    if energy is not None:
+        energy = BOUNDS["energy_keV"].with_option(
+            "--energy" if args.energy else f"the beam energy recorded in {args.image.name}").check(energy)
     if pixel is None and not args.self_calibrate:
         raise ValueError(
             f"{args.image} has no calibration: pass --pixel-size in Å, or --self-calibrate to take it from the "
@@ -29,18 +53,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         )
     if image.calibrated and not image.is_square_pixel and args.pixel_size is None:
         raise ValueError(f"{args.image} has non-square pixels {image.scale_A[-2:]}; resample it first")
-    defects = None
-    if args.defects:
-        defects = pd.read_csv(args.defects)
-        missing = {"x_A", "y_A", "defect_class"} - set(defects.columns)
-        if missing:
-            raise ValueError(f"{args.defects} lacks the columns {sorted(missing)}")
     result = analyze_image(
         data, pixel, material=args.material, defects=defects,
-        beam_energy_keV=args.energy or image.beam_energy_keV, dopant=args.dopant,
+        beam_energy_keV=energy, dopant=args.dopant,
         progress=lambda f, m: None if args.quiet else print(f"[{f * 100:5.1f} %] {m}", file=sys.stderr),
     )
-    paths = result.save(args.out, overwrite=args.overwrite)
+    with stage as staging:
+        result.save(staging)
+    paths = [Path(args.out) / n for n in ANALYSIS_FILES]
     lat = result.lattice
     print(f"a = {lat['a_A']:.4f} Å (parent {lat['parent_a_A']} Å), pixel {lat['pixel_size_A']:.5f} Å"
           f"{' (self-calibrated)' if lat['self_calibrated'] else ''}, "
@@ -54,15 +74,46 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_defects(path: Path):
+    """``defects.csv`` from ``segment``: x_A, y_A (finite, Å) and defect_class."""
+    import numpy as np
+    import pandas as pd
+
+    from .twin.defects import CLASS_IDS
+
+    if not path.is_file():
+        raise ValueError(f"--defects {path}: no such file")
+    if path.stat().st_size > 512 * 1024**2:
+        raise ValueError(f"--defects {path}: larger than 512 MiB; not a defects table from 'segment'")
+    try:
+        defects = pd.read_csv(path, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise ValueError(f"--defects {path.name}: not a CSV table ({' '.join(str(exc).split())[:100]})") from None
+    missing = {"x_A", "y_A", "defect_class"} - set(defects.columns)
+    if missing:
+        raise ValueError(f"--defects {path.name} lacks the columns {sorted(missing)}")
+    xy = defects[["x_A", "y_A"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    if len(xy) and not np.isfinite(xy).all():
+        raise ValueError(f"--defects {path.name}: x_A and y_A must be finite numbers (Å)")
+    unknown = sorted(set(defects.defect_class.astype(str)) - set(CLASS_IDS))
+    if unknown:
+        raise ValueError(f"--defects {path.name}: unknown defect classes {unknown[:5]}; known: "
+                         f"{', '.join(CLASS_IDS)}")
+    defects[["x_A", "y_A"]] = xy
+    return defects
+
+
 def add_analysis_commands(sub) -> None:
     p = sub.add_parser("analyze", help="atom sites, intensity histogram and defect concentrations per cm²")
     p.add_argument("image", type=Path)
     p.add_argument("--material", default="MoS2")
     p.add_argument("--defects", type=Path, help="defects.csv from 'segment' (x_A,y_A,defect_class)")
-    p.add_argument("--pixel-size", type=float, help="override the file's calibration (Å)")
+    p.add_argument("--pixel-size", type=arg_type(BOUNDS["image_pixel_size_A"]),
+                   help="override the file's calibration (Å)")
     p.add_argument("--self-calibrate", action="store_true",
                    help="for an uncalibrated image, take the pixel size from the parent's lattice constant")
-    p.add_argument("--energy", type=float, help="beam energy in keV (default: from the file, else 80)")
+    p.add_argument("--energy", type=arg_type(BOUNDS["energy_keV"]),
+                   help="beam energy in keV (default: from the file, else 80)")
     p.add_argument("--dopant", help="dopant element on metal sites to look for (TM_D)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")

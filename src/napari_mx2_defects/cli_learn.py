@@ -1,4 +1,8 @@
-"""``mx2-defects dataset | train | segment | evaluate``."""
+"""``mx2-defects dataset | train | segment | evaluate``.
+
+Numbers are checked as they are parsed (:mod:`.core.validation`); output locations, datasets,
+scheduler and sizes before any work; outputs are written atomically (:mod:`.io.atomic`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,19 @@ import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["add_learn_commands"]
+from .core.validation import BOUNDS, arg_type, check_allocation
+
+__all__ = ["SEGMENT_FILES", "add_learn_commands"]
+
+#: What ``segment`` writes: the only names its ``--overwrite`` replaces.
+SEGMENT_FILES = ["labels.tif", "defects.csv"]
+#: Peak bytes per pixel of segmentation at the model's pixel size (labels, scores, tiles, margin).
+SEGMENT_BYTES_PER_PIXEL = 24
+
+
+def _t(key: str, option: str | None = None):
+    bound = BOUNDS[key] if option is None else BOUNDS[key].with_option(option)
+    return arg_type(bound)
 
 
 def _progress(quiet: bool):
@@ -15,8 +31,10 @@ def _progress(quiet: bool):
 
 
 def _cmd_dataset(args):
+    from .core.validation import check_pair
     from .learn.dataset import DatasetSpec, generate_dataset
 
+    check_pair(BOUNDS["dose_min"], BOUNDS["dose_max"], args.dose_min, args.dose_max)
     spec = DatasetSpec(parents=args.parents.split(","), presets=args.presets.split(",") if args.presets else
                        DatasetSpec().presets, size_px=args.size, dose_e_per_A2=(args.dose_min, args.dose_max))
     out = generate_dataset(args.out, args.n, spec, seed=args.seed, scheduler=args.scheduler, workers=args.workers,
@@ -33,30 +51,48 @@ def _cmd_train(args):
                          patience=args.patience, seed=args.seed, device=args.device, crop_px=args.crop,
                          init_from=str(args.init_from) if args.init_from else None)
     command = "mx2-defects " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    path, _ = train(args.dataset, args.out, config, command=command, progress=_progress(args.quiet))
+    path, _ = train(args.dataset, args.out, config, command=command, progress=_progress(args.quiet),
+                    overwrite=args.overwrite)
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
 
 def _cmd_segment(args):
+    import numpy as np
+
+    from .io.atomic import StagedOutput
     from .io.formats import load_images
     from .io.writer import write_calibrated_tiff
     from .learn.inference import DEFECTS_COLUMNS, segment_image
 
+    stage = StagedOutput(args.out, SEGMENT_FILES, overwrite=args.overwrite)  # before any work
+    from .learn.checkpoint import card_path, default_model_path, read_card
+
+    model = default_model_path() if args.model == "default" else Path(args.model)
+    if model.suffix != ".safetensors":
+        raise ValueError(f"--model {model.name}: give a .safetensors checkpoint (its .json card beside it) "
+                         f"or 'default'")
+    if not model.is_file():
+        raise ValueError(f"--model {model}: no such checkpoint" if args.model != "default" else
+                         "the default model is not installed with this package; pass --model")
+    card = read_card(card_path(model))  # a bad card is refused before the image is read
     image = load_images(args.image)[0]
-    data = image.data if image.data.ndim == 2 else image.data.reshape(-1, *image.data.shape[-2:]).sum(0)
-    pixel = args.pixel_size or image.pixel_size_A
+    pixel = args.pixel_size if args.pixel_size is not None else image.pixel_size_A
     if pixel is None:
         raise ValueError(f"{args.image} has no calibration: pass --pixel-size in Å")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("labels.tif", "defects.csv"):
-        if (out / name).exists() and not args.overwrite:
-            raise FileExistsError(f"{out / name} exists; choose another --out or pass --overwrite")
+    pixel = BOUNDS["image_pixel_size_A"].with_option(
+        "--pixel-size" if args.pixel_size is not None else f"the pixel size of {args.image.name}").check(pixel)
+    ny, nx = image.data.shape[-2:]
+    check_allocation(f"{args.image.name} at the model's pixel size", ny * nx * (pixel / card.pixel_size_A) ** 2,
+                     SEGMENT_BYTES_PER_PIXEL, hint="crop or bin the image first")
+    data = image.data if image.data.ndim == 2 else image.data.reshape(-1, *image.data.shape[-2:]).sum(0)
+    data = np.asarray(data)
     seg = segment_image(data, pixel, model=args.model, device=args.device, material=args.material,
                         beam_energy_keV=image.beam_energy_keV, progress=_progress(args.quiet))
-    write_calibrated_tiff(out / "labels.tif", seg.labels, pixel, title="defect labels")
-    seg.defects[DEFECTS_COLUMNS[:4]].to_csv(out / "defects.csv", index=False)
+    with stage as staging:
+        write_calibrated_tiff(staging / "labels.tif", seg.labels, pixel, title="defect labels")
+        seg.defects[DEFECTS_COLUMNS[:4]].to_csv(staging / "defects.csv", index=False)
+    out = Path(args.out)
     print(f"{len(seg.defects)} defects on {seg.device}: " +
           ", ".join(f"{k} {v}" for k, v in seg.defects.defect_class.value_counts().items()))
     print(f"  wrote {out / 'labels.tif'}\n  wrote {out / 'defects.csv'}")
@@ -66,7 +102,13 @@ def _cmd_segment(args):
 def _cmd_evaluate(args):
     from .learn.evaluate import evaluate_model_on_twins
 
-    doses = [float(d) for d in args.doses.split(",")]
+    doses = []
+    for text in args.doses.split(","):
+        try:
+            doses.append(BOUNDS["dose_e_per_A2"].with_option("--doses").check(float(text)))
+        except ValueError:
+            raise ValueError(f"--doses must list doses in e/Å² ({BOUNDS['dose_e_per_A2'].describe()}), "
+                             f"got {text[:40]!r}") from None
     result = evaluate_model_on_twins(args.model, materials=args.materials.split(","), doses=doses, n_per=args.n,
                                      seed=args.seed, progress=_progress(args.quiet))
     for dose, table in result["by_dose"].items():
@@ -79,17 +121,18 @@ def _cmd_evaluate(args):
 
 def add_learn_commands(sub) -> None:
     p = sub.add_parser("dataset", help="generate a training dataset of digital twins (zarr, dask)")
-    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--n", type=_t("n_samples"), required=True, help="number of images")
     p.add_argument("--out", type=Path, required=True, help="output .zarr folder")
     p.add_argument("--parents", default="MoS2,WSe2,MoTe2,WS2", help="comma-separated parents")
     p.add_argument("--presets", default="", help="comma-separated microscope presets (default: all)")
-    p.add_argument("--size", type=int, default=256, help="image size in pixels")
-    p.add_argument("--dose-min", type=float, default=1e4)
-    p.add_argument("--dose-max", type=float, default=1e8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_t("size_px"), default=256, help="image size in pixels")
+    p.add_argument("--dose-min", type=_t("dose_min"), default=1e4, help="lowest dose in e/Å²")
+    p.add_argument("--dose-max", type=_t("dose_max"), default=1e8, help="highest dose in e/Å²")
+    p.add_argument("--seed", type=_t("seed"), default=0)
     p.add_argument("--scheduler", help="address of a dask.distributed scheduler (default: a local cluster)")
-    p.add_argument("--workers", type=int, default=2, help="local worker processes")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--workers", type=_t("workers"), default=2, help="local worker processes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset already in --out (other files there are kept)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_dataset)
 
@@ -97,16 +140,18 @@ def add_learn_commands(sub) -> None:
     p.add_argument("dataset", type=Path, nargs="+", help="one or more datasets (.zarr)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors; card written beside)")
     p.add_argument("--architecture", default="light", help="unet, attention-unet, resnet152-unet or light")
-    p.add_argument("--model-pixel-size", type=float, default=0.2)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--steps", type=int, default=60, help="steps per epoch")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--patience", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-pixel-size", type=_t("model_pixel_size_A"), default=0.2, help="in Å")
+    p.add_argument("--epochs", type=_t("epochs"), default=30)
+    p.add_argument("--steps", type=_t("steps_per_epoch"), default=60, help="steps per epoch")
+    p.add_argument("--batch-size", type=_t("batch_size"), default=16)
+    p.add_argument("--crop", type=_t("crop_px"), default=128, help="training crop in px (a multiple of 32)")
+    p.add_argument("--lr", type=_t("learning_rate"), default=2e-3)
+    p.add_argument("--patience", type=_t("patience"), default=6)
+    p.add_argument("--seed", type=_t("seed"), default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--init-from", type=Path, help="start from this .safetensors checkpoint (fine-tuning)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint and card at --out (refused without it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 
@@ -114,7 +159,7 @@ def add_learn_commands(sub) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("--model", default="default", help="'default' or a .safetensors checkpoint with its card")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--pixel-size", type=float, help="pixel size in Å (for uncalibrated images)")
+    p.add_argument("--pixel-size", type=_t("image_pixel_size_A"), help="pixel size in Å (for uncalibrated images)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--material", help="parent (e.g. MoSe2): checks each vacancy's sublattice against the lattice")
     p.add_argument("--overwrite", action="store_true")
@@ -125,7 +170,7 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--materials", default="MoSe2,WS2")
     p.add_argument("--doses", default="1e6")
-    p.add_argument("--n", type=int, default=3, help="images per material and dose")
-    p.add_argument("--seed", type=int, default=10_000)
+    p.add_argument("--n", type=_t("n_per"), default=3, help="images per material and dose")
+    p.add_argument("--seed", type=_t("seed"), default=10_000)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)

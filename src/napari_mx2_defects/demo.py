@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from .core.validation import BOUNDS, arg_type
+
 __all__ = ["add_demo_command", "run_demo"]
 
 
@@ -39,7 +41,9 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
     from .twin.api import TwinRequest, simulate_twin
     from .twin.imperfections import Imperfections
 
-    out = Path(out_dir)
+    from .io.atomic import StagedOutput, atomic_path, atomic_write_text, check_output_dir
+
+    out = check_output_dir(out_dir)  # before any work
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose a new --out folder (nothing was overwritten)")
     out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +53,8 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
                                      imperfections=Imperfections(dose_e_per_A2=dose), seed=seed),
                          progress=lambda f, m: _log(f"  {100 * f:5.1f} % {m}"))
     twin_dir = out / "twin"
-    twin.save(twin_dir)
+    with StagedOutput(twin_dir, []) as staging:  # the twin folder appears complete or not at all
+        twin.save(staging)
     _log(f"twin written to {twin_dir}")
 
     # the window must be shown for OpenGL to render the screenshot (under Xvfb nobody sees it)
@@ -79,9 +84,11 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
         viewer.add_points(seg.defects[["y_A", "x_A"]].to_numpy(), name="model defects", size=1.6,
                           features=seg.defects.drop(columns=["x_A", "y_A"]), face_color="transparent",
                           border_color="red", units=image_layer.units)
-        seg.defects.to_csv(out / "defects.csv", index=False)
+        with atomic_path(out / "defects.csv") as tmp:
+            seg.defects.to_csv(tmp, index=False)
         segmentation_scores = instance_scores(match_instances(seg.defects, twin.truth_table()))
-        segmentation_scores.to_csv(out / "segmentation_scores.csv", index=False)
+        with atomic_path(out / "segmentation_scores.csv") as tmp:
+            segmentation_scores.to_csv(tmp, index=False)
         _log("model vs truth: " + ", ".join(f"{r.defect_class} F1 {r.f1:.2f}"
                                              for r in segmentation_scores.itertuples()))
     else:
@@ -96,7 +103,8 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
     viewer.layers.selection.active = image_layer
     viewer.reset_view()
     screenshot = out / "screenshot.png"
-    viewer.screenshot(str(screenshot), canvas_only=True, flash=False)
+    with atomic_path(screenshot) as tmp:
+        viewer.screenshot(str(tmp), canvas_only=True, flash=False)
     metadata = {
         layer.name: {
             "type": type(layer).__name__,
@@ -106,7 +114,7 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
         }
         for layer in viewer.layers
     }
-    (out / "layers.json").write_text(json.dumps(metadata, indent=2, default=str))
+    atomic_write_text(out / "layers.json", json.dumps(metadata, indent=2, default=str))
     truth_counts = twin.defects.defect_class.value_counts().to_dict()
     measured = result.concentrations.set_index("defect_class")["count"].to_dict()
     summary = {
@@ -119,7 +127,7 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
         "seconds": time.perf_counter() - t0,
         "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     _log(f"screenshot {screenshot}; CSVs in {out / 'analysis'}; {summary['seconds']:.1f} s")
     _log(f"truth {truth_counts}; measured {measured}")
     viewer.close()
@@ -127,6 +135,13 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .io.atomic import check_output_dir
+    from .twin.defects import parse_defects
+    from .twin.parents import get_parent
+
+    check_output_dir(args.out)
+    get_parent(args.material)
+    parse_defects(args.defects)
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and sys.platform.startswith("linux"):
         print("error: no display. Run under a virtual display: xvfb-run -a mx2-defects demo ... "
               "(scripts/demo.sh does this for you)", file=sys.stderr)
@@ -141,7 +156,7 @@ def add_demo_command(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (must be new or empty)")
     p.add_argument("--material", default="MoS2")
     p.add_argument("--defects", default="V_X=40,V_XX=10,V_M=6")
-    p.add_argument("--fov", type=float, default=80.0)
-    p.add_argument("--dose", type=float, default=1e6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fov", type=arg_type(BOUNDS["fov_A"]), default=80.0, help="field of view in Å")
+    p.add_argument("--dose", type=arg_type(BOUNDS["dose_e_per_A2"]), default=1e6, help="electron dose in e/Å²")
+    p.add_argument("--seed", type=arg_type(BOUNDS["seed"]), default=0)
     p.set_defaults(func=_cmd_demo)

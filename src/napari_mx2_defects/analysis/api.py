@@ -16,15 +16,18 @@ import pandas as pd
 from matplotlib.path import Path as PolygonPath
 from scipy.spatial import cKDTree
 
+from ..core.validation import BOUNDS
 from ..twin.defects import DEFECT_CLASSES
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
 from .sites import classify_sites, find_holes, measure_sites, reference_levels
 from .statistics import concentration_table
 
-__all__ = ["SITES_COLUMNS", "AnalysisResult", "analyze_image"]
+__all__ = ["ANALYSIS_FILES", "SITES_COLUMNS", "AnalysisResult", "analyze_image"]
 
 SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class"]
+#: What :meth:`AnalysisResult.save` writes: the only names its ``overwrite`` replaces.
+ANALYSIS_FILES = ["sites.csv", "concentrations.csv", "lattice.json", "histogram.png", "concentrations.png"]
 
 
 @dataclass
@@ -38,23 +41,25 @@ class AnalysisResult:
     notes: list[str] = field(default_factory=list)
 
     def save(self, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
-        """Write sites.csv, concentrations.csv, lattice.json, histogram.png and concentrations.png."""
+        """Write sites.csv, concentrations.csv, lattice.json, histogram.png and concentrations.png.
+
+        The files are written into a staging folder and moved into ``out_dir`` together when all
+        are complete (:class:`~..io.atomic.StagedOutput`): a failure or an interrupt leaves the
+        previous files, or none.  ``overwrite`` replaces only these five names.
+        """
+        from ..io.atomic import StagedOutput
         from .plots import concentration_figure, histogram_figure
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        names = ["sites.csv", "concentrations.csv", "lattice.json", "histogram.png", "concentrations.png"]
-        existing = [n for n in names if (out / n).exists()]
-        if existing and not overwrite:
-            raise FileExistsError(f"{out} already holds {', '.join(existing)}; choose another --out or --overwrite")
+        stage = StagedOutput(out_dir, ANALYSIS_FILES, overwrite=overwrite)
         columns = SITES_COLUMNS + [c for c in ("region", "in_hole", "model_class") if c in self.sites]
-        self.sites[columns].to_csv(out / "sites.csv", index=False)
-        self.concentrations.to_csv(out / "concentrations.csv", index=False)
-        (out / "lattice.json").write_text(json.dumps({**self.lattice, "levels": self.levels, "notes": self.notes},
-                                                     indent=2))
-        histogram_figure(self).savefig(out / "histogram.png", dpi=120)
-        concentration_figure(self).savefig(out / "concentrations.png", dpi=120)
-        return [out / n for n in names]
+        with stage as staging:
+            self.sites[columns].to_csv(staging / "sites.csv", index=False)
+            self.concentrations.to_csv(staging / "concentrations.csv", index=False)
+            (staging / "lattice.json").write_text(json.dumps({**self.lattice, "levels": self.levels,
+                                                              "notes": self.notes}, indent=2))
+            histogram_figure(self).savefig(staging / "histogram.png", dpi=120)
+            concentration_figure(self).savefig(staging / "concentrations.png", dpi=120)
+        return [Path(out_dir) / n for n in ANALYSIS_FILES]
 
 
 def _validate(image: np.ndarray) -> np.ndarray:
@@ -118,7 +123,7 @@ def analyze_image(
     progress(0.05, "measuring the lattice")
 
     self_calibrated = pixel_size_A is None
-    energy = float(beam_energy_keV) if beam_energy_keV else 80.0
+    energy = float(BOUNDS["energy_keV"].check(beam_energy_keV)) if beam_energy_keV else 80.0
     if self_calibrated:
         # first guess from the FFT, then the area-equivalent a of the fitted (possibly sheared) lattice
         fft_a_px, _ = fft_lattice_spacing_px(img)

@@ -5,6 +5,10 @@
   the same scale.
 * Points layers become CSV: positions in Å (``x_A``, ``y_A``; x along
   columns, y along rows, from the image origin) followed by every feature.
+
+Every file is written atomically (:mod:`.atomic`): a temporary file in the target folder,
+flushed and renamed over the target, so an interrupted or failed write leaves the previous file
+(or nothing), never a truncated one.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .atomic import atomic_path
 
 __all__ = ["points_table", "write_calibrated_tiff", "write_labels", "write_points"]
 
@@ -51,11 +57,15 @@ def write_calibrated_tiff(
     path = Path(path)
     _refuse_overwrite(path, overwrite)
     data = np.asarray(data)
+    if data.ndim < 2 or 0 in data.shape:
+        raise ValueError(f"{path.name}: cannot write an image of shape {data.shape} as TIFF")
     if pixel_size_A is None:
         sy = sx = 1.0
         unit = None
     else:
         sy, sx = (pixel_size_A, pixel_size_A) if np.isscalar(pixel_size_A) else pixel_size_A
+        if not all(np.isfinite(v) and v > 0 for v in (sy, sx)):
+            raise ValueError(f"{path.name}: pixel size must be a positive finite number of Å, got {(sy, sx)}")
         unit = "Å"
     axes = [
         {"name": f"frame{i}", "size": n, "scale": 1.0, "offset": 0.0, "units": None, "navigate": True}
@@ -71,8 +81,8 @@ def write_calibrated_tiff(
         "metadata": {"General": {"title": title}},
         "original_metadata": {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    file_writer(str(path), signal, export_scale=unit is not None)
+    with atomic_path(path) as tmp:
+        file_writer(str(tmp), signal, export_scale=unit is not None)
     return path
 
 
@@ -115,5 +125,7 @@ def points_table(data: Any, meta: dict) -> pd.DataFrame:
 def write_points(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 writer: a Points layer and its features to CSV (positions in Å)."""
     out = Path(path)
-    points_table(data, meta).to_csv(out, index=False)
+    table = points_table(data, meta)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
     return [str(out)]

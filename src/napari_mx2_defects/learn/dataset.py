@@ -4,6 +4,11 @@ Each sample draws a parent, a defect list, messy conditions, a dose, imaging imp
 pixel size and a microscope.  Microscopes come from presets spanning the instruments users
 have (60–300 kV, 18–35 mrad, as the project brief lists); every preset/parent pair is
 calibrated against abTEM once (cached) before the workers start.
+
+The store is written under a temporary name beside (or inside) ``out`` and moved into place only
+when every sample is in (:class:`~..io.atomic.StagedOutput`): a failed or interrupted run leaves
+no skeleton, and its leftover temporary is removed on the next run.  ``overwrite`` replaces only
+the store's own entries (``zarr.json``, ``images``, ``labels``, …), never other files.
 """
 
 from __future__ import annotations
@@ -16,9 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.validation import BOUNDS, check_allocation, check_pair, format_bytes
 from ..twin.microscope import Microscope
 
-__all__ = ["MICROSCOPE_PRESETS", "DatasetSpec", "generate_dataset", "load_dataset", "sample_request"]
+__all__ = ["MICROSCOPE_PRESETS", "STORE_ENTRIES", "DatasetSpec", "connect_scheduler", "generate_dataset",
+           "load_dataset", "sample_request"]
+
+#: Top-level entries of a dataset store (zarr v3 and v2 metadata, the two arrays): what
+#: ``dataset --overwrite`` may replace.
+STORE_ENTRIES = ["zarr.json", ".zgroup", ".zattrs", ".zmetadata", "images", "labels"]
 
 #: Instruments spanning the project brief's range (60–300 kV, 18–35 mrad); the 80 kV preset is
 #: the digital-twin paper's setting.  Detector ranges follow each preset's convergence angle.
@@ -48,6 +59,23 @@ class DatasetSpec:
         unknown = [p for p in self.presets if p not in MICROSCOPE_PRESETS]
         if unknown:
             raise ValueError(f"unknown microscope presets {unknown}; known: {', '.join(MICROSCOPE_PRESETS)}")
+        if not self.parents or not all(isinstance(p, str) and p.strip() for p in self.parents):
+            raise ValueError("--parents must name at least one parent, e.g. MoS2,WSe2")
+        if not self.presets:
+            raise ValueError(f"--presets must name at least one preset: {', '.join(MICROSCOPE_PRESETS)}")
+        from ..twin.parents import get_parent
+
+        for parent in self.parents:
+            get_parent(parent)  # a clear ValueError for an unknown parent, before any work
+        self.size_px = BOUNDS["size_px"].check(self.size_px)
+        self.dose_e_per_A2 = check_pair(BOUNDS["dose_min"], BOUNDS["dose_max"], *self.dose_e_per_A2)
+        self.pixel_size_A = check_pair(BOUNDS["pixel_size_A"].with_option("pixel size range"),
+                                       BOUNDS["pixel_size_A"].with_option("pixel size range"), *self.pixel_size_A)
+        lo, hi = self.defect_density
+        if not (0 <= lo <= hi <= 0.5):
+            raise ValueError(f"defect density range must satisfy 0 ≤ low ≤ high ≤ 0.5, got {self.defect_density}")
+        if not 0 <= self.messy_probability <= 1:
+            raise ValueError(f"messy probability must be between 0 and 1, got {self.messy_probability}")
 
 
 def sample_request(spec: DatasetSpec, seed: int):
@@ -126,35 +154,100 @@ def _calibrate_all(spec: DatasetSpec, progress: Callable[[float, str], None]) ->
                                   microscope=MICROSCOPE_PRESETS[preset]))
 
 
+def connect_scheduler(address: str, timeout_s: float = 5.0):
+    """A dask Client of the scheduler at ``address``; a one-line ValueError within ~``timeout_s`` otherwise.
+
+    Accepts ``tcp://host:port``, ``tls://host:port`` and ``host:port`` (checked with a plain TCP
+    connection first); other transports are left to dask.
+    """
+    import socket
+
+    from dask.distributed import Client
+
+    text = str(address).strip()
+    hint = "start one there or leave --scheduler out to use a local cluster"
+    if not text:
+        raise ValueError("--scheduler is empty; give an address like tcp://host:8786 or leave it out")
+    scheme, _, rest = text.rpartition("://")
+    if scheme in ("", "tcp", "tls"):
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--scheduler {text!r} is not an address like tcp://host:8786")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                pass
+        except OSError as exc:
+            reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+            raise ValueError(f"--scheduler {text}: no dask scheduler reachable ({reason}); {hint}") from None
+    try:
+        return Client(text, timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - whatever answered there is not a dask scheduler
+        reason = "timed out" if isinstance(exc, TimeoutError) else f"the reply is not dask's ({type(exc).__name__})"
+        raise ValueError(f"--scheduler {text}: no dask scheduler answered ({reason}); {hint}") from None
+
+
 def generate_dataset(out: str | Path, n: int, spec: DatasetSpec | None = None, seed: int = 0,
                      scheduler: str | None = None, workers: int = 2,
                      progress: Callable[[float, str], None] = lambda f, m: None, overwrite: bool = False) -> Path:
     """Write ``n`` twins to a zarr group at ``out`` (arrays ``images``, ``labels``; per-sample JSON).
+
+    The output location, the parameters, the disk space and the scheduler are all checked before
+    any work; the store appears at ``out`` only when complete.
 
     Parameters
     ----------
     scheduler : str, optional
         Address of an existing dask.distributed scheduler (``tcp://host:8786``); by default a
         local cluster of ``workers`` processes is started.
+    overwrite : bool
+        Replace the store entries already at ``out`` (other files there are kept).
     """
+    import shutil
+
+    from ..io.atomic import StagedOutput
+
+    spec = spec or DatasetSpec()
+    n = BOUNDS["n_samples"].check(n)
+    workers = BOUNDS["workers"].check(workers)
+    seed = BOUNDS["seed"].check(seed)
+    out = Path(out)
+    stage = StagedOutput(out, STORE_ENTRIES, overwrite=overwrite)
+    size = spec.size_px
+    check_allocation(f"a dataset sample of {size}×{size} px", float(size) ** 2, 200,
+                     hint="use a smaller --size")
+    need = n * size * size * 5
+    anchor = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    free = shutil.disk_usage(anchor).free
+    if need > free:
+        raise ValueError(f"{n} samples of {size}×{size} px need up to {format_bytes(need)} on disk, more than the "
+                         f"{format_bytes(free)} free at {anchor}; use a smaller --n or --size")
+    client = connect_scheduler(scheduler) if scheduler else None  # fails fast, before any work
+    try:
+        t0 = time.perf_counter()
+        _calibrate_all(spec, progress)
+        with stage as staging:
+            _write_samples(staging, n, spec, seed, client, workers, progress, t0)
+    finally:
+        if client is not None:
+            client.close()
+    return out
+
+
+def _write_samples(staging: Path, n: int, spec: DatasetSpec, seed: int, client, workers: int,
+                   progress: Callable[[float, str], None], t0: float) -> None:
+    """Fill the zarr store at ``staging`` with ``n`` samples (a local cluster unless ``client`` is given)."""
     import zarr
     from dask.distributed import Client, LocalCluster, as_completed
 
-    spec = spec or DatasetSpec()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another name or pass --overwrite")
-    t0 = time.perf_counter()
-    _calibrate_all(spec, progress)
-    root = zarr.open_group(str(out), mode="w")
     size = spec.size_px
+    root = zarr.open_group(str(staging), mode="w")
     images = root.create_array("images", shape=(n, size, size), chunks=(1, size, size), dtype="float32")
     labels = root.create_array("labels", shape=(n, size, size), chunks=(1, size, size), dtype="uint8")
     metas: list[dict | None] = [None] * n
     cluster = None
-    if scheduler:
-        client = Client(scheduler)
-    else:
+    own_client = client is None
+    if own_client:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
@@ -167,7 +260,8 @@ def generate_dataset(out: str | Path, n: int, spec: DatasetSpec | None = None, s
             metas[i] = sample["meta"]
             progress(0.3 + 0.7 * done / n, f"sample {done}/{n}")
     finally:
-        client.close()
+        if own_client:
+            client.close()
         if cluster is not None:
             cluster.close()
     root.attrs["samples"] = metas
@@ -177,15 +271,35 @@ def generate_dataset(out: str | Path, n: int, spec: DatasetSpec | None = None, s
     from ..twin.defects import CLASS_NAMES
 
     root.attrs["classes"] = {str(k): v for k, v in CLASS_NAMES.items()}
-    return out
 
 
 def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Images, labels and per-sample metadata of a dataset written by :func:`generate_dataset`."""
+    root = open_dataset(path)
+    return np.asarray(root["images"][:]), np.asarray(root["labels"][:]), list(root.attrs["samples"])
+
+
+def open_dataset(path: str | Path):
+    """The zarr group of a complete dataset, checked (one-line ValueError/FileNotFoundError otherwise)."""
     import zarr
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such dataset; make one with 'mx2-defects dataset'")
-    root = zarr.open_group(str(path), mode="r")
-    return np.asarray(root["images"][:]), np.asarray(root["labels"][:]), list(root.attrs["samples"])
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file, not a dataset folder (.zarr) from 'mx2-defects dataset'")
+    remake = "make it again with 'mx2-defects dataset'"
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        images, labels = root["images"], root["labels"]
+        samples = root.attrs.get("samples")
+    except (KeyError, ValueError, OSError, TypeError) as exc:
+        raise ValueError(f"{path} is not a complete dataset ({type(exc).__name__}: {str(exc)[:80]}); {remake}") \
+            from None
+    except Exception as exc:  # zarr raises its own errors for a folder that is no store
+        raise ValueError(f"{path} is not a dataset store ({type(exc).__name__}); {remake}") from None
+    if not isinstance(samples, list) or len(samples) != images.shape[0] or labels.shape != images.shape:
+        raise ValueError(f"{path} is an incomplete dataset (no per-sample metadata); {remake}")
+    if images.ndim != 3 or any(not isinstance(m, dict) or "pixel_size_A" not in m for m in samples):
+        raise ValueError(f"{path} is not a dataset of 2-D samples with their metadata; {remake}")
+    return root

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import zoom
 
+from ..core.validation import BOUNDS, check_allocation
 from ..twin.defects import CLASS_NAMES
-from .checkpoint import ModelCard, save_checkpoint
-from .dataset import load_dataset
+from .checkpoint import ModelCard, card_path, save_checkpoint, weights_path
+from .dataset import load_dataset, open_dataset
 from .models import ARCHITECTURES, build_model, pick_device
 
 __all__ = ["TrainConfig", "normalisation_stats", "normalise", "per_class_pixel_metrics", "resample_to", "train"]
@@ -90,7 +91,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}; choose from {', '.join(ARCHITECTURES)}")
+            raise ValueError(f"unknown architecture {str(self.architecture)[:40]!r}; choose from "
+                             f"{', '.join(ARCHITECTURES)}")
+        self.pixel_size_A = BOUNDS["model_pixel_size_A"].check(self.pixel_size_A)
+        for name in ("crop_px", "batch_size", "epochs", "steps_per_epoch", "learning_rate", "validation_fraction",
+                     "patience", "seed", "threads"):
+            setattr(self, name, BOUNDS[name].check(getattr(self, name)))
+        stride = 2 ** ARCHITECTURES[self.architecture].encoder_depth
+        if self.crop_px % stride:
+            raise ValueError(f"--crop (training crop) must be a multiple of {stride} px for the {self.architecture} "
+                             f"architecture, got {self.crop_px}")
 
 
 def _prepare(images, labels, metas, pixel_size_A):
@@ -155,24 +165,67 @@ def per_class_pixel_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, d
     return out
 
 
+#: Peak training memory per dataset pixel at the model scale: the stored image and labels
+#: (float32 + uint8), the normalised float32 copy and the int64 targets, with margin.
+TRAIN_BYTES_PER_PIXEL = 24
+
+
+def check_training_inputs(datasets: list, out: str | Path, config: TrainConfig, overwrite: bool = False) -> Path:
+    """Everything :func:`train` checks before any work; returns the checkpoint path it will write.
+
+    The output (``.safetensors`` and its ``.json`` card) must be writable and, without
+    ``overwrite``, not exist; every dataset must be complete; the resampled datasets must fit in
+    memory.
+    """
+    from ..io.atomic import check_output_file
+
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a checkpoint file name such as {out / 'model.safetensors'}")
+    path = weights_path(out)
+    check_output_file(path, overwrite=overwrite, others=[card_path(path)])
+    if not datasets:
+        raise ValueError("no dataset given; make one with 'mx2-defects dataset'")
+    n_pixels = 0.0
+    for d in datasets:
+        root = open_dataset(d)
+        n, h, w = root["images"].shape
+        pixels = [m.get("pixel_size_A") for m in root.attrs["samples"]]
+        finite = [float(p) for p in pixels if isinstance(p, (int, float)) and np.isfinite(p) and p > 0]
+        if len(finite) != len(pixels):
+            raise ValueError(f"{d}: a sample has no valid pixel size in its metadata; make the dataset again")
+        n_pixels += sum(h * w * (p / config.pixel_size_A) ** 2 for p in finite)
+    check_allocation("the training data at the model pixel size", n_pixels, TRAIN_BYTES_PER_PIXEL,
+                     hint="train on fewer samples or a larger --model-pixel-size")
+    return path
+
+
 def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, command: str = "",
           progress: Callable[[float, str], None] = lambda f, m: None,
-          log: Callable[[str], None] = print) -> tuple[Path, dict]:
+          log: Callable[[str], None] = print, overwrite: bool = True) -> tuple[Path, dict]:
     """Train a model on one or more datasets from ``mx2-defects dataset``; save the best checkpoint.
+
+    Parameters
+    ----------
+    overwrite : bool
+        Replace an existing checkpoint or card at ``out``; if False they are refused before any
+        work (the CLI passes its ``--overwrite``).
 
     Returns
     -------
     path, history
-        The safetensors checkpoint (its card beside it) and the per-epoch metrics.
+        The safetensors checkpoint (its card beside it, both written atomically) and the
+        per-epoch metrics.
     """
     from tqdm.auto import tqdm
 
+    datasets = [dataset] if isinstance(dataset, (str, Path)) else list(dataset)
+    check_training_inputs(datasets, out, config, overwrite=overwrite)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    datasets = [dataset] if isinstance(dataset, (str, Path)) else list(dataset)
     parts = [load_dataset(d) for d in datasets]
     images = [img for part in parts for img in part[0]]
     labels = [lab for part in parts for lab in part[1]]
@@ -254,7 +307,7 @@ def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, comm
                  "epochs_run": len(history), "config": asdict(config),
                  "train_seconds": time.perf_counter() - t0},
     )
-    path = save_checkpoint(model, card, out)
+    path = save_checkpoint(model, card, out, overwrite=overwrite)
     return path, {"history": history}
 
 

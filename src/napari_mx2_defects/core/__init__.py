@@ -1,0 +1,1 @@
+"""Shared building blocks without heavy dependencies: parameter validation (:mod:`.validation`)."""
