@@ -17,15 +17,17 @@ from .parents import Parent, get_parent
 from .simulate import (
     METHODS,
     CancelFn,
+    Cancelled,
+    FrozenPhononSettings,
     ProgressFn,
-    _never,
-    _noop_progress,
     apply_source_size,
     calibrate_column_weights,
     column_examples,
+    never,
+    no_progress,
     projected_columns,
-    render_incoherent,
-    render_incoherent_periodic,
+    render_columns,
+    signature,
     simulate_abtem,
 )
 from .structures import GrainBoundary, Lattice, add_holes, build_lattice, lattice_from_atoms
@@ -73,6 +75,8 @@ class TwinRequest:
     microscope: Microscope = field(default_factory=Microscope)
     imperfections: Imperfections = field(default_factory=Imperfections)
     calibration_method: str = "prism"
+    frozen_phonons: int = 0
+    phonon_sigma_A: float = 0.1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -81,11 +85,19 @@ class TwinRequest:
             raise ValueError(f"pixel size must be positive, got {self.pixel_size_A}")
         if self.pixel_size_A > 0.5:
             raise ValueError(f"pixel size {self.pixel_size_A} Å cannot resolve MX2 columns; use ≤ 0.5 Å")
+        self.phonons  # validates the frozen-phonon settings
+        if self.calibration_method not in ("prism", "multislice"):
+            raise ValueError(f"calibration method must be 'prism' or 'multislice', not {self.calibration_method!r}")
         if self.method != "fast" and (self.rotation_deg or self.grain_boundary is not None):
             raise ValueError(
                 "rotations and grain boundaries make a non-periodic field of view; abTEM needs a periodic "
                 "cell, so use method 'fast' for them (or give a periodic --structure)."
             )
+
+    @property
+    def phonons(self) -> FrozenPhononSettings:
+        """Frozen phonons of the abTEM runs (the image for multislice/PRISM, the calibration for fast)."""
+        return FrozenPhononSettings(int(self.frozen_phonons), float(self.phonon_sigma_A), int(self.seed))
 
     def defect_requests(self) -> list[DefectRequest]:
         if isinstance(self.defects, str):
@@ -210,7 +222,6 @@ def _standard_examples(parent: Parent, z_metal_A: float) -> dict[str, list[tuple
     default heavier substituent), the default dopant (TM_D) and M+M (a TM_A adatom of the host).
     """
     from .defects import _HEAVIER_CHALCOGEN, default_dopant
-    from .simulate import signature
 
     m, x = parent.metal, parent.chalcogen
     top, bottom = z_metal_A + parent.thickness_A / 2, z_metal_A - parent.thickness_A / 2
@@ -220,8 +231,8 @@ def _standard_examples(parent: Parent, z_metal_A: float) -> dict[str, list[tuple
     return {signature([s for s, _ in col]): col for col in columns}
 
 
-def simulate_twin(request: TwinRequest, progress: ProgressFn = _noop_progress,
-                  cancelled: CancelFn = _never) -> Twin:
+def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
+                  cancelled: CancelFn = never) -> Twin:
     """Build and image one twin.
 
     Parameters
@@ -231,8 +242,6 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = _noop_progress,
     cancelled : callable() -> bool, optional
         Polled between steps; a True return raises :class:`~.simulate.Cancelled`.
     """
-    from .simulate import Cancelled
-
     t0 = time.perf_counter()
     rng = np.random.default_rng(request.seed)
     progress(0.0, "building the structure")
@@ -253,27 +262,21 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = _noop_progress,
         examples = _standard_examples(parent, lattice.z_metal_A) if not request.structure_path else {}
         for sig, example in column_examples(atoms, columns).items():
             examples.setdefault(sig, example)
-        progress(0.05, "calibrating fast mode against abTEM (cached after the first time)")
         calibration = calibrate_column_weights(
-            parent, m, examples, method=request.calibration_method,
-            progress=lambda f, msg: progress(0.05 + 0.6 * f, f"calibration: {msg}"), cancelled=cancelled,
+            parent, m, examples, method=request.calibration_method, phonons=request.phonons,
+            progress=lambda f, msg: progress(0.05 + 0.6 * f, msg), cancelled=cancelled,
         )
         if cancelled():
             raise Cancelled("simulation cancelled")
         progress(0.7, "rendering (fast incoherent mode)")
-        weights = columns.signature.map(calibration.weights_A2).to_numpy(dtype=float)
-        if lattice.periodic:
-            clean = render_incoherent_periodic(columns.x_A, columns.y_A, weights, (ny, nx), extent, m,
-                                               object_sigma_A=calibration.object_sigma_A)
-        else:
-            clean = render_incoherent(columns.x_A, columns.y_A, weights, (ny, nx), extent, m, False,
-                                      object_sigma_A=calibration.object_sigma_A)
+        clean = render_columns(columns.x_A, columns.y_A, calibration.column_weights(columns.signature), (ny, nx),
+                               extent, m, lattice.periodic)  # the source size is applied while rendering
     else:
         if not lattice.periodic:
             raise ValueError("abTEM methods need a periodic cell")
-        clean = simulate_abtem(atoms, m, request.method, (ny, nx),
+        clean = simulate_abtem(atoms, m, request.method, (ny, nx), phonons=request.phonons,
                                progress=lambda f, msg: progress(0.05 + 0.8 * f, msg), cancelled=cancelled)
-    clean = apply_source_size(clean, pixel, m, lattice.periodic)
+        clean = apply_source_size(clean, pixel, m, lattice.periodic)
     progress(0.9, "imperfections")
     state = apply_imperfections(clean, pixel, lattice.periodic, request.imperfections, rng)
     # ground truth in the (possibly distorted) image frame

@@ -314,7 +314,7 @@ def _apply(lattice: Lattice, site: int, name: str, element: str | None, rng: np.
     parent = lattice.parent
     atoms_idx = list(lattice.site_atoms[site])
     atoms = lattice.atoms
-    x, y = lattice.sites.loc[site, ["x_A", "y_A"]]
+    x, y = (float(v) for v in lattice.sites[["x_A", "y_A"]].to_numpy()[site])
     z_m = lattice.z_metal_A
     if name in ("V_X", "S_X", "M_X"):
         target = atoms_idx[int(rng.integers(len(atoms_idx)))]

@@ -91,6 +91,21 @@ def list_parents() -> list[str]:
 
 
 def get_parent(name: str, phase: str | None = None) -> Parent:
+    """Look up a parent by formula (``"MoS2"``), key (``"1T-TiS2"``) and/or phase (memoised; a
+    :class:`Parent` is immutable).
+
+    Without a phase, 2H is preferred where it exists.
+
+    Raises
+    ------
+    ValueError
+        When the material is not in the library; the message lists close names.
+    """
+    return _get_parent(str(name), None if phase is None else str(phase))
+
+
+@lru_cache(maxsize=512)
+def _get_parent(name: str, phase: str | None) -> Parent:
     """Look up a parent by formula (``"MoS2"``), key (``"1T-TiS2"``) and/or phase.
 
     Without a phase, 2H is preferred where it exists.

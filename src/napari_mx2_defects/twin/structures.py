@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from ase import Atom, Atoms
 from ase.build import make_supercell, mx2
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from .parents import Parent
@@ -218,73 +220,49 @@ def lattice_from_atoms(
     periodic: bool = True,
     messy: dict | None = None,
 ) -> Lattice:
-    """Group atoms into projected columns and find the empty hollow sites."""
+    """Group atoms into projected columns and find the empty hollow sites.
+
+    Vectorised (k-d tree pairs and connected components; no loop over atoms), so a million-atom
+    lattice takes seconds.  Sites are ordered metals first, each by its lowest atom index; a site's
+    position is that of its first atom (a metal where the column holds one).
+    """
     atoms = atoms.copy()
     if extent is None:
         extent = (float(atoms.cell[0, 0]), float(atoms.cell[1, 1]))
-    metal_mask = np.array([s != parent.chalcogen for s in atoms.get_chemical_symbols()])
+    n = len(atoms)
+    metal_mask = np.array([s != parent.chalcogen for s in atoms.get_chemical_symbols()], dtype=bool)
     z_metal = float(np.median(atoms.positions[metal_mask, 2])) if metal_mask.any() else float(
-        np.mean(atoms.positions[:, 2])
+        np.mean(atoms.positions[:, 2]) if n else 0.0
     )
     xy = atoms.positions[:, :2]
     tags = atoms.get_tags()
-    rows, groups = [], []
-    assigned = np.full(len(atoms), -1)
     box = np.array(extent) if periodic else None
     tree = cKDTree(_wrap(xy, box), boxsize=box)
-    for i in np.argsort(~metal_mask, kind="stable"):  # metals first
-        if assigned[i] >= 0:
-            continue
-        members = [j for j in tree.query_ball_point(_wrap(xy[i], box), COLUMN_TOLERANCE_A)
-                   if assigned[j] < 0]
-        for j in members:
-            assigned[j] = len(groups)
-        groups.append(members)
-        sub = "M" if metal_mask[i] else "X"
-        rows.append({"x_A": float(xy[i, 0]), "y_A": float(xy[i, 1]), "sublattice": sub,
-                     "n_atoms": len(members), "grain": int(tags[i])})
-    sites = pd.DataFrame(rows)
-    # hollow sites: opposite each metal's nearest chalcogen columns, where nothing is projected
-    m_xy = sites.loc[sites.sublattice == "M", ["x_A", "y_A"]].to_numpy()
-    x_xy = sites.loc[sites.sublattice == "X", ["x_A", "y_A"]].to_numpy()
-    hollows = []
-    if len(m_xy) and len(x_xy):
-        x_tree = cKDTree(_wrap(x_xy, box), boxsize=box)
-        bond = parent.a_A / np.sqrt(3)
-        for m in m_xy:
-            q = _wrap(m, box)
-            for j in x_tree.query_ball_point(q, 1.2 * bond):
-                d = x_xy[j] - m
-                if periodic:
-                    d -= box * np.round(d / box)
-                hollows.append(m - d)
-        hollows = np.array(hollows) if hollows else np.zeros((0, 2))
-        if periodic and len(hollows):
-            hollows = _wrap(hollows, box)
-        if len(hollows):
-            all_tree = cKDTree(_wrap(xy, box), boxsize=box)
-            dist, _ = all_tree.query(hollows)
-            hollows = hollows[dist > 0.8 * bond]
-            inside = np.ones(len(hollows), bool)
-            if not periodic:
-                inside = (hollows[:, 0] >= 0) & (hollows[:, 1] >= 0) & (hollows[:, 0] < extent[0]) & (
-                    hollows[:, 1] < extent[1])
-            hollows = hollows[inside]
-            if len(hollows):  # each hollow is found from up to three metals: keep one
-                keep = []
-                h_tree = cKDTree(hollows, boxsize=box if periodic else None)
-                seen = np.zeros(len(hollows), bool)
-                for k in range(len(hollows)):
-                    if seen[k]:
-                        continue
-                    near = h_tree.query_ball_point(hollows[k], 0.3)
-                    seen[near] = True
-                    keep.append(k)
-                hollows = hollows[keep]
-    h_rows = [{"x_A": float(h[0]), "y_A": float(h[1]), "sublattice": "H", "n_atoms": 0, "grain": -1}
-              for h in (hollows if len(hollows) else [])]
-    sites = pd.concat([sites, pd.DataFrame(h_rows)], ignore_index=True) if h_rows else sites
-    groups += [[] for _ in h_rows]
+    pairs = tree.query_pairs(COLUMN_TOLERANCE_A, output_type="ndarray")
+    n_cols, label = connected_components(coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                                                    shape=(n, n)), directed=False)
+    # seed of a column: its lowest-index metal, else its lowest-index atom
+    rank = np.where(metal_mask, np.arange(n), n + np.arange(n))
+    seed_rank = np.full(n_cols, 2 * n)
+    np.minimum.at(seed_rank, label, rank)
+    seed = np.where(seed_rank >= n, seed_rank - n, seed_rank)
+    has_metal = seed_rank < n
+    col_order = np.lexsort((seed, ~has_metal))  # metals first, then by index
+    new_id = np.empty(n_cols, int)
+    new_id[col_order] = np.arange(n_cols)
+    counts = np.bincount(label, minlength=n_cols)
+    atom_order = np.argsort(new_id[label], kind="stable")
+    groups = [list(map(int, g)) for g in np.split(atom_order, np.cumsum(counts[col_order])[:-1])] if n else []
+    seeds = seed[col_order]
+    sites = pd.DataFrame({"x_A": xy[seeds, 0].astype(float), "y_A": xy[seeds, 1].astype(float),
+                          "sublattice": np.where(has_metal[col_order], "M", "X"),
+                          "n_atoms": counts[col_order], "grain": tags[seeds].astype(int)})
+    hollows = _hollow_sites(sites, xy, parent, box, extent, periodic)
+    if len(hollows):
+        h_sites = pd.DataFrame({"x_A": hollows[:, 0], "y_A": hollows[:, 1], "sublattice": "H", "n_atoms": 0,
+                                "grain": -1})
+        sites = pd.concat([sites, h_sites], ignore_index=True)
+        groups += [[] for _ in range(len(hollows))]
     sites["in_hole"] = False
     return Lattice(
         atoms=atoms,
@@ -296,6 +274,41 @@ def lattice_from_atoms(
         z_metal_A=z_metal,
         messy=dict(messy or {}),
     )
+
+
+def _hollow_sites(sites: pd.DataFrame, xy: np.ndarray, parent: Parent, box, extent, periodic: bool) -> np.ndarray:
+    """Hollow sites: opposite each metal's nearest chalcogen columns, where nothing is projected."""
+    m_xy = sites.loc[sites.sublattice == "M", ["x_A", "y_A"]].to_numpy()
+    x_xy = sites.loc[sites.sublattice == "X", ["x_A", "y_A"]].to_numpy()
+    if not len(m_xy) or not len(x_xy):
+        return np.zeros((0, 2))
+    bond = parent.a_A / np.sqrt(3)
+    m_tree = cKDTree(_wrap(m_xy, box), boxsize=box)
+    x_tree = cKDTree(_wrap(x_xy, box), boxsize=box)
+    near = m_tree.sparse_distance_matrix(x_tree, 1.2 * bond, output_type="ndarray")
+    near = np.sort(near, order=["i", "j"])
+    d = x_xy[near["j"]] - m_xy[near["i"]]
+    if periodic:
+        d -= box * np.round(d / box)
+    hollows = m_xy[near["i"]] - d
+    if periodic:
+        hollows = _wrap(hollows, box)
+    if not len(hollows):
+        return np.zeros((0, 2))
+    dist, _ = cKDTree(_wrap(xy, box), boxsize=box).query(hollows)
+    hollows = hollows[dist > 0.8 * bond]
+    if not periodic:
+        hollows = hollows[(hollows[:, 0] >= 0) & (hollows[:, 1] >= 0) & (hollows[:, 0] < extent[0])
+                          & (hollows[:, 1] < extent[1])]
+    if not len(hollows):
+        return np.zeros((0, 2))
+    # each hollow is found from up to three metals: keep the first of each group
+    pairs = cKDTree(hollows, boxsize=box if periodic else None).query_pairs(0.3, output_type="ndarray")
+    n_h = len(hollows)
+    _, label = connected_components(coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                                               shape=(n_h, n_h)), directed=False)
+    _, first = np.unique(label, return_index=True)
+    return hollows[np.sort(first)]
 
 
 def add_holes(lattice: Lattice, n_holes: int, rng: np.random.Generator, atoms_range=(5, 30)) -> None:
