@@ -10,7 +10,9 @@ corrupt the protocol. The process exits when stdin closes (its parent is gone).
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import struct
 import sys
 from pathlib import Path
@@ -79,6 +81,28 @@ def _restore_address_space(soft) -> None:
         pass
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when its parent dies (it may be stuck in C code)."""
+    parent = os.environ.get("MX2_READER_PARENT_PID")
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if parent and str(os.getppid()) != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")  # resets VmHWM, so each answer reports its own request's peak
+    except OSError:
+        pass
+
+
 def _peak_rss_bytes() -> int:
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -89,6 +113,7 @@ def _peak_rss_bytes() -> int:
 
 def main() -> int:
     """Serve read requests until stdin closes."""
+    _die_with_parent()
     out_fd = os.dup(1)
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr
@@ -117,14 +142,20 @@ def main() -> int:
         except ValueError:
             continue
         soft = _limit_address_space(request.get("memory_bytes"))
+        _reset_peak_rss()
         arrays = []
+        # A hard deadline of our own: SIGALRM's default action ends the process even while C code
+        # holds the GIL, so a worker whose parent could not kill it does not spin forever.
+        budget = float(request.get("budget_s") or 0)
+        if budget > 0 and hasattr(signal, "alarm"):
+            signal.alarm(int(math.ceil(budget)) + 30)
         try:
             signals = read_signals(Path(request["path"]))
             header = {"ok": True, "signals": []}
-            for signal in signals:
-                data = signal.pop("data")
+            for item in signals:
+                data = item.pop("data")
                 arrays.append(data)
-                header["signals"].append({**signal, "dtype": data.dtype.str, "shape": list(data.shape),
+                header["signals"].append({**item, "dtype": data.dtype.str, "shape": list(data.shape),
                                           "nbytes": int(data.nbytes)})
         except ReaderError as exc:
             header = {"ok": False, "kind": "reader", "message": str(exc)}
@@ -136,6 +167,8 @@ def main() -> int:
             header = {"ok": False, "kind": "exception", "type": type(exc).__name__, "message": one_line(exc)}
         finally:
             _restore_address_space(soft)
+            if hasattr(signal, "alarm"):
+                signal.alarm(0)
         header["peak_rss_bytes"] = _peak_rss_bytes()
         try:
             payload = json.dumps(header, allow_nan=False).encode()

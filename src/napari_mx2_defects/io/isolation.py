@@ -80,6 +80,7 @@ class _Worker:
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["MX2_READER_PARENT_PID"] = str(os.getpid())
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         debug = bool(os.environ.get("MX2_READER_DEBUG"))
@@ -149,7 +150,8 @@ class _Worker:
         return json.loads(body)
 
     def request(self, path: Path, deadline: float) -> tuple[dict, Any]:
-        message = json.dumps({"path": str(path), "memory_bytes": int(available_memory_bytes())}) + "\n"
+        message = json.dumps({"path": str(path), "memory_bytes": int(available_memory_bytes()),
+                              "budget_s": max(0.0, deadline - time.monotonic())}) + "\n"
         try:
             self.proc.stdin.write(message.encode())
             self.proc.stdin.flush()

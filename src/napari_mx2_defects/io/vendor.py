@@ -216,7 +216,12 @@ def read_signals(path: Path) -> list[dict[str, Any]]:
             calibration = _check_tiff(path, file_bytes)
         try:
             reader = importlib.import_module(f"rsciio.{RSCIIO_MODULES[suffix]}").file_reader
-            signals = reader(str(path), lazy=True)
+            try:
+                signals = reader(str(path), lazy=True)  # shapes known before any pixel is read
+            except ValueError as exc:
+                if "lazy" not in str(exc).lower():
+                    raise
+                signals = reader(str(path))  # e.g. DM RGBA images, which rosettasciio reads eagerly only
             out = []
             for signal in signals:
                 data = _materialise(path, signal, suffix, file_bytes)
