@@ -12,7 +12,8 @@ from napari_mx2_defects.io.units import is_length_unit, length_to_angstrom, norm
 @pytest.mark.parametrize(
     "unit, factor",
     [("nm", 10), ("n_m", 10), ("\u00b5m", 1e4), ("\u03bcm", 1e4), ("um", 1e4), ("pm", 0.01), ("\u00c5", 1), ("\u212b", 1), ("A", 1),
-     ("angstrom", 1), ("m", 1e10), (b"nm", 10), (" nm ", 10), ("micron", 1e4)],
+     ("angstrom", 1), ("m", 1e10), (b"nm", 10), (" nm ", 10), ("micron", 1e4),
+     ("\\u00B5m", 1e4), ("\\u00C5", 1), ("\u00c2\u00b5m", 1e4)],  # Fiji's escapes; UTF-8 read as Latin-1
 )
 def test_known_units(unit, factor):
     assert length_to_angstrom(2.5, unit) == pytest.approx(2.5 * factor)

@@ -27,6 +27,7 @@ ANGSTROM_PER_UNIT: dict[str, float] = {
 _ALIASES = {
     "\u00b5m": "um",  # micro sign U+00B5
     "\u03bcm": "um",  # Greek small mu U+03BC
+    "\u00c2\u00b5m": "um",  # UTF-8 micro sign read as Latin-1 ("Âµm")
     "micron": "um",
     "microns": "um",
     "micrometer": "um",
@@ -67,7 +68,9 @@ def normalise_unit(unit: object) -> str | None:
         return None
     if isinstance(unit, bytes):
         unit = unit.decode("utf-8", "replace")
-    text = re.sub(r"[\s_]", "", str(unit))
+    # Java-style escapes as Fiji writes non-ASCII units in its TIFF description (\u00B5m, \u00C5)
+    text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), str(unit)[:64])
+    text = re.sub(r"[\s_]", "", text)
     if not text:
         return None
     if text in ANGSTROM_PER_UNIT:
