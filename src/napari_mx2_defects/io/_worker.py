@@ -9,6 +9,7 @@ corrupt the protocol. The process exits when stdin closes (its parent is gone).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -143,7 +144,7 @@ def main() -> int:
             continue
         soft = _limit_address_space(request.get("memory_bytes"))
         _reset_peak_rss()
-        arrays = []
+        arrays, signals = [], []
         # A hard deadline of our own: SIGALRM's default action ends the process even while C code
         # holds the GIL, so a worker whose parent could not kill it does not spin forever.
         budget = float(request.get("budget_s") or 0)
@@ -180,7 +181,8 @@ def main() -> int:
         for data in arrays:
             if data.size:
                 _write_all(out_fd, memoryview(data.reshape(-1).view("u1")))
-        del arrays
+        del arrays, signals
+        gc.collect(1)  # lazily opened files (h5py, memmaps) are closed now, not at some later read
     return 0
 
 
