@@ -114,7 +114,7 @@ def error_message(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if isinstance(exc, KeyError):
         text = f"missing or unknown entry {text}"
-    known = (ValueError, OSError, RuntimeError, KeyError, TypeError)
+    known = (ValueError, OSError, KeyError)
     if not isinstance(exc, known) or type(exc).__module__.startswith(("safetensors", "zarr", "distributed")):
         text = f"{type(exc).__name__}: {text}"
     return _one_line(text)

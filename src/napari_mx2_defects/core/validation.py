@@ -97,10 +97,13 @@ class Bound:
         u = f" {self.unit}" if self.unit else ""
         if isinstance(value, bool):
             raise ValueError(f"{label} must be {self.describe()}, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"{label} must be {self.describe()}, got {str(value)[:40]!r}") from None
+        if self.integer and isinstance(value, int):
+            number = value  # exact, however large
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError(f"{label} must be {self.describe()}, got {str(value)[:40]!r}") from None
         if not math.isfinite(number):
             raise ValueError(f"{label} must be {self.describe()}, got {number}")
         if self.integer:
@@ -287,7 +290,7 @@ BOUNDS: dict[str, Bound] = {
     # twins
     "fov_A": _b("field of view", "Å", 10.0, 5000.0, option="--fov"),
     "pixel_size_A": _b("pixel size", "Å", 0.01, 0.5, option="--pixel-size"),
-    "seed": _b("seed", "", 0, 2**63 - 1, integer=True, option="--seed"),
+    "seed": _b("seed", "", 0, 2**32 - 1, integer=True, option="--seed"),
     "dose_e_per_A2": _b("electron dose", "e/Å²", 0.0, 1e12, lo_inc=False, option="--dose"),
     "energy_keV": _b("beam energy", "keV", 10.0, 1000.0, option="--energy"),
     "semiangle_mrad": _b("convergence semi-angle", "mrad", 1.0, 200.0, option="--semiangle"),
