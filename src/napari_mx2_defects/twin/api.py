@@ -34,6 +34,8 @@ from .structures import GrainBoundary, Lattice, add_holes, build_lattice, lattic
 
 __all__ = ["DEFECT_RADIUS_A", "Twin", "TwinRequest", "label_mask", "simulate_twin"]
 
+#: The files :meth:`Twin.save` writes (the only names its ``overwrite`` replaces).
+TWIN_FILES = ("image.tif", "labels.tif", "truth.csv", "atoms.csv", "sites.csv", "settings.json")
 #: Radius of the ground-truth discs around each defect site (Å), as specified for the label masks.
 DEFECT_RADIUS_A = 0.95
 
@@ -133,27 +135,25 @@ class Twin:
         return self.defects[["x_A", "y_A", "defect_class"]].copy()
 
     def save(self, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
-        """Write image.tif, labels.tif, truth.csv, atoms.csv, sites.csv and settings.json."""
+        """Write image.tif, labels.tif, truth.csv, atoms.csv, sites.csv and settings.json, atomically.
+
+        Every file is written into a staging folder and the set appears in ``out_dir`` together when
+        complete (:class:`~..io.atomic.StagedOutput`): an interruption leaves the previous result or
+        nothing.  Existing files of these names are refused unless ``overwrite``; other files in
+        ``out_dir`` are never touched.
+        """
+        from ..io.atomic import StagedOutput
         from ..io.writer import write_calibrated_tiff
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        names = ["image.tif", "labels.tif", "truth.csv", "atoms.csv", "sites.csv", "settings.json"]
-        existing = [n for n in names if (out / n).exists()]
-        if existing and not overwrite:
-            raise FileExistsError(
-                f"{out} already holds {', '.join(existing)}; choose another --out or pass --overwrite"
-            )
-        paths = [
-            write_calibrated_tiff(out / "image.tif", self.image.astype(np.float32), self.pixel_size_A,
-                                  title="digital twin HAADF"),
-            write_calibrated_tiff(out / "labels.tif", self.labels, self.pixel_size_A, title="defect labels"),
-        ]
-        self.truth_table().to_csv(out / "truth.csv", index=False)
-        self.atoms.to_csv(out / "atoms.csv", index=False)
-        self.sites.to_csv(out / "sites.csv", index=False)
-        (out / "settings.json").write_text(json.dumps(self.settings, indent=2, default=str))
-        return paths + [out / n for n in names[2:]]
+        with StagedOutput(out_dir, TWIN_FILES, overwrite=overwrite) as stage:
+            write_calibrated_tiff(stage / "image.tif", self.image.astype(np.float32), self.pixel_size_A,
+                                  title="digital twin HAADF")
+            write_calibrated_tiff(stage / "labels.tif", self.labels, self.pixel_size_A, title="defect labels")
+            self.truth_table().to_csv(stage / "truth.csv", index=False)
+            self.atoms.to_csv(stage / "atoms.csv", index=False)
+            self.sites.to_csv(stage / "sites.csv", index=False)
+            (stage / "settings.json").write_text(json.dumps(self.settings, indent=2, default=str))
+        return [Path(out_dir) / n for n in TWIN_FILES]
 
 
 def label_mask(shape: tuple[int, int], pixel_size_A: tuple[float, float], x_A, y_A, class_ids,

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Microscope", "wavelength_A"]
+__all__ = ["OPTICS_PRESETS", "Microscope", "wavelength_A"]
 
 
 def wavelength_A(energy_keV: float) -> float:
@@ -37,6 +37,14 @@ class Microscope:
     source_size_A: float = 0.0
 
     def __post_init__(self) -> None:
+        from ..core.validation import BOUNDS
+
+        for name in ("energy_keV", "semiangle_mrad", "defocus_A", "Cs_A", "detector_inner_mrad",
+                     "detector_outer_mrad", "source_size_A"):
+            try:
+                BOUNDS[name].check(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"microscope settings: {exc}") from None
         checks = [
             (self.energy_keV > 0, "beam energy must be positive"),
             (self.semiangle_mrad > 0, "convergence semi-angle must be positive"),
@@ -141,3 +149,14 @@ def _probe_profile_cached(m: Microscope, blur: float, sampling: float, extent: f
     profile = (centres[ok], sums[ok] / counts[ok])
     _PROFILE_CACHE[key] = profile
     return profile
+
+
+#: Optics of the fast-vs-abTEM accuracy table (benchmarks/fast_vs_abtem.py): the four instrument
+#: settings the twin-engine issue asks for (beam energy, convergence semi-angle, detector range from
+#: ADF to HAADF); defocus and Cs stay at the defaults above.
+OPTICS_PRESETS: dict[str, Microscope] = {
+    "60kV-ADF": Microscope(energy_keV=60, semiangle_mrad=30, detector_inner_mrad=40, detector_outer_mrad=200),
+    "80kV-HAADF": Microscope(energy_keV=80, semiangle_mrad=25, detector_inner_mrad=50, detector_outer_mrad=200),
+    "200kV-HAADF": Microscope(energy_keV=200, semiangle_mrad=22, detector_inner_mrad=80, detector_outer_mrad=250),
+    "300kV-ADF": Microscope(energy_keV=300, semiangle_mrad=18, detector_inner_mrad=30, detector_outer_mrad=150),
+}

@@ -61,7 +61,7 @@ class Lattice:
     atoms: Atoms
     parent: Parent
     sites: pd.DataFrame
-    site_atoms: list[list[int]]
+    site_atoms: list[np.ndarray]  # atom indices of each site (empty for hollow sites)
     extent_A: tuple[float, float]  # (x, y)
     periodic: bool
     z_metal_A: float
@@ -98,8 +98,20 @@ class Lattice:
         keep[list(self._removed)] = False
         new_index = np.cumsum(keep) - 1
         self.atoms = self.atoms[keep]
-        self.site_atoms = [[int(new_index[i]) for i in group if keep[i]] for group in self.site_atoms]
+        self.site_atoms = _reindex_groups(self.site_atoms, keep, new_index)
         self._removed = set()
+
+
+def _reindex_groups(groups: list[np.ndarray], keep: np.ndarray, new_index: np.ndarray) -> list[np.ndarray]:
+    """Atom-index groups after deleting the atoms not in ``keep`` (vectorised over all groups)."""
+    lengths = np.fromiter((len(g) for g in groups), dtype=int, count=len(groups))
+    if not lengths.sum():
+        return [np.zeros(0, int) for _ in groups]
+    flat = np.concatenate([np.asarray(g, int) for g in groups])
+    owner = np.repeat(np.arange(len(groups)), lengths)
+    alive = keep[flat]
+    new_lengths = np.bincount(owner[alive], minlength=len(groups))
+    return np.split(new_index[flat[alive]], np.cumsum(new_lengths)[:-1])
 
 
 def _orthogonal_parent(parent: Parent) -> Atoms:
@@ -164,8 +176,8 @@ def build_lattice(
         fx, fy = (fov_A, fov_A) if np.isscalar(fov_A) else fov_A
         if fx <= 0 or fy <= 0:
             raise ValueError(f"field of view must be positive, got {fov_A}")
-        if fx * fy > 1e6:
-            raise ValueError(f"field of view {fx:g}×{fy:g} Å is too large for a twin (max 1000×1000 Å)")
+        if not (np.isfinite(fx) and np.isfinite(fy)) or fx * fy > 2.5e7:
+            raise ValueError(f"field of view {fx:g}×{fy:g} Å is too large for a twin (max 5000×5000 Å)")
         cells = (max(1, int(np.ceil(fx / lx - 1e-6))), max(1, int(np.ceil(fy / ly - 1e-6))))
     messy: dict = {"rotation_deg": float(rotation_deg)}
     if rotation_deg == 0.0 and grain_boundary is None:
@@ -252,7 +264,7 @@ def lattice_from_atoms(
     new_id[col_order] = np.arange(n_cols)
     counts = np.bincount(label, minlength=n_cols)
     atom_order = np.argsort(new_id[label], kind="stable")
-    groups = [list(map(int, g)) for g in np.split(atom_order, np.cumsum(counts[col_order])[:-1])] if n else []
+    groups = np.split(atom_order, np.cumsum(counts[col_order])[:-1]) if n else []
     seeds = seed[col_order]
     sites = pd.DataFrame({"x_A": xy[seeds, 0].astype(float), "y_A": xy[seeds, 1].astype(float),
                           "sublattice": np.where(has_metal[col_order], "M", "X"),
@@ -262,7 +274,7 @@ def lattice_from_atoms(
         h_sites = pd.DataFrame({"x_A": hollows[:, 0], "y_A": hollows[:, 1], "sublattice": "H", "n_atoms": 0,
                                 "grain": -1})
         sites = pd.concat([sites, h_sites], ignore_index=True)
-        groups += [[] for _ in range(len(hollows))]
+        groups += [np.zeros(0, int) for _ in range(len(hollows))]
     sites["in_hole"] = False
     return Lattice(
         atoms=atoms,
@@ -338,7 +350,7 @@ def add_holes(lattice: Lattice, n_holes: int, rng: np.random.Generator, atoms_ra
         lattice.holes.append({"x_A": float(centre[0]), "y_A": float(centre[1]),
                               "radius_A": float(d[victims].max()) if len(victims) else 0.0,
                               "n_atoms": len(victims)})
-    in_hole = np.array([bool(g) and not alive[g].any() for g in lattice.site_atoms])
+    in_hole = np.array([len(g) > 0 and not alive[g].any() for g in lattice.site_atoms], dtype=bool)
     # hollow sites inside a hole are gone too
     for hole in lattice.holes:
         r = np.hypot(lattice.sites.x_A - hole["x_A"], lattice.sites.y_A - hole["y_A"])
