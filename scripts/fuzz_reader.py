@@ -36,7 +36,8 @@ from napari_mx2_defects.io import fuzz  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases-per-format", type=int, default=1300,
-                        help=f"mutations per format ({len(fuzz.FORMATS)} formats; default 1300 → 10,400 files)")
+                        help=f"mutations per format, {len(fuzz.FORMATS)} formats "
+                             "(default 1300: 10,400 files)")
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--parallel", type=int, default=1, help="drivers run side by side (default 1)")
     parser.add_argument("--reader-timeout", type=float, default=3.0,
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a case without an answer after this many seconds is a hang")
     parser.add_argument("--memory-cap-gib", type=float, default=6.0, help="address-space cap of each driver")
     parser.add_argument("--blowup-gib", type=float, default=1.0,
-                        help="peak resident memory of one case (driver or reader worker) counted as a blow-up")
+                        help="peak resident memory of one case (driver or worker) counted as a blow-up")
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("MX2_SHARED_DATA",
                                                                            ROOT.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, help="write the summary as JSON here")

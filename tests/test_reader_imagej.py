@@ -62,8 +62,8 @@ def test_fiji_stack_keeps_frames_and_calibration(tmp_path):
 def test_utf8_unit_and_separate_yunit(tmp_path):
     path = tmp_path / "utf8.tif"
     description = "ImageJ=1.54f\nunit=\u00b5m\nyunit=nm\n".encode()
-    tifffile.imwrite(path, np.zeros((10, 12), np.uint16), description=description, resolution=(1 / 0.5, 1 / 2.0),
-                     metadata=None)
+    tifffile.imwrite(path, np.zeros((10, 12), np.uint16), description=description,
+                     resolution=(1 / 0.5, 1 / 2.0), metadata=None)
     image = load_images(path)[0]
     assert image.calibrated
     assert image.scale_A == pytest.approx((20.0, 5000.0))  # y: 2 nm, x: 0.5 µm

@@ -41,7 +41,8 @@ OPTICS = {
     # TIA: High tension_kV, Camera length_m, AcquireInfo/DwellTimePath
     "rosettasciio/tia/old/03_Scanning Preview.emi": {
         "beam_energy_keV": 200.0, "camera_length_mm": 135.0, "dwell_time_s": 1.2e-5, "mode": "STEM"},
-    "rosettasciio/tia/new/128x128-TEM_search.emi": {"beam_energy_keV": 200.0, "exposure_time_s": 0.1, "mode": "TEM"},
+    "rosettasciio/tia/new/128x128-TEM_search.emi": {
+        "beam_energy_keV": 200.0, "exposure_time_s": 0.1, "mode": "TEM"},
     "openNCEM/16_STOimage.emi": {
         "beam_energy_keV": 80.0, "camera_length_mm": 116.0, "dwell_time_s": 2.9e-5, "mode": "STEM"},
     "rosettasciio/tia/new/128x128-TEM_search_1.ser": {},  # the .ser alone holds no tags
@@ -49,8 +50,12 @@ OPTICS = {
     "openNCEM/Acquisition_18.emd": {
         "beam_energy_keV": 200.0, "convergence_semiangle_mrad": 24.979373, "camera_length_mm": 85.0,
         "dwell_time_s": 1e-6},
-    "rosettasciio/mrc/HAADFscan.mrc": {},
-    "openNCEM/temp.mrc": {},
+    # Thermo Fisher FEI2 extended header (rosettasciio ignores it): HT 300 kV, STEM, HAADF, camera length
+    # 0.0911 m, convergence 0.014327 rad, dwell 10 ms (16 × 16 scan, frame time 2.72 s)
+    "rosettasciio/mrc/HAADFscan.mrc": {
+        "beam_energy_keV": 300.0, "convergence_semiangle_mrad": 14.327324, "camera_length_mm": 91.1,
+        "dwell_time_s": 0.01, "detector": "HAADF", "mode": "STEM"},
+    "openNCEM/temp.mrc": {},  # synthetic, no extended header
     "rosettasciio/tiff/test_loading_image_saved_with_DM.tif": {},
     "rosettasciio/tiff/test_loading_image_saved_with_imageJ.tif": {},
 }
@@ -106,7 +111,8 @@ def test_read_optics_ignores_placeholders_and_garbage():
     }
     optics, _ = read_optics(velox)
     assert optics == {"detector": "HAADF", "mode": "STEM"}
-    optics, _ = read_optics({"Optics": ["not", "a", "dict"], "ImageList": "x", "ObjectInfo": 3, "microscope": None})
+    garbage = {"Optics": ["not", "a", "dict"], "ImageList": "x", "ObjectInfo": 3, "microscope": None}
+    optics, _ = read_optics(garbage)
     assert optics == {}
     reversed_angles = {"BinaryResult": {"Detector": "DF"}, "Detectors": {"d": {
         "DetectorName": "DF", "CollectionAngleRange": {"begin": "0.2", "end": "0.1"}}}}
@@ -116,7 +122,8 @@ def test_read_optics_ignores_placeholders_and_garbage():
 @pytest.mark.parametrize("value, target, expected", [
     ("30 pA", "A", 30e-12), ("60 kV", "keV", 60.0), ("60kV", "keV", 60.0), ("300000 V", "keV", 300.0),
     ("1.2 \u00b5s", "s", 1.2e-6), ("1.2 us", "s", 1.2e-6), ("25 mrad", "mrad", 25.0), ("0.3 m", "mm", 300.0),
-    (0.025, "mrad", None), ("abc", "A", None), ("1e999 kV", "keV", None), ("5 parsec", "mm", None), (True, "s", None),
+    (0.025, "mrad", None), ("abc", "A", None), ("1e999 kV", "keV", None), ("5 parsec", "mm", None),
+    (True, "s", None),
 ])
 def test_parse_quantity(value, target, expected):
     result = parse_quantity(value, target)

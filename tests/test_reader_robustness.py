@@ -110,8 +110,9 @@ def test_valid_sidecars_still_calibrate(tmp_path):
     (tmp_path / "frame.json").write_text(json.dumps({"pixel_size_A": 0.2, "beam_energy_keV": 80}))
     image = load_images(path)[0]
     assert image.scale_A == pytest.approx((0.2, 0.2)) and image.beam_energy_keV == 80
-    (tmp_path / "frame.json").write_text(json.dumps({"experimental_details": {"voltage": "60 kV", "spatial_info": {
-        "field_of_view_x": 8.0, "field_of_view_y": 2.0, "field_of_view_units": "nm"}}}))
+    spatial = {"field_of_view_x": 8.0, "field_of_view_y": 2.0, "field_of_view_units": "nm"}
+    details = {"experimental_details": {"voltage": "60 kV", "spatial_info": spatial}}
+    (tmp_path / "frame.json").write_text(json.dumps(details))
     image = load_images(path)[0]
     assert image.scale_A == pytest.approx((1.0, 2.0))  # per axis: 20 Å / 20 px, 80 Å / 40 px
     assert image.beam_energy_keV == 60
@@ -300,3 +301,14 @@ def test_velox_pixel_size_zero_opens_uncalibrated_with_a_warning(shared_data, tm
         with pytest.warns(UserWarning, match="impossible pixel size"):
             _, kwargs, _ = read_stem(str(path))[0]
         assert kwargs["scale"] == [1.0, 1.0] and kwargs["metadata"]["calibrated"] is False
+
+
+def test_velox_that_makes_h5py_allocate_without_end_is_stopped_by_the_memory_cap(shared_data, tmp_path):
+    """Fuzz case 298 (0xFF over 4096 bytes at 5542): h5py grew the worker by ~0.6 GB/s until killed."""
+
+    def fill(data):
+        data[5542:5542 + 4096] = b"\xff" * 4096
+
+    path = _mutated(shared_data, tmp_path, VELOX_STACK, fill)
+    _load_fails(path, within_s=15)
+    assert _peak_worker_rss() < 1.5 * 2**30

@@ -163,7 +163,8 @@ def main() -> int:
         except MemoryError:
             header = {"ok": False, "kind": "memory", "message": ""}
         except RecursionError:
-            header = {"ok": False, "kind": "exception", "type": "RecursionError", "message": "nested too deep"}
+            header = {"ok": False, "kind": "exception", "type": "RecursionError",
+                      "message": "nested too deep"}
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent as one line
             header = {"ok": False, "kind": "exception", "type": type(exc).__name__, "message": one_line(exc)}
         finally:

@@ -211,8 +211,8 @@ def load_images(path: str | Path) -> list[CalibratedImage]:
             raise
         except Exception as exc:  # noqa: BLE001 - malformed metadata must not escape as a traceback
             raise ReaderError(
-                f"{path.name}: signal {index} could not be interpreted ({type(exc).__name__}: {one_line(exc, 120)}); "
-                "the file may be corrupt."
+                f"{path.name}: signal {index} could not be interpreted ({type(exc).__name__}: "
+                f"{one_line(exc, 120)}); the file may be corrupt."
             ) from None
         if image is not None:
             images.append(image)
@@ -227,18 +227,18 @@ def load_images(path: str | Path) -> list[CalibratedImage]:
 def _check_mrc_header(path: Path, file_bytes: int) -> None:
     """MRC sizes from the 1024-byte header, checked against the file before rosettasciio maps it."""
     if file_bytes < 1024:
-        raise ReaderError(f"{path.name}: {file_bytes} bytes, shorter than the 1024-byte MRC header; the file is "
-                          "truncated: copy it again.")
+        raise ReaderError(f"{path.name}: {file_bytes} bytes, shorter than the 1024-byte MRC header; the file "
+                          "is truncated: copy it again.")
     with open(path, "rb") as fh:
         header = fh.read(1024)
     nx, ny, nz, mode = (int(v) for v in np.frombuffer(header, "<i4", count=4))
     extended = int(np.frombuffer(header, "<u4", count=1, offset=92)[0])
     if min(nx, ny, nz) < 1:
-        raise ReaderError(f"{path.name}: the MRC header declares an invalid size nx={nx}, ny={ny}, nz={nz}; the "
-                          "file is corrupt: copy it again.")
+        raise ReaderError(f"{path.name}: the MRC header declares an invalid size nx={nx}, ny={ny}, nz={nz}; "
+                          "the file is corrupt: copy it again.")
     if mode not in _MRC_ITEMSIZE:
-        raise ReaderError(f"{path.name}: MRC mode {mode} is not a pixel type this reader knows (0, 1, 2, 4, 6, 12); "
-                          "the file is corrupt or not an image.")
+        raise ReaderError(f"{path.name}: MRC mode {mode} is not a pixel type this reader knows "
+                          "(0, 1, 2, 4, 6, 12); the file is corrupt or not an image.")
     nbytes = nx * ny * nz * _MRC_ITEMSIZE[mode]
     what = f"a {nz} × {ny} × {nx} image (mode {mode})"
     check_declared_size(path, nbytes, file_bytes - 1024 - extended, what)
@@ -324,7 +324,8 @@ def _from_signal_dict(signal: dict, path: Path, index: int | None) -> Calibrated
     optics, sources = read_optics(signal.get("original_metadata"))
     if "beam_energy_keV" not in optics:  # rosettasciio's own mapping, in keV
         for mode in ("TEM", "SEM"):
-            tem = metadata.get("Acquisition_instrument", {}).get(mode, {}) if isinstance(metadata, dict) else {}
+            instrument = metadata.get("Acquisition_instrument", {}) if isinstance(metadata, dict) else {}
+            tem = instrument.get(mode, {}) if isinstance(instrument, dict) else {}
             energy = _finite(tem.get("beam_energy") if isinstance(tem, dict) else None, math.nan)
             if 1.0 <= energy <= 3000.0:
                 optics["beam_energy_keV"] = energy

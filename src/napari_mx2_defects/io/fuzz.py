@@ -44,7 +44,8 @@ SEEDS: list[tuple[str, str, tuple[str, ...], tuple[int, ...]]] = [
     ("velox", "formats/rosettasciio/emd/fei_example_tem_stack.emd", (), (3, 3, 2)),
     ("berkeley", "formats/openNCEM/Acquisition_18.emd", (), (1024, 1024)),
     ("tia", "formats/rosettasciio/tia/new/128x128-TEM_search.emi", ("128x128-TEM_search_1.ser",), (128, 128)),
-    ("tia", "formats/rosettasciio/tia/old/03_Scanning Preview.emi", ("03_Scanning Preview_1.ser",), (128, 128)),
+    ("tia", "formats/rosettasciio/tia/old/03_Scanning Preview.emi", ("03_Scanning Preview_1.ser",),
+     (128, 128)),
     ("mrc", "formats/rosettasciio/mrc/HAADFscan.mrc", (), (16, 16, 1)),
     ("mrc", "formats/openNCEM/temp.mrc", (), (128, 128, 3)),
     ("tiff", "formats/rosettasciio/tiff/test_loading_image_saved_with_imageJ.tif", (), (68, 68)),
@@ -171,7 +172,8 @@ def _npy_header_edit(rng: random.Random, data: bytes) -> tuple[str, bytes]:
     end = data.find(b"\n", 10)
     header = data[10:end].decode("latin-1")
     edits = [("(512, 512)", "(512, -512)"), ("(512, 512)", "(50000, 50000)"), ("(512, 512)", "(512,)"),
-             ("(512, 512)", "(2**31, 2)"), ("<f8", "|O"), ("<f8", "<U4"), ("<f8", "<c16"), ("'shape'", "'shap'"),
+             ("(512, 512)", "(2**31, 2)"), ("<f8", "|O"), ("<f8", "<U4"), ("<f8", "<c16"),
+             ("'shape'", "'shap'"),
              ("False", "True"), ("(512, 512)", "(" * 50), ("<f8", "<f8', 'x': ('"), ("}", "")]
     old, new = rng.choice(edits)
     header = header.replace(old, new, 1)
@@ -403,9 +405,9 @@ def case_rng(seed: int, index: int) -> random.Random:
     return random.Random(seed * 1_000_003 + index)
 
 
-def run_fuzz(shared: Path, folder: Path, *, cases_per_format: int, seed: int = 0, formats: tuple[str, ...] = FORMATS,
-             harness_options: dict | None = None, parallel: int = 1, progress=None,
-             keep_failures: Path | None = None) -> Summary:
+def run_fuzz(shared: Path, folder: Path, *, cases_per_format: int, seed: int = 0,
+             formats: tuple[str, ...] = FORMATS, harness_options: dict | None = None, parallel: int = 1,
+             progress=None, keep_failures: Path | None = None) -> Summary:
     """Run ``cases_per_format`` seeded mutations of every format; return the summary.
 
     Cases are interleaved across formats and spread over ``parallel`` drivers; case ``i`` is built
@@ -454,4 +456,5 @@ def run_fuzz(shared: Path, folder: Path, *, cases_per_format: int, seed: int = 0
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "--driver":
         sys.exit(_driver(int(sys.argv[2]) if len(sys.argv) > 2 else 0))
-    sys.exit("usage: python -m napari_mx2_defects.io.fuzz --driver [MEMORY_CAP_BYTES] (see scripts/fuzz_reader.py)")
+    sys.exit("usage: python -m napari_mx2_defects.io.fuzz --driver [MEMORY_CAP_BYTES] "
+             "(see scripts/fuzz_reader.py)")

@@ -9,6 +9,9 @@ Settings (environment variables):
 
 ``MX2_READER_TIMEOUT_S``
     Base time budget per file in seconds (default 20). Large files get an extra second per 50 MB.
+``MX2_READER_MAX_MEMORY_GB``
+    Memory the worker may use to parse one file (default: 1 GiB plus 16 times the file size, at
+    most the free memory).
 ``MX2_READER_ISOLATION``
     ``process`` (default) or ``inline`` (parse in the calling process: no time budget, no
     protection; for debugging).
@@ -48,6 +51,10 @@ STARTUP_TIMEOUT_S = 120.0
 #: After a read that moved this much data, the worker is restarted to give its memory back.
 RECYCLE_AFTER_BYTES = 512 * 2**20
 _LENGTH_BYTES = 8
+#: Worker memory allowance: this much, plus this many times the file size (see worker_memory_bytes).
+WORKER_BASE_BYTES = 2**30
+WORKER_BYTES_PER_FILE_BYTE = 16
+_LAST_PEAK = [0]
 
 
 def time_budget_s(file_bytes: int = 0) -> float:
@@ -62,7 +69,10 @@ def time_budget_s(file_bytes: int = 0) -> float:
 
 
 def isolation_mode() -> str:
-    """``"process"`` (default) or ``"inline"``, from ``MX2_READER_ISOLATION``."""
+    """``"process"`` (default) or ``"inline"``, from ``MX2_READER_MAX_MEMORY_GB``
+    Memory the worker may use to parse one file (default: 1 GiB plus 16 times the file size, at
+    most the free memory).
+``MX2_READER_ISOLATION``."""
     mode = os.environ.get("MX2_READER_ISOLATION", "process").strip().lower()
     if mode == "inline" or os.name != "posix":
         return "inline"
@@ -103,6 +113,14 @@ class _Worker:
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def peak_rss_now(self) -> int:
+        """The worker's peak resident memory so far (read before killing it)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status", encoding="ascii") as fh:
+                return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+        except (OSError, StopIteration, ValueError):
+            return 0
 
     def kill(self) -> None:
         try:
@@ -150,7 +168,7 @@ class _Worker:
         return json.loads(body)
 
     def request(self, path: Path, deadline: float) -> tuple[dict, Any]:
-        message = json.dumps({"path": str(path), "memory_bytes": int(available_memory_bytes()),
+        message = json.dumps({"path": str(path), "memory_bytes": worker_memory_bytes(path),
                               "budget_s": max(0.0, deadline - time.monotonic())}) + "\n"
         try:
             self.proc.stdin.write(message.encode())
@@ -196,8 +214,35 @@ def worker_pid() -> int | None:
 
 
 def worker_peak_rss_bytes() -> int:
-    """Peak resident memory the worker reported with its last answer (for the fuzz harness)."""
-    return _WORKER.last_peak_rss_bytes if _WORKER is not None else 0
+    """Peak resident memory of the worker during the last read (for the fuzz harness)."""
+    return _WORKER.last_peak_rss_bytes if _WORKER is not None else _LAST_PEAK[0]
+
+
+def worker_memory_bytes(path: Path) -> int:
+    """Memory the worker may allocate while parsing ``path``: free memory, but no more than
+    ``MX2_READER_MAX_MEMORY_GB`` when set, else 1 GiB plus 16 times the file's size.
+
+    A corrupt HDF5 file can make h5py allocate without end while it spins; the cap turns that into
+    a MemoryError (a clean ReaderError) instead of a machine that swaps.
+    """
+    try:
+        file_bytes = _file_size_with_companions(path)
+    except OSError:
+        file_bytes = 0
+    cap = WORKER_BASE_BYTES + WORKER_BYTES_PER_FILE_BYTE * file_bytes
+    try:
+        override = float(os.environ.get("MX2_READER_MAX_MEMORY_GB", "0"))
+    except ValueError:
+        override = 0.0
+    if override > 0:
+        cap = int(override * 1e9)
+    return int(min(available_memory_bytes(), cap))
+
+
+def _file_size_with_companions(path: Path) -> int:
+    from .vendor import companion_files
+
+    return path.stat().st_size + sum(p.stat().st_size for p in companion_files(path) if p.exists())
 
 
 def read_signals_isolated(path: Path, file_bytes: int) -> list[dict[str, Any]]:
@@ -219,6 +264,7 @@ def read_signals_isolated(path: Path, file_bytes: int) -> list[dict[str, Any]]:
     budget = time_budget_s(file_bytes)
     suffix = path.suffix.lower()
     with _LOCK:
+        _LAST_PEAK[0] = 0
         try:
             worker = _get_worker()
         except (OSError, _WorkerGone, TimeoutError, ValueError) as exc:
@@ -233,9 +279,12 @@ def read_signals_isolated(path: Path, file_bytes: int) -> list[dict[str, Any]]:
                 kind = header.get("kind")
                 if kind == "reader":
                     raise ReaderError(header.get("message") or f"{path.name}: cannot read this file.")
-                if kind == "memory":
-                    raise ReaderError(f"{path.name}: reading it needs more memory than is available; the file is "
-                                      "corrupt, or open it on a machine with more memory.")
+                if kind == "memory" or (kind == "reader" and "more memory than" in header.get("message", "")):
+                    allowed = worker_memory_bytes(path)
+                    raise ReaderError(
+                        f"{path.name}: parsing it needed more than the {format_bytes(allowed)} of memory "
+                        "allowed for a file of this size; the file is probably corrupt (or set "
+                        "MX2_READER_MAX_MEMORY_GB to allow more).")
                 raise ReaderError(f"{path.name}: cannot read this {suffix} file ({header.get('type')}: "
                                   f"{header.get('message')}). It may be truncated or corrupt: copy it again "
                                   "from the microscope PC.")
@@ -260,6 +309,8 @@ def read_signals_isolated(path: Path, file_bytes: int) -> list[dict[str, Any]]:
                 shutdown_worker()
             return signals
         except TimeoutError:
+            worker.last_peak_rss_bytes = worker.peak_rss_now()
+            _LAST_PEAK[0] = worker.last_peak_rss_bytes
             shutdown_worker()
             raise ReaderError(
                 f"{path.name}: reading this {suffix} file took more than {budget:.0f} s and was stopped; the "
@@ -276,8 +327,9 @@ def read_signals_isolated(path: Path, file_bytes: int) -> list[dict[str, Any]]:
             raise
         except Exception as exc:  # noqa: BLE001 - a malformed answer: the worker's state is unknown
             shutdown_worker()
-            raise ReaderError(f"{path.name}: the {suffix} parser gave a malformed answer ({type(exc).__name__}); "
-                              "try again, and copy the file again if it persists.") from None
+            raise ReaderError(f"{path.name}: the {suffix} parser gave a malformed answer "
+                              f"({type(exc).__name__}); try again, and copy the file again if it "
+                              "persists.") from None
         except BaseException:
             shutdown_worker()  # KeyboardInterrupt: stop the worker, whatever it was doing
             raise

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .safety import ReaderError, check_allocation, check_declared_size, check_regular_file, format_bytes, one_line
+from .safety import (ReaderError, check_allocation, check_declared_size, check_regular_file, format_bytes,
+                     one_line)
 from .units import is_length_unit, length_to_angstrom
 
 __all__ = ["SidecarCalibration", "read_npy_array", "read_npy_sidecar", "sidecar_path"]
@@ -103,7 +104,8 @@ class SidecarCalibration:
     """
 
     def __init__(self, pixel_size_yx_A: tuple[float, float] | None = None,
-                 fov_yx_A: tuple[float | None, float | None] = (None, None), meta: dict | None = None) -> None:
+                 fov_yx_A: tuple[float | None, float | None] = (None, None),
+                 meta: dict | None = None) -> None:
         self.pixel_size_yx_A = pixel_size_yx_A
         self.fov_yx_A = fov_yx_A
         self.meta = meta or {}
@@ -221,7 +223,8 @@ def read_npy_sidecar(path: Path) -> SidecarCalibration:
         fov_x = length_to_angstrom(_positive(path, side, "field_of_view_x", flat["field_of_view_x"]), unit)
         fov_y = None
         if "field_of_view_y" in flat:
-            fov_y = length_to_angstrom(_positive(path, side, "field_of_view_y", flat["field_of_view_y"]), unit)
+            fov_y = length_to_angstrom(_positive(path, side, "field_of_view_y", flat["field_of_view_y"]),
+                                       unit)
         result.fov_yx_A = (fov_y, fov_x)
     return result
 
@@ -234,4 +237,5 @@ def check_sidecar_values(path: Path, meta: dict) -> None:
         energy = _positive(path, side, "beam_energy_keV", flat["beam_energy_keV"])
         low, high = ENERGY_RANGE_KEV
         if not low <= energy <= high:
-            raise _bad(path, side, "beam_energy_keV", flat["beam_energy_keV"], f"between {low:g} and {high:g} keV")
+            raise _bad(path, side, "beam_energy_keV", flat["beam_energy_keV"],
+                       f"between {low:g} and {high:g} keV")

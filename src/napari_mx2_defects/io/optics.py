@@ -4,31 +4,30 @@
 sidecar) for the optics that decide HAADF contrast and dose, and returns them under unit-carrying
 keys:
 
-========================== ==================================================================
+========================== ===========================================================================
 key                        where it comes from
-========================== ==================================================================
-beam_energy_keV            Velox ``Optics/AccelerationVoltage`` (V); DM ``Microscope Info/Voltage``
-                           (V); TIA ``High tension_kV``; Berkeley EMD ``microscope/high tension``
-                           (V); sidecar ``voltage`` (``"60 kV"``) or ``beam_energy_keV``
+========================== ===========================================================================
+beam_energy_keV            Velox ``Optics/AccelerationVoltage`` (V); DM ``Microscope Info/Voltage`` (V);
+                           TIA ``High tension_kV``; Berkeley EMD ``microscope/high tension`` (V); MRC
+                           FEI1/FEI2 extended header ``HT`` (V); sidecar ``voltage`` (``"60 kV"``)
 convergence_semiangle_mrad Velox ``Optics/BeamConvergence`` (rad, magnitude); Berkeley EMD
-                           ``microscope/convergence angle`` (rad)
+                           ``microscope/convergence angle`` (rad); MRC extended header (rad)
 detector_inner_mrad,       Velox ``Detectors/<detector of this image>/CollectionAngleRange``
 detector_outer_mrad        ``begin``/``end`` (rad; 0/0 means "not recorded")
-camera_length_mm           Velox ``Optics/CameraLength`` (m, STEM detectors only); DM ``Microscope Info/STEM Camera
-                           Length`` (mm, STEM acquisitions only); TIA ``Camera length_m``;
-                           Berkeley EMD ``microscope/camera length`` (m)
+camera_length_mm           STEM only: Velox ``Optics/CameraLength`` (m); DM ``Microscope Info/STEM
+                           Camera Length`` (mm); TIA ``Camera length_m``; Berkeley EMD
+                           ``microscope/camera length`` (m); MRC extended header (m)
 dwell_time_s               Velox ``Scan/DwellTime``; DM ``DigiScan/Sample Time`` (µs); TIA
-                           ``AcquireInfo/DwellTimePath`` (STEM modes); Berkeley EMD
-                           ``microscope/dwell time``
-exposure_time_s            camera images: Velox detector ``ExposureTime``; DM ``DataBar/Exposure
-                           Time (s)``; TIA ``DwellTimePath`` in TEM modes
-probe_current_A            Velox ``Optics/ScreenCurrent`` (A, when > 0); DM ``Microscope
-                           Info/Probe Current (nA)`` (when > 0); sidecar ``probe_current``
-                           (``"30 pA"``)
-========================== ==================================================================
+                           ``AcquireInfo/DwellTimePath`` (STEM modes); Berkeley EMD ``microscope/dwell
+                           time``; MRC extended header ``Dwell time``
+exposure_time_s            camera images: Velox detector ``ExposureTime``; DM ``DataBar/Exposure Time
+                           (s)``; TIA ``DwellTimePath`` in TEM modes; MRC ``Integration time``
+probe_current_A            Velox ``Optics/ScreenCurrent`` (A, when > 0); DM ``Microscope Info/Probe
+                           Current (nA)`` (when > 0); sidecar ``probe_current`` (``"30 pA"``)
+========================== ===========================================================================
 
-and the strings ``detector`` (Velox detector name) and ``mode`` (``"STEM"``/``"TEM"`` where the
-file says). Values the file does not hold, or holds as 0 / out of physical range (vendors write 0
+and the strings ``detector`` (the detector that recorded the image) and ``mode`` (``"STEM"``/``"TEM"``
+where the file says). Values the file does not hold, or holds as 0 / out of physical range (vendors write 0
 for "not measured"), are left out: nothing is invented. :func:`read_optics` also returns where each
 value came from, so a user can check it against the vendor software.
 """
@@ -203,6 +202,9 @@ def _dm_image_tags(om: dict) -> Iterator[dict]:
             yield tags
 
 
+_DM_CONVERGENCE = re.compile(r"(?i)^(?:probe\s+)?convergence\s+(?:semi[\s-]?)?angle\s*\((mrad|rad)\)$")
+
+
 def _dm(om: dict, out: _Collector) -> None:
     for tags in _dm_image_tags(om):
         info = tags.get("Microscope Info") if isinstance(tags.get("Microscope Info"), dict) else {}
@@ -220,9 +222,10 @@ def _dm(om: dict, out: _Collector) -> None:
             out.add("camera_length_mm", _number(info.get("STEM Camera Length")),
                     "DM Microscope Info/STEM Camera Length")
             sample_us = _number(_get(tags, "DigiScan", "Sample Time"))
-            out.add("dwell_time_s", None if sample_us is None else sample_us * 1e-6, "DM DigiScan/Sample Time")
+            out.add("dwell_time_s", None if sample_us is None else sample_us * 1e-6,
+                    "DM DigiScan/Sample Time")
         for key, value in info.items():
-            match = re.match(r"(?i)^(?:probe\s+)?convergence\s+(?:semi[\s-]?)?angle\s*\((mrad|rad)\)$", str(key))
+            match = _DM_CONVERGENCE.match(str(key))
             if match:
                 out.add("convergence_semiangle_mrad", parse_quantity(value, "mrad", match.group(1).lower()),
                         f"DM Microscope Info/{key}")
@@ -271,6 +274,30 @@ def _berkeley(om: dict, out: _Collector) -> None:
     out.add("dwell_time_s", _number(scope.get("dwell time")), "EMD microscope/dwell time")
 
 
+def _mrc_fei(om: dict, out: _Collector) -> None:
+    """Thermo Fisher MRC extended header (read by :mod:`.vendor`; SI units)."""
+    fei = om.get("fei_extended_header")
+    if not isinstance(fei, dict):
+        return
+    voltage = _number(fei.get("HT_V"))
+    out.add("beam_energy_keV", None if voltage is None else voltage * 1e-3, "MRC FEI extended header HT")
+    convergence = _number(fei.get("Convergence angle_rad"))
+    out.add("convergence_semiangle_mrad", None if convergence is None else convergence * 1e3,
+            "MRC FEI extended header Convergence angle")
+    mode = {1: "TEM", 2: "STEM"}.get(_number(fei.get("Instrument mode")))
+    if mode:
+        out.text("mode", mode, "MRC FEI extended header Instrument mode")
+    if mode == "STEM":
+        out.text("detector", fei.get("STEM Detector name"), "MRC FEI extended header STEM Detector name")
+        camera = _number(fei.get("Camera length_m"))
+        out.add("camera_length_mm", None if camera is None else camera * 1e3,
+                "MRC FEI extended header Camera length")
+        out.add("dwell_time_s", _number(fei.get("Dwell time_s")), "MRC FEI extended header Dwell time")
+    elif mode == "TEM":
+        out.add("exposure_time_s", _number(fei.get("Integration time_s")),
+                "MRC FEI extended header Integration time")
+
+
 def _flat_items(tree: Any, depth: int = 0) -> Iterator[tuple[str, Any]]:
     if depth > 16 or not isinstance(tree, dict):
         return
@@ -304,7 +331,8 @@ def _sidecar(meta: dict, out: _Collector) -> None:
             out.add(target_key, parse_quantity(value, unit, default), f"sidecar {key}")
 
 
-def read_optics(original_metadata: dict | None, *, sidecar: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+def read_optics(original_metadata: dict | None, *,
+                sidecar: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """Optics recorded in a file's original metadata.
 
     Parameters
@@ -326,7 +354,7 @@ def read_optics(original_metadata: dict | None, *, sidecar: bool = False) -> tup
     if sidecar:
         _sidecar(om, out)
     else:
-        for reader in (_velox, _dm, _tia, _berkeley):
+        for reader in (_velox, _dm, _tia, _berkeley, _mrc_fei):
             try:
                 reader(om, out)
             except (RecursionError, TypeError, ValueError, AttributeError, OverflowError):
@@ -340,7 +368,9 @@ def read_optics(original_metadata: dict | None, *, sidecar: bool = False) -> tup
 
 
 def format_optics(optics: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(label, value)`` pairs for display, one per recorded value (``("convergence", "28.8 mrad semi-angle")``).
+    """``(label, value)`` pairs for display, one per recorded value.
+
+    For example ``("convergence", "28.8 mrad semi-angle")``.
 
     The beam energy is left to the caller (it has its own line everywhere).
     """

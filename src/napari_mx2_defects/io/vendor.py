@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .imagej import imagej_calibration
-from .safety import ReaderError, check_allocation, check_declared_size, check_regular_file, format_bytes, one_line
+from .safety import ReaderError, check_allocation, check_declared_size, check_regular_file, one_line
 from .units import length_to_angstrom, normalise_unit
 
 __all__ = ["RSCIIO_MODULES", "companion_files", "jsonable", "read_signals"]
@@ -96,7 +96,8 @@ def _check_hdf5(path: Path, file_bytes: int) -> None:
             return
         shape = obj.shape or ()
         if any(n < 0 for n in shape):
-            raise ReaderError(f"{path.name}: dataset {name} declares a negative size {shape}; the file is corrupt.")
+            raise ReaderError(f"{path.name}: dataset {name} declares a negative size {shape}; the file is "
+                              "corrupt.")
         nbytes = math.prod(shape) * obj.dtype.itemsize
         if nbytes <= _SMALL_BYTES // 64:
             return
@@ -116,8 +117,9 @@ def _check_hdf5(path: Path, file_bytes: int) -> None:
     except ReaderError:
         raise
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError, ValueError...
-        raise ReaderError(f"{path.name}: not a readable HDF5/EMD file ({type(exc).__name__}: {one_line(exc, 120)}); "
-                          "it may be truncated or corrupt: copy it again from the microscope PC.") from None
+        raise ReaderError(f"{path.name}: not a readable HDF5/EMD file ({type(exc).__name__}: "
+                          f"{one_line(exc, 120)}); it may be truncated or corrupt: copy it again from the "
+                          "microscope PC.") from None
 
 
 def _check_tiff(path: Path, file_bytes: int) -> dict[str, Any] | None:
@@ -143,8 +145,8 @@ def _check_tiff(path: Path, file_bytes: int) -> dict[str, Any] | None:
     except ReaderError:
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile raises TiffFileError, ValueError, struct.error...
-        raise ReaderError(f"{path.name}: not a readable TIFF file ({type(exc).__name__}: {one_line(exc, 120)}); "
-                          "it may be truncated or corrupt: save it again.") from None
+        raise ReaderError(f"{path.name}: not a readable TIFF file ({type(exc).__name__}: "
+                          f"{one_line(exc, 120)}); it may be truncated or corrupt: save it again.") from None
     if x_res is None:
         return None
     return imagej_calibration(meta, x_res, y_res)
@@ -168,6 +170,51 @@ def _apply_imagej(signal: dict, calibration: dict) -> None:
     signal.setdefault("original_metadata", {})["ImageJ_calibration"] = {
         "unit_y": calibration["units"][0], "unit_x": calibration["units"][1],
         "pixel_size_y": calibration["scale"][0], "pixel_size_x": calibration["scale"][1]}
+
+
+#: Fields of the Thermo Fisher (FEI1/FEI2) MRC extended header used here: byte offset in a frame's
+#: metadata block, struct format, (bitmask word offset, bit) that says the value is valid.
+_FEI_FIELDS: dict[str, tuple[int, str, tuple[int, int]]] = {
+    "HT_V": (84, "<d", (8, 5)),
+    "Pixel size X_m": (156, "<d", (8, 14)),
+    "Instrument mode": (244, "<i", (8, 25)),  # 1 TEM, 2 STEM
+    "Camera length_m": (301, "<d", (297, 0)),
+    "Convergence angle_rad": (329, "<d", (297, 4)),
+    "Integration time_s": (419, "<d", (297, 16)),
+    "STEM Detector name": (519, "16s", (490, 7)),
+    "Dwell time_s": (571, "<d", (490, 15)),
+}
+_FEI_MIN_BLOCK = 579
+
+
+def _fei_extended_header(path: Path) -> dict[str, Any] | None:
+    """The first frame's metadata from a Thermo Fisher MRC extended header (EXTTYP FEI1/FEI2).
+
+    rosettasciio reads only the older 128-byte FEI header; Velox and EPU write this one. Only
+    fields whose bitmask bit is set are returned, in SI units as stored.
+    """
+    import struct
+
+    with open(path, "rb") as fh:
+        header = fh.read(1024)
+        if len(header) < 1024 or header[104:108] not in (b"FEI1", b"FEI2"):
+            return None
+        extended = struct.unpack_from("<I", header, 92)[0]
+        block = fh.read(min(extended, 4096))
+    if len(block) < _FEI_MIN_BLOCK:
+        return None
+    size = struct.unpack_from("<i", block, 0)[0]
+    if not _FEI_MIN_BLOCK <= size <= len(block):
+        return None
+    out: dict[str, Any] = {"Metadata version": struct.unpack_from("<i", block, 4)[0]}
+    for name, (offset, fmt, (mask_offset, bit)) in _FEI_FIELDS.items():
+        if not struct.unpack_from("<I", block, mask_offset)[0] >> bit & 1:
+            continue
+        value = struct.unpack_from(fmt, block, offset)[0]
+        if isinstance(value, bytes):
+            value = value.split(b"\0", 1)[0].decode("latin-1").strip()
+        out[name] = value
+    return out
 
 
 def _materialise(path: Path, signal: dict, suffix: str, file_bytes: int) -> np.ndarray | None:
@@ -227,19 +274,25 @@ def read_signals(path: Path) -> list[dict[str, Any]]:
                 data = _materialise(path, signal, suffix, file_bytes)
                 if data is None:
                     continue
-                item = {"data": data, "axes": signal.get("axes") or [], "metadata": signal.get("metadata") or {},
+                item = {"data": data, "axes": signal.get("axes") or [],
+                        "metadata": signal.get("metadata") or {},
                         "original_metadata": signal.get("original_metadata") or {}}
                 if calibration is not None:
                     _apply_imagej(item, calibration)
-                out.append({key: (value if key == "data" else jsonable(value)) for key, value in item.items()})
+                if suffix == ".mrc":
+                    fei = _fei_extended_header(path)
+                    if fei:
+                        item["original_metadata"] = {**item["original_metadata"], "fei_extended_header": fei}
+                out.append({key: (value if key == "data" else jsonable(value))
+                            for key, value in item.items()})
         except ReaderError:
             raise
         except MemoryError:
-            raise ReaderError(f"{path.name}: reading it needs more memory than is available; the file is corrupt, "
-                              "or open it on a machine with more memory.") from None
+            raise ReaderError(f"{path.name}: reading it needs more memory than is available; the file is "
+                              "corrupt, or open it on a machine with more memory.") from None
         except RecursionError:
-            raise ReaderError(f"{path.name}: its metadata is nested too deeply to parse; the file is corrupt: "
-                              "copy it again from the microscope PC.") from None
+            raise ReaderError(f"{path.name}: its metadata is nested too deeply to parse; the file is "
+                              "corrupt: copy it again from the microscope PC.") from None
         except Exception as exc:  # noqa: BLE001 - rosettasciio raises many types for bad files
             raise ReaderError(
                 f"{path.name}: cannot read this {suffix} file ({type(exc).__name__}: {one_line(exc, 120)}). "
@@ -259,7 +312,9 @@ def jsonable(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, (bytes, bytearray, np.void)):
         return bytes(obj)[:4096].decode("utf-8", "replace")
     if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist(), depth + 1) if obj.size <= 64 else f"<array shape={obj.shape} dtype={obj.dtype}>"
+        if obj.size <= 64:
+            return jsonable(obj.tolist(), depth + 1)
+        return f"<array shape={obj.shape} dtype={obj.dtype}>"
     if isinstance(obj, np.generic):
         return jsonable(obj.item(), depth + 1)
     if isinstance(obj, float):
