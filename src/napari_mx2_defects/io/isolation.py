@@ -105,6 +105,8 @@ class _Worker:
             close_fds=True,
         )
         self.fd = self.proc.stdout.fileno()
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         self.last_peak_rss_bytes = 0
         hello = self._read_json(time.monotonic() + STARTUP_TIMEOUT_S, "start")
         if not hello.get("ready"):
@@ -143,8 +145,7 @@ class _Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(what)
-            ready, _, _ = select.select([self.fd], [], [], min(remaining, 1.0))
-            if not ready:
+            if not self.poller.poll(int(min(remaining, 1.0) * 1000) + 1):  # poll: no FD_SETSIZE limit
                 continue
             n = os.readv(self.fd, [view[got:]])
             if n == 0:

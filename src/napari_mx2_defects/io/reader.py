@@ -46,9 +46,13 @@ def layer_data(image, source: str | Path) -> LayerData:
 def read_stem(path: str | list[str]) -> list[LayerData]:
     """Read one or more files into napari layer data.
 
-    Uncalibrated files open with pixel size 1 and a visible warning; corrupt
-    or truncated files raise :class:`~.formats.ReaderError` with a one-line
-    message naming the file.
+    Uncalibrated files open with pixel size 1 and a visible warning; corrupt,
+    truncated or pathological files raise :class:`~.formats.ReaderError` with a
+    one-line message naming the file. Vendor files are parsed in a worker process
+    with a time budget (:mod:`.isolation`), so no file can freeze the viewer. The
+    layer metadata carries the calibration and, under ``"optics"``, the optics the
+    file records (convergence and detector angles in mrad, camera length in mm,
+    dwell time in s, probe current in A, beam energy in keV).
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: list[LayerData] = []
