@@ -223,7 +223,7 @@ def test_unusable_out_is_refused_before_any_work(command, where, capsys, tmp_pat
         out = blocker.rename(tmp_path / "a_file.safetensors")
         blocker = out
     argv = [a.format(image=image_file, dataset=fake_dataset) for a in OUT_COMMANDS[command]]
-    rc, err, seconds = _cli(capsys, *argv, "--out", out, "--quiet")
+    rc, err, seconds = _cli(capsys, *argv, "--out", out)  # not quiet: no progress line may come first
     line = _one_line_error(rc, err)
     assert "--out" in line or str(out) in line, line
     assert seconds < 20, f"refused only after {seconds:.1f} s"

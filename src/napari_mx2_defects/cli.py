@@ -120,6 +120,15 @@ def error_message(exc: BaseException) -> str:
     return _one_line(text)
 
 
+def _ignore_sigint() -> None:
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # pragma: no cover - not the main thread
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mx2-defects``.
 
@@ -133,9 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(words)
         debug = bool(getattr(args, "debug", debug))
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        if argv is None:
+            # the command is complete and its outputs are in place: a Ctrl-C while the interpreter
+            # shuts down (torch, dask) must not turn success into a signal death
+            _ignore_sigint()
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if argv is None:
+            _ignore_sigint()
         return 130
     except SystemExit:
         raise

@@ -66,6 +66,13 @@ class SegmentWidget(JobWidget, Container):
         if pixel is None:
             self.status.value = "⚠ this image has no calibration: enter its pixel size in Å"
             return None
+        from ..core.validation import BOUNDS
+
+        try:
+            BOUNDS["image_pixel_size_A"].with_option("pixel size").check(pixel)
+        except ValueError as exc:
+            self.status.value = f"⚠ {exc}"
+            return None
         model = "default" if self.use_default.value else str(self.checkpoint.value)
         device, want_probs = self.device.value, self.probabilities.value
         material = self.material.value if self.material.value != "(none)" else meta.get("material")

@@ -87,6 +87,34 @@ class SimulateWidget(JobWidget, Container):
                                         contamination=self.contamination.value),
         )
 
+    def validate(self) -> None:
+        """Check every number with the shared bounds (:mod:`..core.validation`), as the CLI does.
+
+        Raises a one-line ValueError naming the field; the twin's size is estimated before
+        anything is allocated.
+        """
+        from ..core.validation import BOUNDS, check_holes, check_pair, check_twin_size
+        from ..twin.parents import get_parent
+
+        fields = {"fov_A": (self.fov, "field of view"), "pixel_size_A": (self.pixel, "pixel size"),
+                  "seed": (self.seed, "seed"), "rotation_deg": (self.rotation, "rotation"),
+                  "energy_keV": (self.energy, "energy"), "semiangle_mrad": (self.semiangle, "semi-angle"),
+                  "defocus_A": (self.defocus, "defocus"), "Cs_A": (self.cs, "Cs"),
+                  "scan_jitter_A": (self.jitter, "scan jitter"), "contamination": (self.contamination, "contamination")}
+        for key, (widget, label) in fields.items():
+            BOUNDS[key].with_option(label).check(widget.value)
+        if self.dose.value:
+            BOUNDS["dose_e_per_A2"].with_option("dose").check(self.dose.value)
+        if self.gb_angle.value:
+            BOUNDS["gb_rotation_deg"].with_option("grain boundary angle").check(self.gb_angle.value)
+            BOUNDS["gb_separation_A"].with_option("GB separation").check(self.gb_sep.value)
+        check_pair(BOUNDS["detector_inner_mrad"].with_option("detector inner"),
+                   BOUNDS["detector_outer_mrad"].with_option("detector outer"), self.inner.value, self.outer.value,
+                   strict=True)
+        check_twin_size(self.fov.value, self.pixel.value, option_fov="field of view", option_pixel="pixel size")
+        check_holes(self.holes.value, self.fov.value, get_parent(self.material.value).a_A,
+                    option="beam-damage holes")
+
     def _update_estimate(self, *_):
         from ..twin.microscope import Microscope
         from ..twin.simulate import estimate_seconds
@@ -99,6 +127,7 @@ class SimulateWidget(JobWidget, Container):
     def run(self, *_):
         """Start the simulation in a thread worker (returns the worker)."""
         try:
+            self.validate()
             request = self.request()
             request.defect_requests()  # validate before starting
         except ValueError as exc:

@@ -90,6 +90,16 @@ class StatisticsWidget(JobWidget, Container):
             regions = [np.asarray(s)[:, -2:] * shapes.scale[-2:] + shapes.translate[-2:] for s in shapes.data]
         material, dopant = self.material.value, (self.dopant.value or None)
         energy = meta.get("beam_energy_keV")
+        from ..core.validation import BOUNDS
+
+        try:
+            if pixel is not None:
+                BOUNDS["image_pixel_size_A"].with_option("the layer's pixel size").check(pixel)
+            if energy:
+                BOUNDS["energy_keV"].with_option("the layer's beam energy").check(energy)
+        except ValueError as exc:
+            self.status.value = f"⚠ {exc}"
+            return None
         message = "running…" if calibrated else "no calibration: self-calibrating from the parent"
 
         def job(progress, cancelled):
@@ -121,7 +131,10 @@ class StatisticsWidget(JobWidget, Container):
         if self.result is None:
             raise RuntimeError("run the analysis first")
         paths = self.result.save(folder, overwrite=overwrite)
-        self.figure.savefig(Path(folder) / "statistics_panel.png", dpi=120)
+        from ..io.atomic import atomic_path
+
+        with atomic_path(Path(folder) / "statistics_panel.png") as tmp:
+            self.figure.savefig(tmp, dpi=120)
         return paths + [Path(folder) / "statistics_panel.png"]
 
     def _ask_and_export(self, kind: str) -> None:
@@ -132,5 +145,5 @@ class StatisticsWidget(JobWidget, Container):
             try:
                 self.export(folder)
                 self.status.value = f"exported to {folder}"
-            except (OSError, FileExistsError) as exc:
+            except (OSError, ValueError) as exc:  # FileExistsError is an OSError
                 self.status.value = f"⚠ {exc}"
