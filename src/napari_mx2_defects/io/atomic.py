@@ -384,7 +384,8 @@ class StagedOutput:
         try:
             self.commit(staging)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging.exists():  # gone when the whole folder was renamed into place
+                shutil.rmtree(staging, ignore_errors=True)
 
     def commit(self, staging: Path) -> list[Path]:
         """Move the staged entries into place (SIGINT held back while renaming)."""
@@ -394,7 +395,6 @@ class StagedOutput:
             if not self.out.exists():
                 os.rename(staging, self.out)  # the whole folder appears at once
                 _fsync_dir(self.out.parent)
-                staging.mkdir()  # __exit__ removes it again
                 return [self.out / n for n in entries]
             self.check()  # something may have appeared meanwhile
             trash = self.out / _temp_name("old")

@@ -58,10 +58,18 @@ def evaluate_model_on_twins(model: str = "default", materials=("MoSe2", "WS2"), 
     dict
         ``{"by_dose": {dose: DataFrame}, "overall": DataFrame}``
     """
+    from ..core.validation import BOUNDS
     from ..twin.api import TwinRequest, simulate_twin
     from ..twin.imperfections import Imperfections
+    from ..twin.parents import get_parent
     from .inference import segment_image
 
+    n_per = BOUNDS["n_per"].check(n_per)
+    seed = BOUNDS["seed"].check(seed)
+    fov_A = BOUNDS["fov_A"].with_option("field of view").check(fov_A)
+    doses = [BOUNDS["dose_e_per_A2"].with_option("--doses").check(d) for d in doses]
+    for material in materials:
+        get_parent(material)  # an unknown parent is refused before the first twin
     by_dose = {}
     overall: dict = {}
     jobs = [(dose, material, k) for dose in doses for material in materials for k in range(n_per)]
