@@ -15,8 +15,7 @@ from .core.validation import BOUNDS, Bound, arg_type, check_holes, check_twin_si
 
 __all__ = ["TWIN_FILES", "add_twin_commands", "check_request_args", "request_from_args"]
 
-#: What ``simulate`` writes (Twin.save): the only names ``--overwrite`` replaces.
-TWIN_FILES = ["image.tif", "labels.tif", "truth.csv", "atoms.csv", "sites.csv", "settings.json"]
+from .twin.api import TWIN_FILES  # what ``simulate`` writes (Twin.save): the only names --overwrite replaces
 
 
 def _t(key: str):
@@ -61,7 +60,7 @@ def request_from_args(args: argparse.Namespace):
         material=args.material, defects=args.defects, fov_A=args.fov, pixel_size_A=args.pixel_size,
         method=args.method, seed=args.seed, structure_path=str(args.structure) if args.structure else None,
         rotation_deg=args.rotation, grain_boundary=gb, n_holes=args.holes, microscope=microscope,
-        imperfections=imperfections,
+        imperfections=imperfections, frozen_phonons=args.frozen_phonons, phonon_sigma_A=args.phonon_sigma,
     )
 
 
@@ -137,5 +136,10 @@ def add_twin_commands(sub) -> None:
     p.add_argument("--grain-boundary", type=_finite_pair, nargs=2, metavar=("ANGLE", "SEPARATION"),
                    help="grain boundary: relative rotation (deg) and separation (−3…3 Å)")
     p.add_argument("--holes", type=_t("n_holes"), default=0, help="number of beam-damage holes (5–30 atoms each)")
+    p.add_argument("--frozen-phonons", type=_t("frozen_phonons"), default=0,
+                   help="abTEM frozen-phonon configurations (multislice/PRISM image, or the fast mode's "
+                        "calibration); 0 = static lattice (default)")
+    p.add_argument("--phonon-sigma", type=_t("phonon_sigma_A"), default=0.1,
+                   help="thermal displacement σ per direction in Å (default 0.1, as in abTEM's walkthrough)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)

@@ -288,7 +288,7 @@ def _b(name, unit="", lo=None, hi=None, lo_inc=True, hi_inc=True, integer=False,
 #: argument names (units in the name); the CLI attaches its own option names.
 BOUNDS: dict[str, Bound] = {
     # twins
-    "fov_A": _b("field of view", "Å", 10.0, 5000.0, option="--fov"),
+    "fov_A": _b("field of view", "Å", 5.0, 5000.0, option="--fov"),
     "pixel_size_A": _b("pixel size", "Å", 0.01, 0.5, option="--pixel-size"),
     "seed": _b("seed", "", 0, 2**32 - 1, integer=True, option="--seed"),
     "dose_e_per_A2": _b("electron dose", "e/Å²", 0.0, 1e12, lo_inc=False, option="--dose"),
@@ -310,6 +310,8 @@ BOUNDS: dict[str, Bound] = {
     "gb_rotation_deg": _b("grain-boundary rotation", "°", -180.0, 180.0, option="--grain-boundary"),
     "gb_separation_A": _b("grain-boundary separation", "Å", -3.0, 3.0, option="--grain-boundary"),
     "n_holes": _b("number of beam-damage holes", "", 0, 1000, integer=True, option="--holes"),
+    "frozen_phonons": _b("frozen-phonon configurations", "", 0, 256, integer=True, option="--frozen-phonons"),
+    "phonon_sigma_A": _b("thermal displacement σ", "Å", 0.0, 0.5, lo_inc=False, option="--phonon-sigma"),
     # images given to the analysis and the models
     "image_pixel_size_A": _b("image pixel size", "Å", 0.005, 2.0, option="--pixel-size"),
     # datasets

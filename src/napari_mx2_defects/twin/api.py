@@ -87,6 +87,10 @@ class TwinRequest:
             raise ValueError(f"pixel size must be positive, got {self.pixel_size_A}")
         if self.pixel_size_A > 0.5:
             raise ValueError(f"pixel size {self.pixel_size_A} Å cannot resolve MX2 columns; use ≤ 0.5 Å")
+        from ..core.validation import BOUNDS
+
+        for name in ("fov_A", "rotation_deg", "seed", "n_holes"):
+            BOUNDS[name].check(getattr(self, name))
         self.phonons  # validates the frozen-phonon settings
         if self.calibration_method not in ("prism", "multislice"):
             raise ValueError(f"calibration method must be 'prism' or 'multislice', not {self.calibration_method!r}")

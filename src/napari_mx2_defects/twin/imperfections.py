@@ -40,42 +40,58 @@ class ImageState:
     image : ndarray (ny, nx)
     pixel_size_A : (float, float)
         (y, x) pixel size.
-    sample_y_A, sample_x_A : ndarray (ny, nx) or None
-        True specimen position of every pixel; None until a geometric distortion is applied (the
-        identity grid, never built for undistorted images: a million-atom twin saves 1.2 GB).
     periodic : bool
         Whether the specimen repeats across the image edges.
+    offset_y_A, offset_x_A : ndarray (ny, nx) float32, or None
+        Where each pixel really sampled the specimen, relative to its nominal position (i·Δy, j·Δx);
+        None until a geometric distortion is applied (an undistorted million-atom twin builds no
+        such maps).
+    counts : bool
+        The image is in detected electrons (after dose noise).
     """
 
     image: np.ndarray
     pixel_size_A: tuple[float, float]
     periodic: bool
-    sample_y_A: np.ndarray = None
-    sample_x_A: np.ndarray = None
+    offset_y_A: np.ndarray | None = None
+    offset_x_A: np.ndarray | None = None
     counts: bool = False
 
     @property
     def distorted(self) -> bool:
-        return self.sample_y_A is not None
+        return self.offset_y_A is not None
 
-    def sample_grid(self) -> tuple[np.ndarray, np.ndarray]:
-        """(y, x) specimen position of every pixel, the identity grid when undistorted."""
-        if self.sample_y_A is not None:
-            return self.sample_y_A, self.sample_x_A
-        ny, nx = self.image.shape
-        yy = np.broadcast_to((np.arange(ny) * self.pixel_size_A[0])[:, None], (ny, nx))
-        xx = np.broadcast_to((np.arange(nx) * self.pixel_size_A[1])[None, :], (ny, nx))
-        return yy, xx
+
+#: Rows resampled at a time, so a distortion of a large image needs no full-size coordinate arrays.
+RESAMPLE_ROWS = 512
 
 
 def _resample(state: ImageState, dy_A: np.ndarray, dx_A: np.ndarray, reference: np.ndarray) -> ImageState:
-    """Re-sample ``reference`` (the undistorted image) at positions shifted by (dy, dx)."""
-    grid_y, grid_x = state.sample_grid()
-    sy, sx = grid_y + dy_A, grid_x + dx_A
-    coords = np.array([sy / state.pixel_size_A[0], sx / state.pixel_size_A[1]])
+    """Re-sample ``reference`` (the undistorted image) where each pixel now samples the specimen: its
+    previous offset plus (dy, dx) (arrays broadcastable to the image; per-row shifts stay cheap).
+
+    Cubic-spline interpolation (scipy's spline filter once, then ``map_coordinates`` in blocks of
+    :data:`RESAMPLE_ROWS` rows).
+    """
+    from scipy.ndimage import spline_filter
+
+    ny, nx = state.image.shape
+    py, px = state.pixel_size_A
+    off_y = np.broadcast_to(np.asarray(dy_A, np.float32), (ny, nx)).copy()
+    off_x = np.broadcast_to(np.asarray(dx_A, np.float32), (ny, nx)).copy()
+    if state.distorted:
+        off_y += state.offset_y_A
+        off_x += state.offset_x_A
     mode = "grid-wrap" if state.periodic else "nearest"
-    image = map_coordinates(reference, coords, order=3, mode=mode)
-    return ImageState(image, state.pixel_size_A, state.periodic, sy, sx, state.counts)
+    coefficients = spline_filter(np.asarray(reference, float), order=3, mode=mode)
+    image = np.empty((ny, nx), float)
+    cols = np.arange(nx)[None, :]
+    for i0 in range(0, ny, RESAMPLE_ROWS):
+        i1 = min(ny, i0 + RESAMPLE_ROWS)
+        rows = np.arange(i0, i1)[:, None]
+        coords = np.stack([rows + off_y[i0:i1] / py, cols + off_x[i0:i1] / px])
+        map_coordinates(coefficients, coords, order=3, mode=mode, prefilter=False, output=image[i0:i1])
+    return ImageState(image, state.pixel_size_A, state.periodic, off_y, off_x, state.counts)
 
 
 @dataclass
@@ -86,7 +102,7 @@ class LinearDrift:
     vy_A_per_line: float = 0.0
 
     def __call__(self, state: ImageState, reference: np.ndarray, rng: np.random.Generator) -> ImageState:
-        rows = np.arange(state.image.shape[0])[:, None] * np.ones(state.image.shape[1])
+        rows = np.arange(state.image.shape[0], dtype=float)[:, None]
         return _resample(state, self.vy_A_per_line * rows, self.vx_A_per_line * rows, reference)
 
 
@@ -99,7 +115,7 @@ class NonlinearDrift:
 
     def __call__(self, state: ImageState, reference: np.ndarray, rng: np.random.Generator) -> ImageState:
         ny, nx = state.image.shape
-        t = (np.arange(ny)[:, None] * nx + np.arange(nx)[None, :]) / (ny * nx)
+        t = ((np.arange(ny)[:, None] * nx + np.arange(nx)[None, :]) / (ny * nx)).astype(np.float32)
         dy = np.zeros_like(t)
         dx = np.zeros_like(t)
         for k in range(1, self.n_modes + 1):
@@ -118,8 +134,8 @@ class ScanJitter:
 
     def __call__(self, state: ImageState, reference: np.ndarray, rng: np.random.Generator) -> ImageState:
         ny, nx = state.image.shape
-        shifts = rng.normal(0, self.sigma_A, ny)[:, None] * np.ones(nx)
-        return _resample(state, np.zeros((ny, nx)), shifts, reference)
+        shifts = rng.normal(0, self.sigma_A, ny)[:, None]
+        return _resample(state, np.zeros((1, 1)), shifts, reference)
 
 
 @dataclass
@@ -179,7 +195,13 @@ class PoissonDose:
         return np.clip(state.image, 0, None) * self.dose_e_per_A2 * state.pixel_size_A[0] * state.pixel_size_A[1]
 
     def __call__(self, state: ImageState, rng: np.random.Generator) -> ImageState:
-        state.image = rng.poisson(self.expected_counts(state)).astype(np.float32)
+        # in blocks of rows, so a large image never holds float64 expectations and int64 counts whole
+        scale = self.dose_e_per_A2 * state.pixel_size_A[0] * state.pixel_size_A[1]
+        out = np.empty(state.image.shape, np.float32)
+        for i0 in range(0, state.image.shape[0], RESAMPLE_ROWS):
+            block = slice(i0, i0 + RESAMPLE_ROWS)
+            out[block] = rng.poisson(np.clip(state.image[block], 0, None) * scale)
+        state.image = out
         state.counts = True
         return state
 
@@ -245,12 +267,8 @@ def distorted_positions(state: ImageState, x_A: np.ndarray, y_A: np.ndarray, ite
     x_A, y_A = np.asarray(x_A, float), np.asarray(y_A, float)
     if not state.distorted:
         return x_A.copy(), y_A.copy()
-    ny, nx = state.image.shape
     py, px = state.pixel_size_A
-    offset_y = state.sample_y_A - np.arange(ny)[:, None] * py
-    offset_x = state.sample_x_A - np.arange(nx)[None, :] * px
-    if not offset_y.any() and not offset_x.any():
-        return x_A.copy(), y_A.copy()
+    offset_y, offset_x = state.offset_y_A, state.offset_x_A
     u, v = x_A.copy(), y_A.copy()
     mode = "grid-wrap" if state.periodic else "nearest"
     for _ in range(iterations):
