@@ -174,9 +174,12 @@ def _probe_writable(folder: Path, option: str, target: Path) -> None:
     """Create and remove a temporary file in ``folder`` (os.access does not see every refusal)."""
     probe = folder / _temp_name("probe")
     try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        os.close(fd)
-        os.unlink(probe)
+        with defer_sigint():  # an interrupt between create and unlink would leave the probe behind
+            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            try:
+                os.close(fd)
+            finally:
+                os.unlink(probe)
     except OSError as exc:
         reason = exc.strerror.lower() if exc.strerror else type(exc).__name__
         where = "" if folder == target else f" in {folder}"
