@@ -163,3 +163,47 @@ def test_projected_columns_group_every_atom_once():
     assert counts["S"] == 3 and counts["Mo+S"] == 1 and counts["Mo+Mo"] == 1 and counts["Se+S"] == 2
     examples = column_examples(atoms, cols)
     assert set(examples) == set(cols.signature)
+
+
+@pytest.mark.parametrize("sigma_px", [0.25, 3.7, 400.0])
+def test_row_shift_fast_path_equals_the_general_resampling(sigma_px):
+    """Scan jitter on an undistorted periodic twin takes a 1-D path; it must equal the 2-D spline."""
+    from napari_mx2_defects.twin.imperfections import ImageState, _resample, _shift_rows_periodic
+
+    rng = np.random.default_rng(3)
+    image = rng.random((37, 29))
+    state = ImageState(image, (0.2, 0.25), True)
+    shifts_A = np.round(rng.normal(0, sigma_px * 0.25, 37) * 256) / 256  # exact in the general path's float32
+    general = _resample(state, np.zeros((1, 1)), shifts_A[:, None], image)
+    fast = _shift_rows_periodic(state, shifts_A, image)
+    np.testing.assert_allclose(fast.image, general.image, atol=1e-6)
+    np.testing.assert_array_equal(fast.offset_x_A, general.offset_x_A)
+    np.testing.assert_array_equal(fast.offset_y_A, general.offset_y_A)
+
+
+def test_cached_pristine_lattice_is_never_edited_by_a_twin():
+    from napari_mx2_defects.twin.defects import parse_defects, place_defects
+    from napari_mx2_defects.twin.structures import add_holes
+
+    parent = get_parent("MoS2")
+    first = build_lattice(parent, fov_A=30.0)
+    atoms_before = first.atoms.copy()
+    sites_before = first.sites.copy()
+    place_defects(first, parse_defects("V_X=3,V_M=1,TM_D(W)=2,S_X=1,TM_A=1"), seed=1)
+    add_holes(first, 1, np.random.default_rng(0))
+    second = build_lattice(parent, fov_A=30.0)
+    assert second.atoms == atoms_before and second.atoms is not first.atoms
+    assert second.sites.equals(sites_before) and not second.holes
+    assert [len(g) for g in second.site_atoms] == list(sites_before.n_atoms)
+
+
+def test_unique_rows_matches_numpy():
+    from napari_mx2_defects.twin.render import _unique_rows
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 3, (200, 4)).astype(float) * 0.1
+    kernels, group = _unique_rows(rows)
+    ref_kernels, ref_group = np.unique(rows, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(kernels[group], rows)
+    assert len(kernels) == len(ref_kernels)
+    np.testing.assert_array_equal(kernels[group], ref_kernels[np.ravel(ref_group)])

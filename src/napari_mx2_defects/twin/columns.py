@@ -15,6 +15,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from .structures import split_by_counts
+
 __all__ = [
     "column_examples",
     "column_intensities",
@@ -72,7 +74,7 @@ def projected_columns(atoms: Atoms, periodic: bool, tolerance_A: float = COLUMN_
     table[label[order], rank] = z[order]
     unique_rows, inverse = np.unique(table, axis=0, return_inverse=True)
     names = np.array(["+".join(chemical_symbols[v] for v in row if v) for row in unique_rows], dtype=object)
-    members = np.split(order, np.cumsum(counts)[:-1])
+    members = split_by_counts(order, counts)
     # columns ordered by their lowest atom index
     lowest = np.full(n_cols, n)
     np.minimum.at(lowest, label, np.arange(n))

@@ -229,11 +229,13 @@ def place_defects(
     # check the totals first so that nothing is half-built
     planned = []
     demand: dict[str, int] = {}
+    interior = lattice.interior_mask()
+    sublattice = sites.sublattice.to_numpy()
+    two = (sites.n_atoms == 2).to_numpy()
     for req in requests:
         sub = req.sublattice
-        candidates = np.flatnonzero((sites.sublattice == sub).to_numpy() & lattice.interior_mask())
+        candidates = np.flatnonzero((sublattice == sub) & interior)
         if req.defect_class in ("V_X", "V_XX", "M_X", "M_2X", "S_X"):
-            two = (sites.n_atoms == 2).to_numpy()
             if req.defect_class in ("V_XX", "M_2X") and not two[candidates].any():
                 raise ValueError(
                     f"{req.defect_class} needs X2 columns; {parent.phase}-{parent.formula} projects its "
@@ -247,7 +249,7 @@ def place_defects(
         demand[sub] = demand.get(sub, 0) + n
         planned.append((req, candidates, n))
     for sub, n in demand.items():
-        available = int(((sites.sublattice == sub).to_numpy() & lattice.interior_mask()).sum())
+        available = int(((sublattice == sub) & interior).sum())
         if n > available:
             what = {"M": "metal sites", "X": "chalcogen columns", "H": "hollow sites"}[sub]
             raise ValueError(
@@ -262,7 +264,7 @@ def place_defects(
             raise ValueError(f"{req.defect_class}: only {len(picked)} free sites left for {n} defects")
         for site in picked:
             used[site] = True
-            _apply(lattice, int(site), req.defect_class, element, rng)
+            _apply(lattice, int(site), xy[site], req.defect_class, element, rng)
             rows.append(
                 {
                     "x_A": float(xy[site, 0]),
@@ -309,21 +311,26 @@ def _element_for(req: DefectRequest, parent) -> str | None:
     return None
 
 
-def _apply(lattice: Lattice, site: int, name: str, element: str | None, rng: np.random.Generator) -> None:
-    """Edit the atoms of one site for defect ``name``."""
+def _apply(lattice: Lattice, site: int, site_xy: np.ndarray, name: str, element: str | None,
+           rng: np.random.Generator) -> None:
+    """Edit the atoms of one site (at ``site_xy``, Å) for defect ``name``.
+
+    Species are changed in the atoms' number array directly (ase's per-atom proxies cost ~20 µs each,
+    which a training set pays for every defect of every twin)."""
     parent = lattice.parent
-    atoms_idx = list(lattice.site_atoms[site])
+    atoms_idx = [int(i) for i in lattice.site_atoms[site]]
     atoms = lattice.atoms
-    x, y = (float(v) for v in lattice.sites[["x_A", "y_A"]].to_numpy()[site])
+    numbers = atoms.numbers  # a view: assignments edit the atoms
+    x, y = float(site_xy[0]), float(site_xy[1])
     z_m = lattice.z_metal_A
     if name in ("V_X", "S_X", "M_X"):
         target = atoms_idx[int(rng.integers(len(atoms_idx)))]
         if name == "V_X":
             lattice.remove(target)
         elif name == "S_X":
-            atoms[target].symbol = element
+            numbers[target] = atomic_numbers[element]
         else:
-            atoms[target].symbol = parent.metal
+            numbers[target] = atomic_numbers[parent.metal]
     elif name == "V_XX":
         for i in atoms_idx:
             lattice.remove(i)
@@ -331,15 +338,15 @@ def _apply(lattice: Lattice, site: int, name: str, element: str | None, rng: np.
         keep = atoms_idx[0]
         for i in atoms_idx[1:]:
             lattice.remove(i)
-        atoms[keep].symbol = parent.metal
-        atoms[keep].position = (x, y, z_m)
+        numbers[keep] = atomic_numbers[parent.metal]
+        atoms.positions[keep] = (x, y, z_m)
     elif name == "V_M":
         for i in atoms_idx:
             lattice.remove(i)
     elif name == "X_M":
-        atoms[atoms_idx[0]].symbol = parent.chalcogen
+        numbers[atoms_idx[0]] = atomic_numbers[parent.chalcogen]
     elif name == "TM_D":
-        atoms[atoms_idx[0]].symbol = element
+        numbers[atoms_idx[0]] = atomic_numbers[element]
     elif name == "TM_A":
         # adatom above the metal site, one metal–chalcogen plane spacing above the top chalcogen
         # plane (a geometric placement; HAADF projects along z, so the height barely matters)

@@ -198,6 +198,15 @@ def _modes_to_images(coeffs: np.ndarray, half: tuple[int, int], shape: tuple[int
     return images
 
 
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_inverse=True)`` by hashing each row's bytes (several times
+    faster: ``axis=0`` sorts a structured view field by field)."""
+    rows = np.ascontiguousarray(rows, dtype=float)
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return rows[first], np.ravel(inverse)
+
+
 def _canvas_image(x_A, y_A, weights: np.ndarray, period_A, shape, transfer: ProbeTransfer,
                   basis_sigmas_A, source_size_A: float, nthreads: int | None) -> np.ndarray:
     """Periodic band-limited image of one canvas; ``weights`` is (n_columns, n_basis).
@@ -209,7 +218,7 @@ def _canvas_image(x_A, y_A, weights: np.ndarray, period_A, shape, transfer: Prob
     if nthreads is None and len(x_A) + shape[0] * shape[1] < SINGLE_THREAD_BELOW:
         nthreads = 1
     gauss = [np.exp(-2 * np.pi**2 * sigma**2 * q2) for sigma in basis_sigmas_A]
-    kernels, group = np.unique(weights, axis=0, return_inverse=True) if len(weights) else (weights, None)
+    kernels, group = _unique_rows(weights) if len(weights) else (weights, None)
     coeffs = np.zeros(q2.shape, complex)
     if 0 < len(kernels) <= len(basis_sigmas_A):
         strengths = (np.ravel(group)[None, :] == np.arange(len(kernels))[:, None]).astype(float)
