@@ -207,3 +207,23 @@ def test_unique_rows_matches_numpy():
     np.testing.assert_array_equal(kernels[group], rows)
     assert len(kernels) == len(ref_kernels)
     np.testing.assert_array_equal(kernels[group], ref_kernels[np.ravel(ref_group)])
+
+
+def test_parallel_dose_noise_is_poisson_and_independent_of_the_thread_count(monkeypatch):
+    from napari_mx2_defects.twin import imperfections
+    from napari_mx2_defects.twin.imperfections import ImageState, PoissonDose
+
+    monkeypatch.setattr(imperfections, "PARALLEL_NOISE_PIXELS", 1)
+    monkeypatch.setattr(imperfections, "RESAMPLE_ROWS", 16)
+    clean = np.full((100, 80), 0.02)
+    draws = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("MX2_DEFECTS_THREADS", threads)
+        state = PoissonDose(1e5)(ImageState(clean.copy(), (0.1, 0.1), True), np.random.default_rng(7))
+        draws.append(state.image)
+    np.testing.assert_array_equal(draws[0], draws[1])
+    lam = 0.02 * 1e5 * 0.01
+    counts = draws[0]
+    assert abs(counts.mean() - lam) < 4 * np.sqrt(lam / counts.size)
+    assert abs(counts.var() / lam - 1) < 0.1
+    assert len({tuple(counts[i : i + 16, 0]) for i in range(0, 96, 16)}) == 6  # blocks draw different numbers

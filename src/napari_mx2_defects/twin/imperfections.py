@@ -12,6 +12,7 @@ Gaussian read noise.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -64,6 +65,8 @@ class ImageState:
 
 #: Rows resampled at a time, so a distortion of a large image needs no full-size coordinate arrays.
 RESAMPLE_ROWS = 512
+#: Images at least this large draw their dose noise in parallel blocks (one random stream per block).
+PARALLEL_NOISE_PIXELS = 4 * 1024 * 1024
 
 
 def _resample(state: ImageState, dy_A: np.ndarray, dx_A: np.ndarray, reference: np.ndarray) -> ImageState:
@@ -156,17 +159,21 @@ def _shift_rows_periodic(state: ImageState, shifts_A: np.ndarray, reference: np.
     t = (s - whole)[:, None]
     weights = ((1 - t) ** 3 / 6, (3 * t**3 - 6 * t**2 + 4) / 6, (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6, t**3 / 6)
     coefficients = spline_filter1d(np.asarray(reference, float), order=3, axis=1, mode="grid-wrap")
-    # rows padded periodically by the largest shift plus the filter's reach, then gathered flat
     whole = whole.astype(np.int64)
-    pad = int(np.abs(whole).max()) + 2 if ny else 2
-    reps = -(-pad // nx)  # a shift larger than the row wraps more than once
-    extended = np.concatenate([coefficients] * (2 * reps + 1), axis=1)[:, reps * nx - pad: (reps + 1) * nx + pad]
-    width = extended.shape[1]
-    flat = extended.ravel()
-    start = (np.arange(ny, dtype=np.int64) * width + pad + whole - 1)[:, None] + np.arange(nx, dtype=np.int64)
-    image = weights[0] * flat[start]
-    for k in (1, 2, 3):
-        image += weights[k] * flat[start + k]
+    image = np.empty((ny, nx))
+    # rows that share the whole-pixel part of their shift read the same four column windows of their
+    # periodically continued coefficients (slices, no index arrays); jitter gives few such groups
+    for w in np.unique(whole):
+        rows = np.flatnonzero(whole == w)
+        for r0 in range(0, len(rows), RESAMPLE_ROWS):
+            block = rows[r0 : r0 + RESAMPLE_ROWS]
+            c = np.roll(coefficients[block], -((w - 1) % nx), axis=1)  # first tap at column 0
+            window = np.pad(c, ((0, 0), (0, 3)), mode="wrap")  # the three further taps
+            tw = [wk[block] for wk in weights]
+            out = tw[0] * window[:, 0:nx]
+            for k in (1, 2, 3):
+                out += tw[k] * window[:, k : k + nx]
+            image[block] = out
     off_x = np.broadcast_to(np.asarray(shifts_A, np.float32)[:, None], (ny, nx)).copy()
     return ImageState(image, state.pixel_size_A, state.periodic, np.zeros((ny, nx), np.float32), off_x,
                       state.counts)
@@ -232,9 +239,26 @@ class PoissonDose:
         # in blocks of rows, so a large image never holds float64 expectations and int64 counts whole
         scale = self.dose_e_per_A2 * state.pixel_size_A[0] * state.pixel_size_A[1]
         out = np.empty(state.image.shape, np.float32)
-        for i0 in range(0, state.image.shape[0], RESAMPLE_ROWS):
-            block = slice(i0, i0 + RESAMPLE_ROWS)
-            out[block] = rng.poisson(np.clip(state.image[block], 0, None) * scale)
+        starts = range(0, state.image.shape[0], RESAMPLE_ROWS)
+        if state.image.size < PARALLEL_NOISE_PIXELS:
+            for i0 in starts:
+                block = slice(i0, i0 + RESAMPLE_ROWS)
+                out[block] = rng.poisson(np.clip(state.image[block], 0, None) * scale)
+        else:
+            # one child stream per block of rows (numpy's SeedSequence spawning), drawn in threads: numpy
+            # releases the GIL while sampling, and the result does not depend on the number of threads
+            from concurrent.futures import ThreadPoolExecutor
+
+            from .render import default_threads
+
+            streams = rng.spawn(len(starts))
+
+            def draw(k: int) -> None:
+                block = slice(starts[k], starts[k] + RESAMPLE_ROWS)
+                out[block] = streams[k].poisson(np.clip(state.image[block], 0, None) * scale)
+
+            with ThreadPoolExecutor(default_threads() or os.cpu_count() or 1) as pool:
+                list(pool.map(draw, range(len(starts))))
         state.image = out
         state.counts = True
         return state

@@ -55,8 +55,11 @@ NUFFT_EPS = 1e-7
 #: Problems smaller than this (points + modes) run FINUFFT on one thread: measured here, its
 #: OpenMP start-up costs 4–15× the work of a 256² twin.
 SINGLE_THREAD_BELOW = 2_000_000
-#: Largest canvas (pixels per side) rendered in one piece.
+#: Largest tile (pixels per side, before its margins) of a non-periodic image.
 TILE_PX = 3072
+#: Largest periodic image (pixels per side) rendered as one canvas: it needs no margins, so one
+#: 4800² canvas costs about what a 3072² tile with its margins does (~0.2 GB of spectrum).
+PERIODIC_CANVAS_PX = 4800
 
 _TRANSFER_CACHE: dict = {}
 
@@ -242,7 +245,7 @@ def render_columns(
     periodic: bool,
     basis_sigmas_A: tuple[float, ...] = BASIS_SIGMAS_A,
     source_size_A: float | None = None,
-    tile_px: int = TILE_PX,
+    tile_px: int | None = None,
     nthreads: int | None = None,
 ) -> np.ndarray:
     """Fast-mode image of columns at (``x_A``, ``y_A``).
@@ -283,7 +286,9 @@ def render_columns(
     dx, dy = lx / nx, ly / ny
     live = np.any(w != 0, axis=1)
     x_A, y_A, w = x_A[live], y_A[live], w[live]
-    if periodic and nx <= tile_px and ny <= tile_px:
+    whole_px = tile_px if tile_px is not None else PERIODIC_CANVAS_PX
+    tile_px = tile_px if tile_px is not None else TILE_PX
+    if periodic and nx <= whole_px and ny <= whole_px:
         return _canvas_image(np.mod(x_A, lx), np.mod(y_A, ly), w, (lx, ly), (ny, nx), transfer,
                              basis_sigmas_A, source, nthreads)
     used = [sigma for sigma, any_weight in zip(basis_sigmas_A, np.any(w != 0, axis=0)) if any_weight]
