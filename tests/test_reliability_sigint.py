@@ -317,3 +317,58 @@ def test_train_sigint_keeps_the_previous_checkpoint_pair(dataset, tmp_path):
     assert rc == 130 and not fresh.exists() and not fresh.with_suffix(".json").exists()
     assert (tmp_path / THESIS).read_text() == "years of work"
     _no_temporaries(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# finetune
+
+FINETUNE_FILES = ["model.safetensors", "model.json"]
+
+
+@pytest.fixture(scope="module")
+def reviewed(tmp_path_factory) -> Path:
+    """A 40 Å twin whose truth table stands for a user's corrections."""
+    folder = tmp_path_factory.mktemp("reviewed") / "twin"
+    _run("simulate", "--fov", "40", "--defects", "V_X=4,V_M=1", "--dose", "1e6", "--seed", 3, "--out", folder,
+         "--quiet")
+    return folder
+
+
+def _finetune_args(reviewed: Path, out: Path, minutes: str, epochs: str) -> list:
+    return ["finetune", reviewed / "image.tif", "--labels", reviewed / "truth.csv", "--material", "MoS2",
+            "--twins", "1", "--epochs", epochs, "--minutes", minutes, "--out", out]
+
+
+def test_finetune_sigint_keeps_the_previous_model_pair(reviewed, tmp_path):
+    from napari_mx2_defects.learn.checkpoint import load_checkpoint
+
+    out = tmp_path / "tuned"
+    _run(*_finetune_args(reviewed, out, "0.05", "1"), "--quiet")
+    old = _snapshot(out, FINETUNE_FILES)
+    assert old is not None
+    (out / THESIS).write_text("years of work")
+    for when, delay, minutes, epochs in [(r"fine-tuning", 0.5, "10", "200"), (r"100\.0 %", 0.0, "0.05", "1"),
+                                         (r"saving", 0.0, "0.05", "1")]:
+        rc, err, sent = _interrupt([*_finetune_args(reviewed, out, minutes, epochs), "--overwrite"], when, delay)
+        _check_exit(rc, err, sent)
+        now = _snapshot(out, FINETUNE_FILES)
+        if epochs == "200":
+            assert rc == 130 and now == old, when
+        load_checkpoint(out / "model.safetensors")  # a complete pair either way
+        assert (out / THESIS).read_text() == "years of work"
+        _no_temporaries(tmp_path)
+    fresh = tmp_path / "fresh"
+    rc, err, sent = _interrupt(_finetune_args(reviewed, fresh, "10", "200"), r"fine-tuning", 0.5)
+    _check_exit(rc, err, sent)
+    assert rc == 130 and _snapshot(fresh, FINETUNE_FILES) is None
+    _no_temporaries(tmp_path)
+
+
+def test_finetune_refuses_to_replace_a_model_without_overwrite(reviewed, tmp_path):
+    out = tmp_path / "tuned"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"someone else's model")
+    proc = _run(*_finetune_args(reviewed, out, "0.05", "1"), check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--overwrite" in proc.stderr
+    assert (out / "model.safetensors").read_bytes() == b"someone else's model"

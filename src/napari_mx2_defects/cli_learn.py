@@ -119,6 +119,56 @@ def _cmd_evaluate(args):
     return 0
 
 
+def _parse_region(text: str | None):
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise ValueError(f"--region must be x0,y0,x1,y1 in Å, got {text[:60]!r}")
+    return tuple(values)
+
+
+def _cmd_finetune(args):
+    import numpy as np
+
+    from .io.formats import load_images
+    from .learn.finetune import Correction, FinetuneConfig, file_sha256, finetune, read_corrections
+    from .twin.microscope import Microscope
+
+    if len(args.labels) != len(args.images):
+        raise ValueError(f"give one --labels table per image: {len(args.images)} images, {len(args.labels)} tables")
+    config = FinetuneConfig(minutes=args.minutes, twins=args.twins, epochs=args.epochs, seed=args.seed,
+                            device=args.device)
+    region = _parse_region(args.region)
+    tables = [read_corrections(t) for t in args.labels]  # bad tables are refused before any image is read
+    corrections, energies = [], set()
+    for path, table, labels in zip(args.images, tables, args.labels):
+        image = load_images(path)[0]
+        pixel = args.pixel_size if args.pixel_size is not None else image.pixel_size_A
+        if pixel is None:
+            raise ValueError(f"{path} has no calibration: pass --pixel-size in Å")
+        pixel = BOUNDS["image_pixel_size_A"].with_option(
+            "--pixel-size" if args.pixel_size is not None else f"the pixel size of {path.name}").check(pixel)
+        data = image.data if image.data.ndim == 2 else image.data.reshape(-1, *image.data.shape[-2:]).sum(0)
+        if image.beam_energy_keV:
+            energies.add(float(image.beam_energy_keV))
+        corrections.append(Correction(np.asarray(data, float), float(pixel), table, region, name=path.name,
+                                      sha256=file_sha256(path), labels_name=Path(labels).name))
+    energy = args.energy if args.energy is not None else (energies.pop() if len(energies) == 1 else None)
+    microscope = Microscope(energy_keV=energy) if energy is not None else None
+    command = "mx2-defects " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path, report = finetune(corrections, args.material, args.out, base_model=args.model, dopant=args.dopant,
+                            config=config, microscope=microscope, command=command, progress=_progress(args.quiet),
+                            log=(lambda m: None) if args.quiet else print, overwrite=args.overwrite)
+    before, after = report["mean_f1"]["before"], report["mean_f1"]["after"]
+    print(f"held-out instance F1 (mean over classes): {before:.3f} before, {after:.3f} after fine-tuning")
+    print(f"  wrote {path}\n  wrote {path.with_suffix('.json')}")
+    return 0
+
+
 def add_learn_commands(sub) -> None:
     p = sub.add_parser("dataset", help="generate a training dataset of digital twins (zarr, dask)")
     p.add_argument("--n", type=_t("n_samples"), required=True, help="number of images")
@@ -154,6 +204,27 @@ def add_learn_commands(sub) -> None:
                    help="replace an existing checkpoint and card at --out (refused without it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on your own corrected defects (plus twins)")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="reviewed images")
+    p.add_argument("--labels", type=Path, nargs="+", required=True, metavar="LABELS.csv",
+                   help="one table per image: x_A,y_A,defect_class of every defect in the reviewed region")
+    p.add_argument("--material", required=True, help="parent, e.g. WSe2 (the twins mixed in are of it)")
+    p.add_argument("--dopant", help="dopant element the twins carry as TM_D (e.g. Ti)")
+    p.add_argument("--region", help="reviewed region x0,y0,x1,y1 in Å (default: the image less a 2 Å border)")
+    p.add_argument("--model", default="default", help="model to start from: 'default' or a .safetensors")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.safetensors and model.json")
+    p.add_argument("--pixel-size", type=_t("image_pixel_size_A"), help="pixel size in Å (for uncalibrated images)")
+    p.add_argument("--energy", type=_t("energy_keV", "--energy"), help="beam energy of the twins in keV "
+                   "(default: the images' recorded energy)")
+    p.add_argument("--minutes", type=float, default=10.0, help="time limit for training")
+    p.add_argument("--epochs", type=_t("epochs"), default=12)
+    p.add_argument("--twins", type=int, default=8, help="twins of the parent mixed in")
+    p.add_argument("--seed", type=_t("seed"), default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace model.safetensors/model.json in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("segment", help="find defects in an image with a trained model")
     p.add_argument("image", type=Path)

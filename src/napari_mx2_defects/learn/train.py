@@ -18,7 +18,7 @@ from .checkpoint import ModelCard, card_path, save_checkpoint, weights_path
 from .dataset import load_dataset, open_dataset
 from .models import ARCHITECTURES, build_model, pick_device
 
-__all__ = ["TrainConfig", "normalisation_stats", "normalise", "per_class_pixel_metrics", "resample_to", "train"]
+__all__ = ["TrainConfig", "fit", "normalisation_stats", "normalise", "per_class_pixel_metrics", "resample_to", "train"]
 
 N_CLASSES = len(CLASS_NAMES)
 
@@ -217,8 +217,6 @@ def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, comm
         The safetensors checkpoint (its card beside it, both written atomically) and the
         per-epoch metrics.
     """
-    from tqdm.auto import tqdm
-
     datasets = [dataset] if isinstance(dataset, (str, Path)) else list(dataset)
     check_training_inputs(datasets, out, config, overwrite=overwrite)
     torch.manual_seed(config.seed)
@@ -237,7 +235,6 @@ def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, comm
     if len(train_idx) == 0:
         raise ValueError("the dataset is too small to split into training and validation samples")
     weights = _class_weights([ys[i] for i in train_idx]).to(device)
-    present = weights > 0
     model = build_model(config.architecture, N_CLASSES).to(device)
     if config.init_from:
         from .checkpoint import load_checkpoint
@@ -251,47 +248,8 @@ def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, comm
                             "epochs_run": start_card.metrics.get("epochs_run")}
     else:
         initialised_from = None
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate,
-                                                    total_steps=config.epochs * config.steps_per_epoch)
-    history = []
-    best = (-1.0, None)
-    stale = 0
-    t0 = time.perf_counter()
-    out = Path(out)
-    for epoch in range(config.epochs):
-        model.train()
-        losses = []
-        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=None)
-        for _ in bar:
-            bx, by = _batch(xs, ys, rng.choice(train_idx, config.batch_size), config.crop_px, rng)
-            bx, by = bx.to(device), by.to(device)
-            logits = model(bx)
-            loss = F.cross_entropy(logits, by, weight=weights) + dice_loss(logits, by, present)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-        metrics = evaluate_pixels(model, [xs[i] for i in val_idx], [ys[i] for i in val_idx], device)
-        vac = [metrics[n]["f1"] for n in ("V_X", "V_XX", "V_M") if n in metrics]
-        score = float(np.mean(vac)) if vac else 0.0
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_vacancy_f1": score,
-                        "val": metrics, "seconds": time.perf_counter() - t0})
-        log(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, val pixel F1 " +
-            ", ".join(f"{k} {v['f1']:.3f}" for k, v in metrics.items()))
-        progress((epoch + 1) / config.epochs, f"epoch {epoch + 1}: val vacancy F1 {score:.3f}")
-        if score > best[0]:
-            best = (score, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            stale = 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                log(f"early stop after epoch {epoch + 1} (no improvement for {config.patience} epochs)")
-                break
-    model.load_state_dict(best[1])
+    history, best_score = fit(model, xs, ys, train_idx, val_idx, config, device, weights, progress=progress, log=log)
+    t_fit = history[-1]["seconds"] if history else 0.0
     spec = ARCHITECTURES[config.architecture]
     card = ModelCard(
         architecture=config.architecture,
@@ -303,12 +261,93 @@ def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, comm
                        "n_validation": int(n_val), "materials": sorted({m["material"] for m in metas}),
                        "presets": sorted({m["preset"] for m in metas}), "initialised_from": initialised_from},
         command=command,
-        metrics={"validation_pixel": history[-1]["val"] if history else {}, "best_val_vacancy_f1": best[0],
-                 "epochs_run": len(history), "config": asdict(config),
-                 "train_seconds": time.perf_counter() - t0},
+        metrics={"validation_pixel": history[-1]["val"] if history else {}, "best_val_vacancy_f1": best_score,
+                 "epochs_run": len(history), "config": asdict(config), "train_seconds": t_fit},
     )
     path = save_checkpoint(model, card, out, overwrite=overwrite)
     return path, {"history": history}
+
+
+def vacancy_f1(metrics: dict) -> float:
+    """Validation score of :func:`train`: mean pixel F1 of the three vacancy classes."""
+    vac = [metrics[n]["f1"] for n in ("V_X", "V_XX", "V_M") if n in metrics]
+    return float(np.mean(vac)) if vac else 0.0
+
+
+def fit(model, xs, ys, train_idx, val_idx, config: TrainConfig, device, class_weights: torch.Tensor, *,
+        score: Callable[[dict], float] = vacancy_f1, sample_weights: np.ndarray | None = None,
+        max_seconds: float | None = None, progress: Callable[[float, str], None] = lambda f, m: None,
+        log: Callable[[str], None] = print, cancelled: Callable[[], bool] = lambda: False) -> tuple[list, float]:
+    """The training loop shared by :func:`train` and fine-tuning; leaves ``model`` at its best epoch.
+
+    AdamW with a one-cycle schedule, cross-entropy weighted by ``class_weights`` plus soft Dice, random
+    crops with flips and 90° rotations; after each epoch the pixel metrics on ``val_idx`` are scored
+    by ``score`` and the best state kept; early stop after ``config.patience`` epochs without gain.
+    ``sample_weights`` (one per training image) set how often each is drawn; ``max_seconds`` ends
+    training early (the last epoch is still validated); ``cancelled`` is polled every step and raises
+    :class:`~napari_mx2_defects.twin.jobs.Cancelled`.
+
+    Returns
+    -------
+    history, best_score
+    """
+    from tqdm.auto import tqdm
+
+    from ..twin.jobs import Cancelled
+
+    rng = np.random.default_rng(config.seed)
+    present = class_weights > 0
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate,
+                                                    total_steps=config.epochs * config.steps_per_epoch)
+    p = None if sample_weights is None else np.asarray(sample_weights, float) / np.sum(sample_weights)
+    history: list = []
+    best = (-1.0, None)
+    stale = 0
+    t0 = time.perf_counter()
+    out_of_time = False
+    for epoch in range(config.epochs):
+        model.train()
+        losses = []
+        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=None)
+        for _ in bar:
+            if cancelled():
+                raise Cancelled("training cancelled")
+            bx, by = _batch(xs, ys, rng.choice(train_idx, config.batch_size, p=p), config.crop_px, rng)
+            bx, by = bx.to(device), by.to(device)
+            logits = model(bx)
+            loss = F.cross_entropy(logits, by, weight=class_weights) + dice_loss(logits, by, present)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                out_of_time = True
+                break
+        metrics = evaluate_pixels(model, [xs[i] for i in val_idx], [ys[i] for i in val_idx], device)
+        value = float(score(metrics))
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_score": value,
+                        "val_vacancy_f1": vacancy_f1(metrics), "val": metrics, "seconds": time.perf_counter() - t0})
+        log(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, val pixel F1 " +
+            ", ".join(f"{k} {v['f1']:.3f}" for k, v in metrics.items()))
+        progress((epoch + 1) / config.epochs, f"epoch {epoch + 1}: validation score {value:.3f}")
+        if value > best[0]:
+            best = (value, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            stale = 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                log(f"early stop after epoch {epoch + 1} (no improvement for {config.patience} epochs)")
+                break
+        if out_of_time:
+            log(f"stopped after epoch {epoch + 1}: the time limit of {max_seconds:.0f} s was reached")
+            break
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    return history, best[0]
 
 
 @torch.no_grad()

@@ -1,0 +1,329 @@
+"""Fine-tuning a segmentation model on a user's corrected defects, mixed with twins of the same parent.
+
+The user lists every defect in a reviewed region of their own image (``x_A, y_A, defect_class``, the
+columns of ``defects.csv``); inside that region every other site is intact.  Targets are the same
+discs of :data:`~napari_mx2_defects.twin.api.DEFECT_RADIUS_A` at each defect that twins carry, so the
+corrected image trains exactly like a twin.  The bottom ``holdout_fraction`` of each reviewed region
+is held out: the model is scored there (per-instance F1, as the papers report it) before and after,
+and the card records both.  Twins of the same parent at the model's pixel size are mixed in (half
+of the draws) so the model does not forget what it knew.
+
+This is what ``mx2-defects finetune`` and the *Fine-tune* API call; nothing here touches napari.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..core.validation import BOUNDS
+from ..twin.defects import CLASS_IDS
+from ..twin.jobs import Cancelled, CancelFn, ProgressFn, never, no_progress
+from .checkpoint import ModelCard, card_path, default_model_path, save_checkpoint
+from .evaluate import instance_scores, match_instances
+from .inference import ModelScaleTiles, _predict_tiled, instances_from_labels
+from .models import ARCHITECTURES, build_model, pick_device
+from .train import NORMALISATION, TrainConfig, _class_weights, fit, normalise, resample_to
+
+__all__ = ["FINETUNE_FILES", "Correction", "FinetuneConfig", "correction_targets", "finetune", "read_corrections"]
+
+#: What ``finetune`` writes into its output folder (the only names its ``--overwrite`` replaces).
+FINETUNE_FILES = ["model.safetensors", "model.json"]
+#: Default border left out of a reviewed image when no region is given (Å): a defect cut by the
+#: image edge cannot be labelled reliably.
+BORDER_A = 2.0
+#: Columns a corrections table must have.
+CORRECTION_COLUMNS = ("x_A", "y_A", "defect_class")
+
+
+@dataclass
+class Correction:
+    """One reviewed image: the pixels, their size, every defect in ``region_A`` and where it came from."""
+
+    image: np.ndarray
+    pixel_size_A: float
+    defects: pd.DataFrame  # x_A, y_A, defect_class (Å from the image origin)
+    region_A: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
+    name: str = "image"
+    sha256: str = ""
+    labels_name: str = ""
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning settings (stored in the model card)."""
+
+    minutes: float = 10.0
+    epochs: int = 12
+    steps_per_epoch: int = 25
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    twins: int = 8
+    twin_fov_A: float = 60.0
+    holdout_fraction: float = 0.25
+    match_radius_A: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    twin_defects: str = "V_X=2%,V_XX=0.5%,V_M=0.5%"
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.minutes) and 0 < self.minutes <= 24 * 60):
+            raise ValueError(f"--minutes must be between 0 and 1440, got {self.minutes}")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed"):
+            setattr(self, name, BOUNDS[name].check(getattr(self, name)))
+        if not (isinstance(self.twins, (int, np.integer)) and 0 <= self.twins <= 1000):
+            raise ValueError(f"--twins must be a whole number from 0 to 1000, got {self.twins}")
+        if not 0.05 <= self.holdout_fraction <= 0.5:
+            raise ValueError(f"the held-out fraction must be between 0.05 and 0.5, got {self.holdout_fraction}")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_corrections(path: str | Path) -> pd.DataFrame:
+    """A corrections table (``x_A, y_A, defect_class``; other columns ignored), every row checked."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path.name}: cannot read the corrections table ({str(exc).splitlines()[0][:100]})") from None
+    return check_corrections(table, path.name)
+
+
+def check_corrections(table: pd.DataFrame, name: str = "corrections") -> pd.DataFrame:
+    missing = [c for c in CORRECTION_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{name}: columns {missing} are missing; a corrections table lists x_A, y_A, defect_class "
+                         f"(the columns of defects.csv)")
+    table = table[list(CORRECTION_COLUMNS)].copy()
+    for col in ("x_A", "y_A"):
+        values = pd.to_numeric(table[col], errors="coerce")
+        if values.isna().any() or not np.isfinite(values.to_numpy(float)).all():
+            bad = int(np.flatnonzero(~np.isfinite(values.to_numpy(float)))[0]) + 2
+            raise ValueError(f"{name}: {col} on line {bad} is not a finite number")
+        table[col] = values.astype(float)
+    unknown = sorted(set(map(str, table.defect_class)) - set(CLASS_IDS))
+    if unknown:
+        raise ValueError(f"{name}: unknown defect classes {unknown[:5]}; known: {', '.join(CLASS_IDS)}")
+    table["defect_class"] = table.defect_class.astype(str)
+    return table.reset_index(drop=True)
+
+
+def _region_px(shape: tuple[int, int], pixel_size_A: float, region_A, name: str) -> tuple[int, int, int, int]:
+    """(i0, i1, j0, j1) of the reviewed region, checked against the image."""
+    ny, nx = shape
+    if region_A is None:
+        b = BORDER_A
+        region_A = (b, b, nx * pixel_size_A - b, ny * pixel_size_A - b)
+    x0, y0, x1, y1 = (float(v) for v in region_A)
+    if not all(np.isfinite([x0, y0, x1, y1])) or x1 <= x0 or y1 <= y0:
+        raise ValueError(f"{name}: the region must be x0,y0,x1,y1 in Å with x0 < x1 and y0 < y1, got {region_A}")
+    j0, i0 = max(0, int(np.ceil(x0 / pixel_size_A))), max(0, int(np.ceil(y0 / pixel_size_A)))
+    j1, i1 = min(nx, int(np.floor(x1 / pixel_size_A))), min(ny, int(np.floor(y1 / pixel_size_A)))
+    if (j1 - j0) * pixel_size_A < 10 or (i1 - i0) * pixel_size_A < 10:
+        raise ValueError(f"{name}: the reviewed region {x0:g},{y0:g},{x1:g},{y1:g} Å leaves less than 10 × 10 Å of "
+                         f"the {nx * pixel_size_A:.0f} × {ny * pixel_size_A:.0f} Å image; review a larger region")
+    return i0, i1, j0, j1
+
+
+def correction_targets(correction: Correction) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """The reviewed region's pixels, its label map (discs at the listed defects, 0 elsewhere) and the
+    defects inside it (positions relative to the region's corner)."""
+    from ..twin.api import label_mask
+
+    image = np.asarray(correction.image, float)
+    px = float(correction.pixel_size_A)
+    i0, i1, j0, j1 = _region_px(image.shape, px, correction.region_A, correction.name)
+    d = correction.defects
+    labels = label_mask(image.shape, (px, px), d.x_A, d.y_A, [CLASS_IDS[c] for c in d.defect_class]) \
+        if len(d) else np.zeros(image.shape, np.uint8)
+    inside = (d.x_A >= j0 * px) & (d.x_A < j1 * px) & (d.y_A >= i0 * px) & (d.y_A < i1 * px)
+    kept = d[inside].copy()
+    kept["x_A"] -= j0 * px
+    kept["y_A"] -= i0 * px
+    return image[i0:i1, j0:j1], labels[i0:i1, j0:j1], kept.reset_index(drop=True)
+
+
+def _split(image, labels, defects, pixel_size_A, fraction):
+    """Training (top) and held-out (bottom) parts of one reviewed region."""
+    cut = int(round(image.shape[0] * (1 - fraction)))
+    held = defects[defects.y_A >= cut * pixel_size_A].copy()
+    held["y_A"] -= cut * pixel_size_A
+    return (image[:cut], labels[:cut]), (image[cut:], labels[cut:], held.reset_index(drop=True))
+
+
+def _instances(net, card, image: np.ndarray, pixel_size_A: float, device) -> pd.DataFrame:
+    labels, score, _ = _predict_tiled(net, ModelScaleTiles(np.asarray(image, np.float32), pixel_size_A,
+                                                            card.pixel_size_A), device, 256, 64, no_progress,
+                                      never, len(card.classes), False)
+    return instances_from_labels(labels, card.pixel_size_A, score)
+
+
+def _held_out_scores(net, card, held: list, device, radius_A: float, border_A: float = 1.0) -> dict:
+    """Per-instance precision/recall/F1 on the held-out strips (defects within ``border_A`` of a strip
+    edge are not scored: their disc is cut)."""
+    total: dict = {}
+    net.eval()
+    with torch.no_grad():
+        for image, _, truth, px in held:
+            pred = _instances(net, card, image, px, device)
+            h, w = image.shape[0] * px, image.shape[1] * px
+
+            def interior(t):
+                return t[(t.x_A > border_A) & (t.y_A > border_A) & (t.x_A < w - border_A) & (t.y_A < h - border_A)]
+
+            for name, c in match_instances(interior(pred), interior(truth), radius_A).items():
+                slot = total.setdefault(name, {"tp": 0, "fp": 0, "fn": 0})
+                for k in slot:
+                    slot[k] += c[k]
+    table = instance_scores(total)
+    return {row.defect_class: {"tp": int(row.tp), "fp": int(row.fp), "fn": int(row.fn),
+                               "precision": _num(row.precision), "recall": _num(row.recall), "f1": _num(row.f1)}
+            for row in table.itertuples()}
+
+
+def _num(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _mean_f1(scores: dict) -> float:
+    values = [v["f1"] for v in scores.values() if v["f1"] is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _twins(material: str, dopant: str | None, config: FinetuneConfig, pixel_size_A: float, microscope,
+           progress: ProgressFn, cancelled: CancelFn) -> tuple[list, list]:
+    from ..twin.api import TwinRequest, simulate_twin
+    from ..twin.imperfections import Imperfections
+
+    rng = np.random.default_rng(config.seed + 1)
+    defects = config.twin_defects + (f",TM_D({dopant})=1%" if dopant else "")
+    xs, ys = [], []
+    for k in range(config.twins):
+        if cancelled():
+            raise Cancelled("fine-tuning cancelled")
+        dose = float(10 ** rng.uniform(5, 7))
+        request = TwinRequest(material=material, fov_A=config.twin_fov_A, pixel_size_A=pixel_size_A,
+                              defects=defects, seed=int(config.seed * 1000 + k),
+                              imperfections=Imperfections(dose_e_per_A2=dose, scan_jitter_A=0.03),
+                              **({"microscope": microscope} if microscope is not None else {}))
+        twin = simulate_twin(request, progress=lambda f, m, k=k: progress(0.05 + 0.15 * (k + f) / config.twins,
+                                                                           f"twin {k + 1}/{config.twins}: {m}"),
+                             cancelled=cancelled)
+        xs.append(normalise(twin.image))
+        ys.append(twin.labels.astype(np.int64))
+    return xs, ys
+
+
+def finetune(corrections: list[Correction], material: str, out: str | Path, base_model: str | Path = "default",
+             dopant: str | None = None, config: FinetuneConfig | None = None, microscope=None, command: str = "",
+             progress: ProgressFn = no_progress, log: Callable[[str], None] = print, cancelled: CancelFn = never,
+             overwrite: bool = False) -> tuple[Path, dict]:
+    """Fine-tune ``base_model`` on reviewed images; write ``out/model.safetensors`` and its card.
+
+    Nothing is written until training has finished (atomically, weights and card together); a
+    cancelled or interrupted run leaves any previous model in ``out`` as it was.
+
+    Returns
+    -------
+    path, report
+        The checkpoint and ``{"held_out": {"before": …, "after": …}, "history": […]}``.
+    """
+    from ..io.atomic import check_output_file
+    from ..twin.parents import get_parent
+    from .inference import load_model
+
+    config = config or FinetuneConfig()
+    if not corrections:
+        raise ValueError("give at least one reviewed image with its corrections")
+    get_parent(material)  # an unknown parent is refused before any work
+    out = Path(out)
+    target = out / FINETUNE_FILES[0]
+    check_output_file(target, overwrite=overwrite, option="--out", others=[card_path(target)])
+    base_path = default_model_path() if str(base_model) == "default" else Path(base_model)
+    device = pick_device(config.device)
+    base_net, base_card = load_model(base_path, config.device)  # cached and shared: trained as a copy
+    model = build_model(base_card.architecture, len(base_card.classes)).to(device)
+    model.load_state_dict(base_net.state_dict())
+    model_px = base_card.pixel_size_A
+    torch.manual_seed(config.seed)
+
+    progress(0.0, "preparing the corrections")
+    train_x, train_y, held, counts = [], [], [], []
+    for corr in corrections:
+        image, labels, defects = correction_targets(corr)
+        (ti, tl), (hi, hl, hd) = _split(image, labels, defects, corr.pixel_size_A, config.holdout_fraction)
+        train_x.append(normalise(resample_to(ti, corr.pixel_size_A, model_px, order=1)))
+        train_y.append(resample_to(tl, corr.pixel_size_A, model_px, order=0).astype(np.int64))
+        held.append((hi, hl, hd, corr.pixel_size_A))
+        counts.append({k: int(v) for k, v in defects.defect_class.value_counts().items()})
+    before = _held_out_scores(model, base_card, held, device, config.match_radius_A)
+    log("held out before fine-tuning: " + ", ".join(f"{k} F1 {v['f1']:.3f}" if v["f1"] is not None else f"{k} –"
+                                                     for k, v in before.items()))
+    twin_x, twin_y = _twins(material, dopant, config, model_px, microscope, progress, cancelled)
+    xs = train_x + twin_x
+    ys = train_y + twin_y
+    # validation (to keep the best epoch): the held-out strips at the model's pixel size
+    val_x = [normalise(resample_to(h[0], h[3], model_px, order=1)) for h in held]
+    val_y = [resample_to(h[1], h[3], model_px, order=0).astype(np.int64) for h in held]
+    xs_all, ys_all = xs + val_x, ys + val_y
+    train_idx = np.arange(len(xs))
+    val_idx = np.arange(len(xs), len(xs_all))
+    # corrections drawn as often as all twins together
+    weights = np.array([max(1, len(twin_x)) / len(train_x)] * len(train_x) + [1.0] * len(twin_x))
+    stride = 2 ** ARCHITECTURES[base_card.architecture].encoder_depth
+    crop = int(max(stride, min(128, min(min(x.shape) for x in train_x) // stride * stride)))
+    train_config = TrainConfig(architecture=base_card.architecture, pixel_size_A=model_px, crop_px=crop,
+                               batch_size=config.batch_size, epochs=config.epochs,
+                               steps_per_epoch=config.steps_per_epoch, learning_rate=config.learning_rate,
+                               patience=config.epochs, seed=config.seed, device=config.device)
+    class_weights = _class_weights(ys).to(device)
+    progress(0.2, "fine-tuning")
+    history, best = fit(model, xs_all, ys_all, train_idx, val_idx, train_config, device, class_weights,
+                        score=lambda m: float(np.mean([v["f1"] for k, v in m.items() if k != "lattice"] or [0.0])),
+                        sample_weights=weights, max_seconds=60 * config.minutes,
+                        progress=lambda f, m: progress(0.2 + 0.7 * f, m), log=log, cancelled=cancelled)
+    after = _held_out_scores(model, base_card, held, device, config.match_radius_A)
+    log("held out after fine-tuning: " + ", ".join(f"{k} F1 {v['f1']:.3f}" if v["f1"] is not None else f"{k} –"
+                                                    for k, v in after.items()))
+    card = ModelCard(
+        architecture=base_card.architecture,
+        spec=base_card.spec,
+        classes=dict(base_card.classes),
+        pixel_size_A=model_px,
+        normalisation=NORMALISATION,
+        training_data={
+            "corrections": [{"image": c.name, "sha256": c.sha256, "labels": c.labels_name,
+                             "pixel_size_A": c.pixel_size_A, "region_A": list(c.region_A) if c.region_A else None,
+                             "defects_per_class": n} for c, n in zip(corrections, counts)],
+            "twins": {"n": len(twin_x), "material": material, "dopant": dopant, "fov_A": config.twin_fov_A,
+                      "defects": config.twin_defects, "microscope": None if microscope is None else asdict(microscope)},
+            "initialised_from": {"checkpoint": str(base_path), "command": base_card.command,
+                                 "training_data": base_card.training_data},
+        },
+        command=command,
+        metrics={"held_out_instances": {"before": before, "after": after,
+                                        "holdout_fraction": config.holdout_fraction,
+                                        "match_radius_A": config.match_radius_A},
+                 "best_val_score": best, "epochs_run": len(history), "config": asdict(config),
+                 "train_seconds": history[-1]["seconds"] if history else 0.0},
+    )
+    if cancelled():
+        raise Cancelled("fine-tuning cancelled")
+    progress(0.95, "saving the model")
+    out.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(model, card, target, overwrite=overwrite)
+    progress(1.0, "done")
+    return path, {"held_out": {"before": before, "after": after}, "history": history,
+                  "mean_f1": {"before": _mean_f1(before), "after": _mean_f1(after)}}

@@ -1,0 +1,61 @@
+"""Fine-tuning on a user's corrections (issue 11): the corrections table, the targets built from it,
+and a fine-tune that must help on a second image of optics the shipped model handles poorly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_mx2_defects.learn.finetune import (
+    Correction,
+    FinetuneConfig,
+    check_corrections,
+    correction_targets,
+    read_corrections,
+)
+from napari_mx2_defects.twin.defects import CLASS_IDS
+
+
+def test_corrections_table_is_checked_row_by_row(tmp_path):
+    good = tmp_path / "good.csv"
+    pd.DataFrame({"x_A": [1.0, 2.5], "y_A": [3.0, 4.0], "defect_class": ["V_X", "V_M"], "confidence": [1, 1]}
+                 ).to_csv(good, index=False)
+    table = read_corrections(good)
+    assert list(table.columns) == ["x_A", "y_A", "defect_class"] and len(table) == 2
+    with pytest.raises(ValueError, match="columns .*defect_class"):
+        check_corrections(pd.DataFrame({"x_A": [1.0], "y_A": [1.0]}))
+    with pytest.raises(ValueError, match="line 3 is not a finite number"):
+        check_corrections(pd.DataFrame({"x_A": [1.0, np.nan], "y_A": [1.0, 2.0], "defect_class": ["V_X", "V_X"]}))
+    with pytest.raises(ValueError, match="unknown defect classes"):
+        check_corrections(pd.DataFrame({"x_A": [1.0], "y_A": [1.0], "defect_class": ["hole"]}))
+    (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="bad.csv"):
+        read_corrections(tmp_path / "bad.csv")
+
+
+def test_targets_are_discs_inside_the_reviewed_region_only():
+    image = np.random.default_rng(0).random((200, 300))
+    defects = pd.DataFrame({"x_A": [10.0, 30.0, 59.0], "y_A": [10.0, 20.0, 39.5],
+                            "defect_class": ["V_X", "V_M", "V_XX"]})
+    corr = Correction(image, 0.2, defects, region_A=(5.0, 5.0, 45.0, 35.0))
+    crop, labels, kept = correction_targets(corr)
+    assert crop.shape == labels.shape == (150, 200)
+    np.testing.assert_array_equal(crop, image[25:175, 25:225])
+    assert list(kept.defect_class) == ["V_X", "V_M"]  # the third lies outside the region
+    np.testing.assert_allclose(kept[["x_A", "y_A"]].to_numpy(), [[5.0, 5.0], [25.0, 15.0]])
+    assert labels[25, 25] == CLASS_IDS["V_X"] and labels[75, 125] == CLASS_IDS["V_M"]
+    assert set(np.unique(labels)) == {0, CLASS_IDS["V_X"], CLASS_IDS["V_M"]}
+    with pytest.raises(ValueError, match="less than 10 × 10 Å"):
+        correction_targets(Correction(image, 0.2, defects, region_A=(0, 0, 5, 5)))
+    with pytest.raises(ValueError, match="x0 < x1"):
+        correction_targets(Correction(image, 0.2, defects, region_A=(20, 0, 5, 30)))
+
+
+def test_finetune_config_refuses_nonsense():
+    with pytest.raises(ValueError, match="minutes"):
+        FinetuneConfig(minutes=0)
+    with pytest.raises(ValueError, match="twins"):
+        FinetuneConfig(twins=-1)
+    with pytest.raises(ValueError):
+        FinetuneConfig(epochs=0)
