@@ -1,0 +1,73 @@
+"""The package's layers import one way only: io/core ← twin ← analysis ← learn ← front ends.
+
+Every import of the package's own modules is read from the source (module-level and deferred
+imports alike), so a science layer that reaches up into a front end, or a lower layer that
+reaches into a higher one, fails here before it becomes a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import napari_mx2_defects
+
+ROOT = Path(napari_mx2_defects.__file__).parent
+#: Rank of each top-level part; an import must go to a strictly lower rank (front ends may use each other).
+RANKS = {"core": 0, "io": 0, "data": 0, "twin": 1, "analysis": 2, "learn": 3}
+FRONT_END = 4
+
+
+def _part(parts: list[str]) -> str:
+    return parts[0] if parts else "__init__"
+
+
+def _rank(part: str) -> int:
+    return RANKS.get(part, FRONT_END)
+
+
+def _imports(path: Path, root: Path = ROOT) -> list[tuple[str, int]]:
+    """(imported top-level part, line) for every import of the package's own modules in ``path``."""
+    rel = path.relative_to(root)
+    here = list(rel.parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = here[: len(here) - (node.level - 1)]
+            target = base + [p for p in (node.module or "").split(".") if p]
+            if not target:  # "from . import x" at the top level
+                target = [node.names[0].name]
+            found.append((_part(target), node.lineno))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("napari_mx2_defects."):
+            found.append((node.module.split(".")[1], node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("napari_mx2_defects."):
+                    found.append((alias.name.split(".")[1], node.lineno))
+    return found
+
+
+def test_layers_import_one_way_only():
+    wrong = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        source = _part(list(rel.parts[:-1])) if len(rel.parts) > 1 else rel.stem
+        for target, line in _imports(path):
+            target = target.removesuffix(".py")
+            if target == source or target in ("__version__",):
+                continue
+            if _rank(source) == FRONT_END and _rank(target) == FRONT_END:
+                continue
+            if _rank(target) >= _rank(source):
+                wrong.append(f"{rel}:{line} ({source}, layer {_rank(source)}) imports {target} "
+                             f"(layer {_rank(target)})")
+    assert wrong == [], "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_layering_test_sees_an_upward_import(tmp_path):
+    """The checker itself: relative and absolute imports of a higher layer are both found."""
+    (tmp_path / "analysis").mkdir()
+    bad = tmp_path / "analysis" / "bad.py"
+    bad.write_text("from ..learn.inference import segment_image\n\n\ndef f():\n"
+                   "    import napari_mx2_defects.widgets.segment\n")
+    assert _imports(bad, root=tmp_path) == [("learn", 1), ("widgets", 5)]
