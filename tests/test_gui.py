@@ -195,3 +195,39 @@ def test_find_defects_widget(make_napari_viewer, qtbot):
     assert labels.features["color"].str.match("#[0-9a-f]{8}$").all()
     assert {"defect_class", "confidence", "area_A2"} <= set(points.features.columns)
     assert (points.features.defect_class == "V_X").sum() >= 5
+
+
+def test_find_defects_widget_and_cli_agree_on_a_frame_stack(make_napari_viewer, qtbot, tmp_path):
+    """One input policy (issue 13): a stack is summed by the widget as by ``segment``; the first
+    frame alone (a flat frame here) would find nothing."""
+    import tifffile
+
+    from napari_mx2_defects.cli import main
+    from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
+    from napari_mx2_defects.twin.imperfections import Imperfections
+    from napari_mx2_defects.widgets.segment import SegmentWidget
+
+    twin = simulate_twin(TwinRequest(material="MoS2", fov_A=40, pixel_size_A=0.1, defects="V_X=4,V_M=1", seed=5,
+                                     imperfections=Imperfections(dose_e_per_A2=1e6)))
+    frames = np.stack([np.full_like(twin.image, twin.image.mean()), twin.image]).astype(np.float32)
+    path = tmp_path / "series.tif"
+    tifffile.imwrite(path, frames, imagej=True, resolution=(1 / 0.01, 1 / 0.01),
+                     metadata={"unit": "nm", "axes": "ZYX"})
+    assert main(["segment", str(path), "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    cli = pd.read_csv(tmp_path / "cli" / "defects.csv")
+    assert len(cli) >= 4
+
+    viewer = make_napari_viewer()
+    layer = viewer.open(path, plugin="napari-mx2-defects")[0]
+    assert layer.ndim == 3 and viewer.dims.current_step[0] == 0  # the flat frame is the one shown
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.run() is not None
+    _wait_for_job(qtbot, widget, timeout=300_000)
+    qtbot.waitUntil(lambda: type(viewer.layers[-1]).__name__ == "Points", timeout=60_000)
+    points = viewer.layers[-1]
+    gui = pd.DataFrame({"y_A": points.data[:, -2], "x_A": points.data[:, -1],
+                        "defect_class": points.features.defect_class.to_numpy()})
+    assert sorted(gui.defect_class) == sorted(cli.defect_class)
+    np.testing.assert_allclose(gui.sort_values(["x_A", "y_A"])[["x_A", "y_A"]].to_numpy(),
+                               cli.sort_values(["x_A", "y_A"])[["x_A", "y_A"]].to_numpy(), atol=1e-6)

@@ -22,6 +22,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .analysis.api import ANALYSIS_FILES, analyze_image
+    from .inputs import image_plane, pixel_size_A
     from .io.atomic import StagedOutput
     from .io.formats import load_images
     from .twin.parents import get_parent
@@ -35,13 +36,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     ny, nx = data.shape[-2:]
     check_allocation(f"the analysis of {args.image.name}", float(ny) * nx, ANALYSIS_BYTES_PER_PIXEL,
                      hint="crop or bin the image first")
-    if data.ndim > 2:
-        print(f"note: {args.image} is a stack of {data.shape[0]} frames; analysing their sum", file=sys.stderr)
-        data = data.reshape(-1, *data.shape[-2:]).sum(axis=0)
-    pixel = args.pixel_size if args.pixel_size is not None else image.pixel_size_A
-    if pixel is not None:
-        pixel = BOUNDS["image_pixel_size_A"].with_option(
-            "--pixel-size" if args.pixel_size is not None else f"the pixel size of {args.image.name}").check(pixel)
+    data, note = image_plane(data, args.image.name)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    pixel = pixel_size_A(image.scale_A, image.calibrated, args.pixel_size, args.image.name)
     energy = args.energy or image.beam_energy_keV
     if energy is not None:
         energy = BOUNDS["energy_keV"].with_option(
@@ -51,8 +49,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             f"{args.image} has no calibration: pass --pixel-size in Å, or --self-calibrate to take it from the "
             f"parent's lattice constant"
         )
-    if image.calibrated and not image.is_square_pixel and args.pixel_size is None:
-        raise ValueError(f"{args.image} has non-square pixels {image.scale_A[-2:]}; resample it first")
     result = analyze_image(
         data, pixel, material=args.material, defects=defects,
         beam_energy_keV=energy, dopant=args.dopant,

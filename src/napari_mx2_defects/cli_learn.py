@@ -58,8 +58,7 @@ def _cmd_train(args):
 
 
 def _cmd_segment(args):
-    import numpy as np
-
+    from .inputs import image_plane, pixel_size_A
     from .io.atomic import StagedOutput
     from .io.formats import load_images
     from .io.writer import write_calibrated_tiff
@@ -77,16 +76,15 @@ def _cmd_segment(args):
                          "the default model is not installed with this package; pass --model")
     card = read_card(card_path(model))  # a bad card is refused before the image is read
     image = load_images(args.image)[0]
-    pixel = args.pixel_size if args.pixel_size is not None else image.pixel_size_A
+    pixel = pixel_size_A(image.scale_A, image.calibrated, args.pixel_size, args.image.name)
     if pixel is None:
         raise ValueError(f"{args.image} has no calibration: pass --pixel-size in Å")
-    pixel = BOUNDS["image_pixel_size_A"].with_option(
-        "--pixel-size" if args.pixel_size is not None else f"the pixel size of {args.image.name}").check(pixel)
     ny, nx = image.data.shape[-2:]
     check_allocation(f"{args.image.name} at the model's pixel size", ny * nx * (pixel / card.pixel_size_A) ** 2,
                      SEGMENT_BYTES_PER_PIXEL, hint="crop or bin the image first")
-    data = image.data if image.data.ndim == 2 else image.data.reshape(-1, *image.data.shape[-2:]).sum(0)
-    data = np.asarray(data)
+    data, note = image_plane(image.data, args.image.name)
+    if note and not args.quiet:
+        print(f"note: {note}", file=sys.stderr)
     seg = segment_image(data, pixel, model=args.model, device=args.device, material=args.material,
                         beam_energy_keV=image.beam_energy_keV, progress=_progress(args.quiet))
     with stage as staging:
@@ -134,6 +132,7 @@ def _parse_region(text: str | None):
 def _cmd_finetune(args):
     import numpy as np
 
+    from .inputs import image_plane, pixel_size_A
     from .io.formats import load_images
     from .learn.finetune import Correction, FinetuneConfig, file_sha256, finetune, read_corrections
     from .twin.microscope import Microscope
@@ -147,12 +146,12 @@ def _cmd_finetune(args):
     corrections, energies = [], set()
     for path, table, labels in zip(args.images, tables, args.labels):
         image = load_images(path)[0]
-        pixel = args.pixel_size if args.pixel_size is not None else image.pixel_size_A
+        pixel = pixel_size_A(image.scale_A, image.calibrated, args.pixel_size, path.name)
         if pixel is None:
             raise ValueError(f"{path} has no calibration: pass --pixel-size in Å")
-        pixel = BOUNDS["image_pixel_size_A"].with_option(
-            "--pixel-size" if args.pixel_size is not None else f"the pixel size of {path.name}").check(pixel)
-        data = image.data if image.data.ndim == 2 else image.data.reshape(-1, *image.data.shape[-2:]).sum(0)
+        data, note = image_plane(image.data, path.name)
+        if note and not args.quiet:
+            print(f"note: {note}", file=sys.stderr)
         if image.beam_energy_keV:
             energies.add(float(image.beam_energy_keV))
         corrections.append(Correction(np.asarray(data, float), float(pixel), table, region, name=path.name,

@@ -14,7 +14,7 @@ from typing import Any
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 
-__all__ = ["JobRunner", "JobWidget", "current_plane"]
+__all__ = ["JobRunner", "JobWidget"]
 
 
 class _Bridge(QObject):
@@ -88,8 +88,19 @@ class JobWidget:
         if not self.image_layer.value:
             self.status.value = "⚠ open an image first"
             return None
+        from ..inputs import image_plane
+
         layer = self.viewer.layers[self.image_layer.value]
-        return layer, current_plane(self.viewer, layer), layer.metadata or {}
+        try:
+            plane, note = image_plane(layer.data, layer.name)  # the CLI's policy: a stack is summed
+        except ValueError as exc:
+            self.status.value = f"⚠ {exc}"
+            return None
+        if note:
+            from napari.utils.notifications import show_info
+
+            show_info(note)
+        return layer, plane, layer.metadata or {}
 
     def _on_progress(self, fraction: float, message: str) -> None:
         self.progress.value = int(round(100 * fraction))
@@ -105,13 +116,3 @@ class JobWidget:
         self.run_button.enabled = True
         if getattr(self, "cancel_button", None) is not None:
             self.cancel_button.enabled = False
-
-
-def current_plane(viewer, layer):
-    """The 2-D image of ``layer`` the viewer shows now (the current frame of a stack)."""
-    import numpy as np
-
-    data = np.asarray(layer.data)
-    if data.ndim > 2:
-        data = data[tuple(int(i) for i in viewer.dims.current_step[: data.ndim - 2])]
-    return data

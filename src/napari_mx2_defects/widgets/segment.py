@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -62,16 +61,17 @@ class SegmentWidget(JobWidget, Container):
         if selected is None:
             return None
         layer, data, meta = selected
-        pixel = float(np.mean(layer.scale[-2:])) if meta.get("calibrated") else (self.pixel.value or None)
-        if pixel is None:
-            self.status.value = "⚠ this image has no calibration: enter its pixel size in Å"
-            return None
-        from ..core.validation import BOUNDS
+        from ..inputs import pixel_size_A
 
+        calibrated = bool(meta.get("calibrated"))
         try:
-            BOUNDS["image_pixel_size_A"].with_option("pixel size").check(pixel)
+            pixel = pixel_size_A(layer.scale, calibrated, None if calibrated else (self.pixel.value or None),
+                                 name=layer.name, option="the pixel size field")
         except ValueError as exc:
             self.status.value = f"⚠ {exc}"
+            return None
+        if pixel is None:
+            self.status.value = "⚠ this image has no calibration: enter its pixel size in Å"
             return None
         model = "default" if self.use_default.value else str(self.checkpoint.value)
         device, want_probs = self.device.value, self.probabilities.value

@@ -73,7 +73,13 @@ class StatisticsWidget(JobWidget, Container):
             return None
         layer, data, meta = selected
         calibrated = bool(meta.get("calibrated", False))
-        pixel = float(layer.scale[-1]) if calibrated else None
+        from ..inputs import pixel_size_A
+
+        try:
+            pixel = pixel_size_A(layer.scale, calibrated, name=layer.name)
+        except ValueError as exc:
+            self.status.value = f"⚠ {exc}"
+            return None
         defects = None
         if self.defects_layer.value not in (None, _NONE):
             points = self.viewer.layers[self.defects_layer.value]
@@ -93,8 +99,6 @@ class StatisticsWidget(JobWidget, Container):
         from ..core.validation import BOUNDS
 
         try:
-            if pixel is not None:
-                BOUNDS["image_pixel_size_A"].with_option("the layer's pixel size").check(pixel)
             if energy:
                 BOUNDS["energy_keV"].with_option("the layer's beam energy").check(energy)
         except ValueError as exc:

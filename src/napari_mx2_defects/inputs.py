@@ -1,0 +1,67 @@
+"""What every front end hands to the science: one image plane and one pixel size, by one policy.
+
+The CLI (``segment``, ``analyze``, ``finetune``) and the widgets (*Find defects*, *Defect
+statistics*) all call these two functions, so the same file gives the same plane and the same
+pixel size whichever way it is run:
+
+* a stack of frames (a series, a multi-detector file read as frames) is used as the **sum of its
+  frames**, and the front end says so;
+* a colour (RGB/RGBA) image is refused: HAADF intensities are one channel;
+* the pixel size is a typed-in value if one is given, else the file's calibration — which must have
+  square pixels (y and x within 0.1 %), else the image must be resampled or a value given; an
+  uncalibrated image has none (the analysis can then self-calibrate from the parent's lattice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .core.validation import BOUNDS
+
+__all__ = ["SQUARE_PIXEL_TOLERANCE", "image_plane", "pixel_size_A"]
+
+#: Largest relative difference of the y and x pixel sizes still taken as square.
+SQUARE_PIXEL_TOLERANCE = 1e-3
+
+
+def image_plane(data, name: str = "the image") -> tuple[np.ndarray, str | None]:
+    """The 2-D plane to work on, and a note for the user when it is not the data as given.
+
+    Raises
+    ------
+    ValueError
+        For colour images and for data with fewer than two dimensions.
+    """
+    shape = tuple(int(n) for n in np.shape(data))
+    if len(shape) < 2:
+        raise ValueError(f"{name} has {len(shape)} dimension(s); an image needs two (y, x)")
+    if len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4:
+        raise ValueError(f"{name} is a colour ({'RGB' if shape[-1] == 3 else 'RGBA'}) image; HAADF intensities are "
+                         f"one channel: open the raw single-channel image, or convert it to greyscale first")
+    if len(shape) == 2:
+        return np.asarray(data), None
+    frames = int(np.prod(shape[:-2]))
+    plane = np.zeros(shape[-2:], float)
+    for frame in np.asarray(data).reshape(frames, *shape[-2:]):
+        plane += frame
+    return plane, f"{name} is a stack of {frames} frames; using their sum"
+
+
+def pixel_size_A(scale_yx: Sequence[float] | None, calibrated: bool, override: float | None = None,
+                 name: str = "the image", option: str = "--pixel-size") -> float | None:
+    """The pixel size (Å) to use: ``override`` if given, else the calibration's (square pixels only).
+
+    ``scale_yx`` are the (y, x) pixel sizes of the file or layer (the last two are used); returns
+    None for an uncalibrated image without an override.
+    """
+    if override is not None:
+        return BOUNDS["image_pixel_size_A"].with_option(option).check(override)
+    if not calibrated or scale_yx is None:
+        return None
+    sy, sx = (float(v) for v in list(scale_yx)[-2:])
+    if abs(sy - sx) > SQUARE_PIXEL_TOLERANCE * max(abs(sy), abs(sx)):
+        raise ValueError(f"{name} has non-square pixels ({sy:g} Å × {sx:g} Å): resample it to square pixels "
+                         f"first, or give the pixel size ({option})")
+    return BOUNDS["image_pixel_size_A"].with_option(f"the pixel size of {name}").check(0.5 * (sy + sx))
