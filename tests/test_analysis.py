@@ -139,3 +139,13 @@ def test_result_exports_round_trip(vacancy_result, tmp_path):
     assert all(p.exists() for p in paths)
     with pytest.raises(FileExistsError):
         vacancy_result.save(tmp_path)
+
+
+def test_analysis_can_be_cancelled_between_steps():
+    from napari_mx2_defects.twin.jobs import Cancelled
+
+    steps = []
+    image = np.random.default_rng(0).random((64, 64))
+    with pytest.raises(Cancelled):
+        analyze_image(image, 0.2, progress=lambda f, m: steps.append(m), cancelled=lambda: len(steps) >= 1)
+    assert steps == ["measuring the lattice"]

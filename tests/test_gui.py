@@ -134,6 +134,13 @@ def test_statistics_widget_analyses_and_exports(make_napari_viewer, qtbot, tmp_p
     widget = StatisticsWidget(viewer)
     viewer.window.add_dock_widget(widget)
     assert widget.image_layer.value == "MoS2 twin HAADF"
+    n_layers = len(viewer.layers)
+    assert widget.run() is not None and widget.cancel_button.enabled  # Cancel: nothing is added
+    widget.cancel_button.native.click()
+    _wait_for_job(qtbot, widget, timeout=300_000)
+    qtbot.wait(50)
+    assert widget.status.value.startswith("cancelled") and widget.result is None, widget.status.value
+    assert len(viewer.layers) == n_layers and not widget.cancel_button.enabled
     assert widget.run() is not None  # a worker started
     _wait_for_job(qtbot, widget, timeout=300_000)
     qtbot.waitUntil(lambda: widget.result is not None, timeout=10_000)

@@ -91,6 +91,7 @@ def analyze_image(
     dopant: str | None = None,
     border_A: float = 2.0,
     progress: Callable[[float, str], None] = lambda f, m: None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> AnalysisResult:
     """Measure every M and X site, classify by intensity and count defects per cm².
 
@@ -116,11 +117,21 @@ def analyze_image(
         Dopant element to look for on metal sites (TM_D).
     border_A : float
         Sites within this distance of the image edge are not analysed.
+    progress, cancelled : callables, optional
+        The job protocol: ``progress(fraction, message)``; ``cancelled()`` is polled between
+        steps and a True return raises :class:`~napari_mx2_defects.twin.jobs.Cancelled`.
     """
+    from ..twin.jobs import Cancelled
+
+    def step(fraction: float, message: str) -> None:
+        if cancelled():
+            raise Cancelled("analysis cancelled")
+        progress(fraction, message)
+
     img = _validate(image)
     parent = get_parent(material)
     notes: list[str] = []
-    progress(0.05, "measuring the lattice")
+    step(0.05, "measuring the lattice")
 
     self_calibrated = pixel_size_A is None
     energy = float(BOUNDS["energy_keV"].check(beam_energy_keV)) if beam_energy_keV else 80.0
@@ -136,15 +147,15 @@ def analyze_image(
         )
     if not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
         raise ValueError(f"pixel size must be a positive number of Å, got {pixel_size_A}")
-    progress(0.15, "forward model of site intensities (first time per material: ~20 s of abTEM)")
+    step(0.15, "forward model of site intensities (first time per material: ~20 s of abTEM)")
     levels, m_brighter = reference_levels(parent.key, round(float(pixel_size_A), 4), energy, dopant)
-    progress(0.5, "finding columns")
+    step(0.5, "finding columns")
     meas = measure_sites(img, parent.a_A / pixel_size_A, m_brighter, border_px=border_A / pixel_size_A)
     notes += meas.notes
     sites = meas.sites
     sites["x_A"] = sites.x_px * pixel_size_A
     sites["y_A"] = sites.y_px * pixel_size_A
-    progress(0.7, "classifying sites")
+    step(0.7, "classifying sites")
     classes = classify_sites(sites, levels)
     in_hole = find_holes(sites, classes, meas.a_px)
     classes[in_hole] = ""

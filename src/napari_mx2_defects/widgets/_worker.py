@@ -7,6 +7,7 @@ Cancel button sets an event the computation polls.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,9 @@ class JobWidget:
     def _on_error(self, exc: BaseException) -> None:
         from ..twin.simulate import Cancelled
 
+        if not isinstance(exc, Cancelled):  # shown in the dock, and logged with its traceback for a report
+            logging.getLogger("napari_mx2_defects").error("%s failed: %s", type(self).__name__, exc,
+                                                          exc_info=(type(exc), exc, exc.__traceback__))
         self.status.value = "cancelled; no layer was added" if isinstance(exc, Cancelled) else f"⚠ {exc}"
         self.progress.value = 0
 

@@ -32,12 +32,13 @@ class StatisticsWidget(JobWidget, Container):
         self.material.native.setEditable(True)
         self.dopant = LineEdit(label="dopant (optional)", value="")
         self.run_button = PushButton(text="Analyse")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.export_csv_button = PushButton(text="Export CSV…", enabled=False)
         self.export_png_button = PushButton(text="Export PNG…", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
         self.extend([self.image_layer, self.defects_layer, self.regions_layer, self.material, self.dopant,
-                     self.run_button, self.progress, self.status, self.export_csv_button,
+                     self.run_button, self.cancel_button, self.progress, self.status, self.export_csv_button,
                      self.export_png_button])
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -108,7 +109,7 @@ class StatisticsWidget(JobWidget, Container):
 
         def job(progress, cancelled):
             return analyze_image(data, pixel, material=material, defects=defects, regions=regions,
-                                 beam_energy_keV=energy, dopant=dopant, progress=progress)
+                                 beam_energy_keV=energy, dopant=dopant, progress=progress, cancelled=cancelled)
 
         self._source_name = layer.name
         return self._start(job, message)
