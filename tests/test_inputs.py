@@ -82,3 +82,13 @@ def test_cli_and_layer_inputs_agree(tmp_path, shared_data, case):
         assert "non-square pixels" in p1
     if case == "frame stack":
         assert note_cli.endswith("stack of 3 frames; using their sum")
+
+
+def test_survey_images_that_cannot_resolve_columns_are_refused(shared_data):
+    """A 3.84 Å/px TIA preview used to give "80 defects"; now it is refused with the reason."""
+    preview = load_images(shared_data / "formats/rosettasciio/tia/old/03_Scanning Preview.emi")[0]
+    with pytest.raises(ValueError, match="cannot resolve MX2 atomic columns"):
+        pixel_size_A(preview.scale_A, preview.calibrated, name="03_Scanning Preview.emi")
+    with pytest.raises(ValueError, match="cannot resolve"):
+        pixel_size_A(None, False, override=0.9)
+    assert pixel_size_A((0.45, 0.45), True) == 0.45  # the coarsest real atomic-resolution scans still pass

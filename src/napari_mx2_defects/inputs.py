@@ -9,7 +9,9 @@ pixel size whichever way it is run:
 * a colour (RGB/RGBA) image is refused: HAADF intensities are one channel;
 * the pixel size is a typed-in value if one is given, else the file's calibration — which must have
   square pixels (y and x within 0.1 %), else the image must be resampled or a value given; an
-  uncalibrated image has none (the analysis can then self-calibrate from the parent's lattice).
+  uncalibrated image has none (the analysis can then self-calibrate from the parent's lattice);
+* a pixel size that cannot resolve the atomic columns (above :data:`RESOLVABLE_PIXEL_A`) is refused
+  with the reason, instead of "finding" defects in a survey image.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import numpy as np
 
 from .core.validation import BOUNDS
 
-__all__ = ["SQUARE_PIXEL_TOLERANCE", "image_plane", "pixel_size_A"]
+__all__ = ["RESOLVABLE_PIXEL_A", "SQUARE_PIXEL_TOLERANCE", "image_plane", "pixel_size_A"]
 
 #: Largest relative difference of the y and x pixel sizes still taken as square.
 SQUARE_PIXEL_TOLERANCE = 1e-3
+#: Coarsest pixel (Å) at which MX2 columns are resolved: the metal–chalcogen distance in projection,
+#: a/√3, is 1.82 Å for MoS2 (a = 3.16 Å) to 2.07 Å for MoTe2 (3.55 Å); three pixels across it.
+RESOLVABLE_PIXEL_A = 0.6
 
 
 def image_plane(data, name: str = "the image") -> tuple[np.ndarray, str | None]:
@@ -57,11 +62,21 @@ def pixel_size_A(scale_yx: Sequence[float] | None, calibrated: bool, override: f
     None for an uncalibrated image without an override.
     """
     if override is not None:
-        return BOUNDS["image_pixel_size_A"].with_option(option).check(override)
+        return BOUNDS["image_pixel_size_A"].with_option(option).check(_resolvable(override, name))
     if not calibrated or scale_yx is None:
         return None
     sy, sx = (float(v) for v in list(scale_yx)[-2:])
     if abs(sy - sx) > SQUARE_PIXEL_TOLERANCE * max(abs(sy), abs(sx)):
         raise ValueError(f"{name} has non-square pixels ({sy:g} Å × {sx:g} Å): resample it to square pixels "
                          f"first, or give the pixel size ({option})")
-    return BOUNDS["image_pixel_size_A"].with_option(f"the pixel size of {name}").check(0.5 * (sy + sx))
+    return BOUNDS["image_pixel_size_A"].with_option(f"the pixel size of {name}").check(_resolvable(0.5 * (sy + sx),
+                                                                                                 name))
+
+
+def _resolvable(pixel_A, name: str):
+    """``pixel_A`` unless it is a number too coarse to resolve columns (other nonsense is the bounds' to refuse)."""
+    if isinstance(pixel_A, (int, float)) and np.isfinite(pixel_A) and pixel_A > RESOLVABLE_PIXEL_A:
+        raise ValueError(f"{name}: a pixel of {pixel_A:.3g} Å cannot resolve MX2 atomic columns (they are 1.8–2.1 Å "
+                         f"apart in projection; at most {RESOLVABLE_PIXEL_A} Å per pixel is needed); open an "
+                         f"atomic-resolution image, or correct the pixel size if it is wrong")
+    return pixel_A
