@@ -238,3 +238,28 @@ def test_find_defects_widget_and_cli_agree_on_a_frame_stack(make_napari_viewer, 
     assert sorted(gui.defect_class) == sorted(cli.defect_class)
     np.testing.assert_allclose(gui.sort_values(["x_A", "y_A"])[["x_A", "y_A"]].to_numpy(),
                                cli.sort_values(["x_A", "y_A"])[["x_A", "y_A"]].to_numpy(), atol=1e-6)
+
+
+def test_pickers_follow_the_layer_list(make_napari_viewer):
+    """Docks opened before any layer fill their pickers as layers arrive, follow renames, and a layer
+    deleted behind a picker gives a message instead of a KeyError (issue 13)."""
+    from napari_mx2_defects.widgets.segment import SegmentWidget
+    from napari_mx2_defects.widgets.statistics import StatisticsWidget
+
+    viewer = make_napari_viewer()
+    segment, statistics = SegmentWidget(viewer), StatisticsWidget(viewer)
+    assert not segment.image_layer.choices
+    image = viewer.add_image(np.zeros((64, 64)), name="scan", scale=(0.2, 0.2), metadata={"calibrated": True})
+    points = viewer.add_points(np.zeros((1, 2)), name="picked", features={"defect_class": ["V_X"]})
+    viewer.add_shapes([np.array([[0, 0], [0, 5], [5, 5], [5, 0]])], name="area")
+    assert segment.image_layer.choices == ("scan",) and statistics.image_layer.choices == ("scan",)
+    assert "picked" in statistics.defects_layer.choices and "area" in statistics.regions_layer.choices
+    image.name = "scan 2"
+    assert segment.image_layer.choices == ("scan 2",) and statistics.image_layer.value == "scan 2"
+    statistics.defects_layer.value = "picked"
+    viewer.layers.remove(points)
+    assert "picked" not in statistics.defects_layer.choices
+    segment.image_layer.value = "scan 2"
+    viewer.layers.remove(image)
+    assert segment.run() is None and "open an image first" in segment.status.value
+    assert segment._layer("gone", "image") is None and "no longer in the viewer" in segment.status.value

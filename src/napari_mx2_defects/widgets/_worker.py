@@ -84,6 +84,31 @@ class JobWidget:
         self.status.value = message
         return self.runner.start(job)
 
+    def _layer(self, name: str, what: str):
+        """The viewer's layer called ``name``, or None with a message (it was renamed or deleted)."""
+        if name in self.viewer.layers:
+            return self.viewer.layers[name]
+        self.status.value = f"⚠ the {what} layer {name!r} is no longer in the viewer; choose another"
+        refresh = getattr(self, "_refresh_choices", None)
+        if refresh is not None:
+            refresh()
+        return None
+
+    def _track_layers(self, refresh) -> None:
+        """Call ``refresh`` whenever the layer list or a layer's name changes."""
+        def watch(layer):
+            layer.events.name.connect(lambda *_: refresh())
+
+        for layer in self.viewer.layers:
+            watch(layer)
+
+        def inserted(event):
+            watch(event.value)
+            refresh()
+
+        self.viewer.layers.events.inserted.connect(inserted)
+        self.viewer.layers.events.removed.connect(lambda *_: refresh())
+
     def _selected_image(self):
         """(layer, 2-D data shown now, metadata) of the chosen image layer, or None with a message."""
         if not self.image_layer.value:
@@ -91,7 +116,9 @@ class JobWidget:
             return None
         from ..inputs import image_plane
 
-        layer = self.viewer.layers[self.image_layer.value]
+        layer = self._layer(self.image_layer.value, "image")
+        if layer is None:
+            return None
         try:
             plane, note = image_plane(layer.data, layer.name)  # the CLI's policy: a stack is summed
         except ValueError as exc:

@@ -47,8 +47,10 @@ class SegmentWidget(JobWidget, Container):
                      self.probabilities,
                      self.run_button, self.cancel_button, self.progress, self.status])
         self._init_runner()
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(lambda *_: setattr(self.image_layer, "choices", self._images()))
+        self._track_layers(self._refresh_choices)
+
+    def _refresh_choices(self) -> None:
+        self.image_layer.choices = self._images()
 
     def _images(self) -> list[str]:
         return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Image"]

@@ -51,8 +51,7 @@ class StatisticsWidget(JobWidget, Container):
         self._init_runner()
         self.export_csv_button.changed.connect(lambda *_: self._ask_and_export("csv"))
         self.export_png_button.changed.connect(lambda *_: self._ask_and_export("png"))
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self._refresh_choices)
+        self._track_layers(self._refresh_choices)
         self._refresh_choices()
 
     def _layer_names(self, kind: str) -> list[str]:
@@ -83,7 +82,9 @@ class StatisticsWidget(JobWidget, Container):
             return None
         defects = None
         if self.defects_layer.value not in (None, _NONE):
-            points = self.viewer.layers[self.defects_layer.value]
+            points = self._layer(self.defects_layer.value, "model defects")
+            if points is None:
+                return None
             world = np.asarray(points.data) * points.scale + points.translate
             feats = points.features
             if "defect_class" not in feats:
@@ -93,7 +94,9 @@ class StatisticsWidget(JobWidget, Container):
                                     "defect_class": feats["defect_class"].astype(str).to_numpy()})
         regions = None
         if self.regions_layer.value not in (None, _NONE):
-            shapes = self.viewer.layers[self.regions_layer.value]
+            shapes = self._layer(self.regions_layer.value, "regions")
+            if shapes is None:
+                return None
             regions = [np.asarray(s)[:, -2:] * shapes.scale[-2:] + shapes.translate[-2:] for s in shapes.data]
         material, dopant = self.material.value, (self.dopant.value or None)
         energy = meta.get("beam_energy_keV")
