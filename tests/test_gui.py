@@ -263,3 +263,20 @@ def test_pickers_follow_the_layer_list(make_napari_viewer):
     viewer.layers.remove(image)
     assert segment.run() is None and "open an image first" in segment.status.value
     assert segment._layer("gone", "image") is None and "no longer in the viewer" in segment.status.value
+
+
+def test_statistics_widget_says_when_the_calibration_is_wrong(make_napari_viewer, qtbot):
+    """A 40 % wrong pixel size used to show only "a = 4.34 Å"; the dock now says what the CLI says."""
+    from napari_mx2_defects.sample_data import make_mos2_twin
+    from napari_mx2_defects.widgets.statistics import StatisticsWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = make_mos2_twin()[0]
+    kwargs = {**kwargs, "scale": tuple(1.4 * s for s in kwargs["scale"])}
+    viewer.add_image(data, **kwargs)
+    widget = StatisticsWidget(viewer)
+    assert widget.run() is not None
+    _wait_for_job(qtbot, widget, timeout=300_000)
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=10_000)
+    assert "+40 % off" in widget.status.value and "pixel size" in widget.status.value
+    assert any("+40 % off" in note for note in widget.result.notes)

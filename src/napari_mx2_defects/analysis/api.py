@@ -81,6 +81,11 @@ def _validate(image: np.ndarray) -> np.ndarray:
     return img
 
 
+#: A measured lattice constant further than this from the parent's says the calibration is wrong
+#: (vendor pixel sizes are often 3–15 % off; strain in a monolayer is below 3 %).
+CALIBRATION_WARNING_FRACTION = 0.03
+
+
 def analyze_image(
     image: np.ndarray,
     pixel_size_A: float | None,
@@ -173,6 +178,10 @@ def analyze_image(
     sites["region"] = 0
     polygons = list(regions or [])
     a_A = meas.a_px * pixel_size_A
+    if not self_calibrated and abs(a_A / parent.a_A - 1) > CALIBRATION_WARNING_FRACTION:
+        notes.append(f"the measured lattice constant a = {a_A:.3f} Å is {100 * (a_A / parent.a_A - 1):+.0f} % off "
+                     f"{parent.key}'s {parent.a_A} Å: the pixel size ({pixel_size_A:.4g} Å) is probably wrong, and "
+                     f"so is every per-cm² value; correct it, or self-calibrate from the parent")
     cell_area = a_A**2 * np.sqrt(3) / 2
     # the sites a class is counted against: chalcogen columns for X defects, metal sites otherwise
     sublattice_of = {DEFECT_CLASSES[c][0]: ("X" if DEFECT_CLASSES[c][2] == "X" else "M")

@@ -129,8 +129,15 @@ class StatisticsWidget(JobWidget, Container):
         data, kwargs, _ = sites_layer(result, name=f"{self._source_name} sites")
         self.viewer.add_points(data, **kwargs)
         lat = result.lattice
-        self.status.value = (f"a = {lat['a_A']:.3f} Å{' (self-calibrated)' if lat['self_calibrated'] else ''}; "
-                             f"{lat['n_M_sites']} M / {lat['n_X_sites']} X sites; {lat['analysed_area_nm2']:.1f} nm²")
+        summary = (f"a = {lat['a_A']:.3f} Å{' (self-calibrated)' if lat['self_calibrated'] else ''}; "
+                   f"{lat['n_M_sites']} M / {lat['n_X_sites']} X sites; {lat['analysed_area_nm2']:.1f} nm²")
+        # every note the CLI prints is shown here too: in the dock and as a notification
+        self.status.value = "\n".join([summary, *(f"⚠ {note}" for note in result.notes)])
+        if result.notes:
+            from napari.utils.notifications import show_warning
+
+            for note in result.notes:
+                show_warning(note)
         self.export_csv_button.enabled = True
         self.export_png_button.enabled = True
 
