@@ -146,13 +146,23 @@ def test_statistics_widget_analyses_and_exports(make_napari_viewer, qtbot, tmp_p
     qtbot.waitUntil(lambda: widget.result is not None, timeout=10_000)
     assert viewer.layers[-1].name.endswith("sites")
     assert len(widget.figure.axes) == 2
-    paths = widget.export(tmp_path)
-    table = pd.read_csv(tmp_path / "concentrations.csv")
     shown = widget.result.concentrations
+    assert list(widget.table.column_headers) == ["class", "count", "per cm²", "95 % interval"]  # numbers in the dock
+    assert [int(v) for v in widget.table["count"]] == shown["count"].tolist()
+    assert list(widget.table["class"]) == shown["defect_class"].tolist()
+    csv = widget.export(tmp_path / "csv", kind="csv")
+    assert sorted(p.name for p in csv) == ["concentrations.csv", "lattice.json", "sites.csv"]
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["concentrations.csv", "lattice.json", "sites.csv"]
+    png = widget.export(tmp_path / "png", kind="png")
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["concentrations.png", "histogram.png",
+                                                                   "statistics_panel.png"] and len(png) == 3
+    table = pd.read_csv(tmp_path / "csv" / "concentrations.csv")
     assert table["count"].tolist() == shown["count"].tolist()
     assert table.per_cm2.to_numpy() == pytest.approx(shown.per_cm2.to_numpy())
-    assert (tmp_path / "statistics_panel.png").stat().st_size > 5000
-    assert len(paths) == 6
+    assert (tmp_path / "png" / "statistics_panel.png").stat().st_size > 5000
+    with pytest.raises(FileExistsError):  # nothing is replaced without asking
+        widget.export(tmp_path / "png", kind="png")
+    assert len(widget.export(tmp_path / "png", kind="png", overwrite=True)) == 3
 
 
 def test_demo_main_job_end_to_end(tmp_path):

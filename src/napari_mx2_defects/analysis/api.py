@@ -40,26 +40,35 @@ class AnalysisResult:
     levels: dict
     notes: list[str] = field(default_factory=list)
 
-    def save(self, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
-        """Write sites.csv, concentrations.csv, lattice.json, histogram.png and concentrations.png.
+    def save(self, out_dir: str | Path, overwrite: bool = False, files: Sequence[str] = ANALYSIS_FILES) -> list[Path]:
+        """Write ``files`` (by default all of sites.csv, concentrations.csv, lattice.json,
+        histogram.png and concentrations.png) into ``out_dir``.
 
         The files are written into a staging folder and moved into ``out_dir`` together when all
         are complete (:class:`~..io.atomic.StagedOutput`): a failure or an interrupt leaves the
-        previous files, or none.  ``overwrite`` replaces only these five names.
+        previous files, or none.  ``overwrite`` replaces only these names.
         """
         from ..io.atomic import StagedOutput
         from .plots import concentration_figure, histogram_figure
 
-        stage = StagedOutput(out_dir, ANALYSIS_FILES, overwrite=overwrite)
+        unknown = sorted(set(files) - set(ANALYSIS_FILES))
+        if unknown or not files:
+            raise ValueError(f"the analysis writes {', '.join(ANALYSIS_FILES)}; cannot write {unknown or 'nothing'}")
+        files = [n for n in ANALYSIS_FILES if n in files]
+        stage = StagedOutput(out_dir, files, overwrite=overwrite)
         columns = SITES_COLUMNS + [c for c in ("region", "in_hole", "model_class") if c in self.sites]
+        writers = {
+            "sites.csv": lambda path: self.sites[columns].to_csv(path, index=False),
+            "concentrations.csv": lambda path: self.concentrations.to_csv(path, index=False),
+            "lattice.json": lambda path: path.write_text(json.dumps({**self.lattice, "levels": self.levels,
+                                                                     "notes": self.notes}, indent=2)),
+            "histogram.png": lambda path: histogram_figure(self).savefig(path, dpi=120),
+            "concentrations.png": lambda path: concentration_figure(self).savefig(path, dpi=120),
+        }
         with stage as staging:
-            self.sites[columns].to_csv(staging / "sites.csv", index=False)
-            self.concentrations.to_csv(staging / "concentrations.csv", index=False)
-            (staging / "lattice.json").write_text(json.dumps({**self.lattice, "levels": self.levels,
-                                                              "notes": self.notes}, indent=2))
-            histogram_figure(self).savefig(staging / "histogram.png", dpi=120)
-            concentration_figure(self).savefig(staging / "concentrations.png", dpi=120)
-        return [Path(out_dir) / n for n in ANALYSIS_FILES]
+            for name in files:
+                writers[name](staging / name)
+        return [Path(out_dir) / n for n in files]
 
 
 def _validate(image: np.ndarray) -> np.ndarray:

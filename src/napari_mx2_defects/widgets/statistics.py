@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, Table
 
 from ..twin.parents import list_parents
 from ._worker import JobWidget
@@ -17,6 +17,25 @@ if TYPE_CHECKING:
 __all__ = ["StatisticsWidget"]
 
 _NONE = "(none)"
+#: What each export button writes.
+EXPORTS = {
+    "csv": ["sites.csv", "concentrations.csv", "lattice.json"],
+    "png": ["histogram.png", "concentrations.png", "statistics_panel.png"],
+    "all": ["sites.csv", "concentrations.csv", "lattice.json", "histogram.png", "concentrations.png",
+            "statistics_panel.png"],
+}
+
+
+def results_table(concentrations) -> dict[str, list]:
+    """The concentrations as the dock shows them: class (and region), count, per cm², 95 % interval."""
+    several = concentrations["region"].nunique() > 1 if len(concentrations) else False
+    table: dict[str, list] = {"class": [], "count": [], "per cm²": [], "95 % interval": []}
+    for row in concentrations.itertuples():
+        table["class"].append(f"{row.defect_class} (region {row.region})" if several else row.defect_class)
+        table["count"].append(int(row.count))
+        table["per cm²"].append(f"{row.per_cm2:.3g}")
+        table["95 % interval"].append(f"{row.ci_low_per_cm2:.3g} – {row.ci_high_per_cm2:.3g}")
+    return table
 
 
 class StatisticsWidget(JobWidget, Container):
@@ -33,12 +52,15 @@ class StatisticsWidget(JobWidget, Container):
         self.dopant = LineEdit(label="dopant (optional)", value="")
         self.run_button = PushButton(text="Analyse")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.table = Table(value={"class": [], "count": [], "per cm²": [], "95 % interval": []}, label="results")
+        self.table.read_only = True
         self.export_csv_button = PushButton(text="Export CSV…", enabled=False)
         self.export_png_button = PushButton(text="Export PNG…", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
         self.extend([self.image_layer, self.defects_layer, self.regions_layer, self.material, self.dopant,
-                     self.run_button, self.cancel_button, self.progress, self.status, self.export_csv_button,
+                     self.run_button, self.cancel_button, self.progress, self.status, self.table,
+                     self.export_csv_button,
                      self.export_png_button])
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -126,6 +148,7 @@ class StatisticsWidget(JobWidget, Container):
         draw_histogram(self.figure.add_subplot(211), result)
         draw_concentrations(self.figure.add_subplot(212), result)
         self.canvas.draw_idle()
+        self.table.value = results_table(result.concentrations)
         data, kwargs, _ = sites_layer(result, name=f"{self._source_name} sites")
         self.viewer.add_points(data, **kwargs)
         lat = result.lattice
@@ -141,16 +164,26 @@ class StatisticsWidget(JobWidget, Container):
         self.export_csv_button.enabled = True
         self.export_png_button.enabled = True
 
-    def export(self, folder: str | Path, overwrite: bool = False) -> list[Path]:
-        """Write sites.csv, concentrations.csv, lattice.json and the figures into ``folder``."""
+    def export(self, folder: str | Path, overwrite: bool = False, kind: str = "all") -> list[Path]:
+        """Write the results into ``folder``: ``csv`` the tables (sites.csv, concentrations.csv,
+        lattice.json), ``png`` the figures (histogram.png, concentrations.png, statistics_panel.png),
+        ``all`` both.  Existing files are kept unless ``overwrite``."""
         if self.result is None:
             raise RuntimeError("run the analysis first")
-        paths = self.result.save(folder, overwrite=overwrite)
-        from ..io.atomic import atomic_path
+        if kind not in EXPORTS:
+            raise ValueError(f"export kind must be one of {', '.join(EXPORTS)}, got {kind!r}")
+        from ..io.atomic import atomic_path, check_output_file
 
-        with atomic_path(Path(folder) / "statistics_panel.png") as tmp:
-            self.figure.savefig(tmp, dpi=120)
-        return paths + [Path(folder) / "statistics_panel.png"]
+        names = EXPORTS[kind]
+        panel = Path(folder) / "statistics_panel.png"
+        if "statistics_panel.png" in names:
+            check_output_file(panel, overwrite=overwrite, option="export folder")
+        paths = self.result.save(folder, overwrite=overwrite, files=[n for n in names if n != panel.name])
+        if "statistics_panel.png" in names:
+            with atomic_path(panel) as tmp:
+                self.figure.savefig(tmp, dpi=120)
+            paths.append(panel)
+        return paths
 
     def _ask_and_export(self, kind: str) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -158,7 +191,21 @@ class StatisticsWidget(JobWidget, Container):
         folder = QFileDialog.getExistingDirectory(self.native, f"Folder for the {kind.upper()} export")
         if folder:
             try:
-                self.export(folder)
-                self.status.value = f"exported to {folder}"
-            except (OSError, ValueError) as exc:  # FileExistsError is an OSError
+                paths = self.export(folder, kind=kind)
+            except FileExistsError:
+                from qtpy.QtWidgets import QMessageBox
+
+                answer = QMessageBox.question(self.native, "Replace files?",
+                                              f"{folder} already holds results of this export. Replace them?")
+                if answer != QMessageBox.Yes:
+                    self.status.value = "nothing exported (the files exist)"
+                    return
+                try:
+                    paths = self.export(folder, kind=kind, overwrite=True)
+                except (OSError, ValueError) as exc:
+                    self.status.value = f"⚠ {exc}"
+                    return
+            except (OSError, ValueError) as exc:
                 self.status.value = f"⚠ {exc}"
+                return
+            self.status.value = f"exported {', '.join(p.name for p in paths)} to {folder}"
