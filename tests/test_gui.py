@@ -61,12 +61,21 @@ def test_sample_data_and_writers(make_napari_viewer, tmp_path):
     points = next(layer for layer in layers if type(layer).__name__ == "Points")
     out = labels.save(str(tmp_path / "labels.tif"), plugin="napari-mx2-defects")
     reopened = viewer.open(out[0], plugin="napari-mx2-defects")[0]
+    assert type(reopened).__name__ == "Labels"  # saved results come back as what they were
     assert tuple(reopened.scale) == pytest.approx(tuple(labels.scale), rel=1e-4)
     np.testing.assert_array_equal(np.asarray(reopened.data), np.asarray(labels.data))
     csv = points.save(str(tmp_path / "defects.csv"), plugin="napari-mx2-defects")
     table = pd.read_csv(csv[0])
     assert {"x_A", "y_A", "defect_class"} <= set(table.columns)
     assert len(table) == len(points.data) == 13
+    back = viewer.open(csv[0], plugin="napari-mx2-defects")[0]
+    assert type(back).__name__ == "Points" and len(back.data) == 13
+    np.testing.assert_allclose(np.asarray(back.data), np.asarray(points.data) * points.scale + points.translate)
+    assert list(back.features.defect_class) == list(points.features.defect_class)
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(Exception, match="other.csv"):  # not ours: napari says no reader, nothing opens
+        viewer.open(other, plugin="napari-mx2-defects")
 
 
 def test_simulate_widget_runs_in_a_worker(make_napari_viewer, qtbot):

@@ -61,7 +61,7 @@ def _cmd_segment(args):
     from .inputs import image_plane, pixel_size_A
     from .io.atomic import StagedOutput
     from .io.formats import load_images
-    from .io.writer import write_calibrated_tiff
+    from .io.writer import LABELS_TITLE, write_calibrated_tiff
     from .learn.inference import DEFECTS_COLUMNS, segment_image
 
     stage = StagedOutput(args.out, SEGMENT_FILES, overwrite=args.overwrite)  # before any work
@@ -88,7 +88,7 @@ def _cmd_segment(args):
     seg = segment_image(data, pixel, model=args.model, device=args.device, material=args.material,
                         beam_energy_keV=image.beam_energy_keV, progress=_progress(args.quiet))
     with stage as staging:
-        write_calibrated_tiff(staging / "labels.tif", seg.labels, pixel, title="defect labels")
+        write_calibrated_tiff(staging / "labels.tif", seg.labels, pixel, title=LABELS_TITLE)
         seg.defects[DEFECTS_COLUMNS[:4]].to_csv(staging / "defects.csv", index=False)
     out = Path(args.out)
     print(f"{len(seg.defects)} defects on {seg.device}: " +

@@ -9,8 +9,11 @@ import pandas as pd
 
 from .twin.defects import CLASS_COLORS, CLASS_NAMES
 
-__all__ = ["LayerData", "label_colormap", "label_colormap_layer", "label_features", "sites_layer",
-           "twin_layers"]
+__all__ = ["LayerData", "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader",
+           "read_points_csv", "sites_layer", "twin_layers"]
+
+#: Largest points table the reader opens (a million defects is ~60 MB of CSV).
+MAX_POINTS_CSV_BYTES = 512 * 1024**2
 
 LayerData = tuple[Any, dict, str]
 
@@ -98,3 +101,47 @@ def sites_layer(result, name: str = "sites") -> LayerData:
         "metadata": {"lattice": result.lattice},
     }
     return coords, kwargs, "points"
+
+
+def _points_header(path) -> list[str] | None:
+    """The column names of a CSV whose header holds ``x_A`` and ``y_A``, else None."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix.lower() != ".csv" or not path.is_file() or path.stat().st_size > MAX_POINTS_CSV_BYTES:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            header = handle.readline(64 * 1024).strip().split(",")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return header if {"x_A", "y_A"} <= set(header) else None
+
+
+def napari_get_points_reader(path):
+    """npe2 reader: the points tables the plugin writes (``defects.csv``, ``truth.csv``, a saved Points
+    layer: ``x_A``, ``y_A`` in Å plus features) reopen as Points layers with their features."""
+    paths = [path] if isinstance(path, str) or not hasattr(path, "__iter__") else list(path)
+    if not paths or not all(_points_header(p) for p in paths):
+        return None
+    return read_points_csv
+
+
+def read_points_csv(path) -> list[LayerData]:
+    """Points layer data of one or more points tables (positions in Å, every other column a feature)."""
+    from pathlib import Path
+
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    layers = []
+    for p in map(Path, paths):
+        try:
+            table = pd.read_csv(p, keep_default_na=False)
+            xy = table[["x_A", "y_A"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError, KeyError) as exc:
+            raise ValueError(f"{p.name}: not a points table ({' '.join(str(exc).split())[:100]})") from None
+        if len(xy) and not np.isfinite(xy).all():
+            raise ValueError(f"{p.name}: x_A and y_A must be finite numbers of Å")
+        table[["x_A", "y_A"]] = xy
+        colour = "defect_class" if "defect_class" in table else ""
+        layers.append(_points(table, (1.0, 1.0), p.stem, colour, 1.2, {"source": str(p), "calibrated": True}))
+    return layers

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .formats import ReaderError, is_supported, load_images
+from .writer import LABELS_TITLE
 
 __all__ = ["ReaderError", "layer_data", "napari_get_reader", "read_stem"]
 
@@ -28,8 +29,19 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
     return read_stem
 
 
+def is_labels_image(image) -> bool:
+    """True for a labels TIFF this plugin wrote (its title starts with ``defect labels``; integer pixels)."""
+    import numpy as np
+
+    general = (image.original_metadata.get("metadata") or {}).get("General") or {}
+    title = general.get("title") if isinstance(general, dict) else None
+    return (isinstance(title, str) and title.startswith(LABELS_TITLE)
+            and np.issubdtype(np.asarray(image.data).dtype, np.integer))
+
+
 def layer_data(image, source: str | Path) -> LayerData:
-    """napari ``LayerData`` tuple for one :class:`~.formats.CalibratedImage`."""
+    """napari ``LayerData`` tuple for one :class:`~.formats.CalibratedImage` (a Labels layer for the
+    labels TIFFs the plugin writes, so saved results come back as they were)."""
     unit = "angstrom" if image.calibrated else "pixel"
     kwargs = {
         "name": image.name,
@@ -38,9 +50,10 @@ def layer_data(image, source: str | Path) -> LayerData:
         "axis_labels": list(image.axis_names),
         "units": [unit if n in ("y", "x") else "pixel" for n in image.axis_names],
         "metadata": image.layer_metadata(source),
-        "colormap": "gray",
     }
-    return image.data, kwargs, "image"
+    if is_labels_image(image):
+        return image.data, {**kwargs, "opacity": 0.6}, "labels"
+    return image.data, {**kwargs, "colormap": "gray"}, "image"
 
 
 def read_stem(path: str | list[str]) -> list[LayerData]:

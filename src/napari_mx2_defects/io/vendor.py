@@ -152,6 +152,19 @@ def _check_tiff(path: Path, file_bytes: int) -> dict[str, Any] | None:
     return imagej_calibration(meta, x_res, y_res)
 
 
+def _tiff_document_name(path: Path) -> str | None:
+    """The TIFF DocumentName tag (where the plugin's writer stores a title), at most 200 characters."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages[0].tags.get("DocumentName")
+            value = tag.value if tag is not None else None
+    except Exception:  # noqa: BLE001 - already checked by _check_tiff; a title is optional
+        return None
+    return value[:200] if isinstance(value, str) else None
+
+
 def _apply_imagej(signal: dict, calibration: dict) -> None:
     """Set the image plane's scale from Fiji's calibration unless rosettasciio already agrees."""
     axes = signal.get("axes") or []
@@ -256,11 +269,12 @@ def read_signals(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     file_bytes = _file_bytes(path)
     with quiet_libraries():
-        calibration = None
+        calibration = document_name = None
         if suffix == ".emd":
             _check_hdf5(path, file_bytes)
         elif suffix in (".tif", ".tiff"):
             calibration = _check_tiff(path, file_bytes)
+            document_name = _tiff_document_name(path)
         try:
             reader = importlib.import_module(f"rsciio.{RSCIIO_MODULES[suffix]}").file_reader
             try:
@@ -279,6 +293,10 @@ def read_signals(path: Path) -> list[dict[str, Any]]:
                         "original_metadata": signal.get("original_metadata") or {}}
                 if calibration is not None:
                     _apply_imagej(item, calibration)
+                if document_name:  # the title the plugin's own TIFF writer stores (DocumentName tag)
+                    general = item["metadata"].setdefault("General", {})
+                    if isinstance(general, dict) and not general.get("title"):
+                        general["title"] = document_name
                 if suffix == ".mrc":
                     fei = _fei_extended_header(path)
                     if fei:

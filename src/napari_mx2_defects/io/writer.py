@@ -21,7 +21,15 @@ import pandas as pd
 
 from .atomic import atomic_path
 
-__all__ = ["points_table", "write_calibrated_tiff", "write_labels", "write_points"]
+__all__ = ["LABELS_TITLE", "labels_title", "points_table", "write_calibrated_tiff", "write_labels", "write_points"]
+
+#: Title of every labels TIFF the plugin writes; the reader opens such files as Labels layers.
+LABELS_TITLE = "defect labels"
+
+
+def labels_title(name: str = "") -> str:
+    """The TIFF title of a labels image (``defect labels`` or ``defect labels: NAME``)."""
+    return f"{LABELS_TITLE}: {name}" if name and name != LABELS_TITLE else LABELS_TITLE
 
 
 def _refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -81,8 +89,10 @@ def write_calibrated_tiff(
         "metadata": {"General": {"title": title}},
         "original_metadata": {},
     }
+    # the title goes into the standard DocumentName tag (269), which the reader gives back
+    extratags = [(269, "s", 0, title, True)] if title else None
     with atomic_path(path) as tmp:
-        file_writer(str(tmp), signal, export_scale=unit is not None)
+        file_writer(str(tmp), signal, export_scale=unit is not None, extratags=extratags)
     return path
 
 
@@ -99,7 +109,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     metadata = meta.get("metadata") or {}
     calibrated = metadata.get("calibrated", scale is not None)
     pixel = tuple(float(s) for s in scale[-2:]) if (scale is not None and calibrated) else None
-    out = write_calibrated_tiff(path, labels, pixel, title=meta.get("name", ""))
+    out = write_calibrated_tiff(path, labels, pixel, title=labels_title(meta.get("name", "")))
     return [str(out)]
 
 

@@ -147,12 +147,12 @@ class Twin:
         ``out_dir`` are never touched.
         """
         from ..io.atomic import StagedOutput
-        from ..io.writer import write_calibrated_tiff
+        from ..io.writer import LABELS_TITLE, write_calibrated_tiff
 
         with StagedOutput(out_dir, TWIN_FILES, overwrite=overwrite) as stage:
             write_calibrated_tiff(stage / "image.tif", self.image.astype(np.float32), self.pixel_size_A,
                                   title="digital twin HAADF")
-            write_calibrated_tiff(stage / "labels.tif", self.labels, self.pixel_size_A, title="defect labels")
+            write_calibrated_tiff(stage / "labels.tif", self.labels, self.pixel_size_A, title=LABELS_TITLE)
             self.truth_table().to_csv(stage / "truth.csv", index=False)
             self.atoms.to_csv(stage / "atoms.csv", index=False)
             self.sites.to_csv(stage / "sites.csv", index=False)
