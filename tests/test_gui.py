@@ -299,3 +299,38 @@ def test_statistics_widget_says_when_the_calibration_is_wrong(make_napari_viewer
     qtbot.waitUntil(lambda: widget.result is not None, timeout=10_000)
     assert "+40 % off" in widget.status.value and "pixel size" in widget.status.value
     assert any("+40 % off" in note for note in widget.result.notes)
+
+
+@pytest.mark.parametrize("case", ["origin offset", "uncalibrated, pixel typed in"])
+def test_overlays_land_on_the_image(make_napari_viewer, qtbot, case):
+    """Defect points and labels sit on the image in world coordinates: a Velox-like origin offset
+    (−76.8 Å) or an uncalibrated layer with the pixel size typed in (issue 13: they used to drift)."""
+    from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
+    from napari_mx2_defects.twin.imperfections import Imperfections
+    from napari_mx2_defects.widgets.segment import SegmentWidget
+
+    twin = simulate_twin(TwinRequest(material="MoS2", fov_A=40, pixel_size_A=0.1, defects="V_X=4,V_M=1", seed=5,
+                                     imperfections=Imperfections(dose_e_per_A2=1e6)))
+    viewer = make_napari_viewer()
+    if case == "origin offset":
+        image = viewer.add_image(twin.image, name="scan", scale=(0.1, 0.1), translate=(-76.8, -76.8),
+                                 metadata={"calibrated": True})
+    else:
+        image = viewer.add_image(twin.image, name="scan", metadata={"calibrated": False})
+    widget = SegmentWidget(viewer)
+    widget.pixel.value = 0.1
+    assert widget.run() is not None
+    _wait_for_job(qtbot, widget, timeout=300_000)
+    qtbot.waitUntil(lambda: type(viewer.layers[-1]).__name__ == "Points", timeout=60_000)
+    labels, points = viewer.layers[-2], viewer.layers[-1]
+    world = np.asarray(points.data) * points.scale + points.translate
+    truth = twin.defects[["y_A", "x_A"]].to_numpy()  # Å from the image origin
+    expected = truth / 0.1 * np.asarray(image.scale) + np.asarray(image.translate)
+    per_A = image.scale[0] / 0.1  # world units per Å
+    nearest = np.min(np.linalg.norm(world[:, None, :] - expected[None, :, :], axis=2), axis=1)
+    assert len(world) >= 4 and np.all(nearest < 1.0 * per_A), nearest
+    np.testing.assert_allclose(labels.translate, image.translate)
+    np.testing.assert_allclose(labels.scale, image.scale)
+    # a labelled pixel in world coordinates is where a point is
+    i, j = np.argwhere(np.asarray(labels.data) > 0)[0]
+    assert np.min(np.linalg.norm(world - (np.array([i, j]) * labels.scale + labels.translate), axis=1)) < 1.5 * per_A

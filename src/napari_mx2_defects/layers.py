@@ -9,7 +9,7 @@ import pandas as pd
 
 from .twin.defects import CLASS_COLORS, CLASS_NAMES
 
-__all__ = ["LayerData", "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader",
+__all__ = ["LayerData", "image_frame", "science_positions", "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader",
            "read_points_csv", "sites_layer", "twin_layers"]
 
 #: Largest points table the reader opens (a million defects is ~60 MB of CSV).
@@ -101,6 +101,26 @@ def sites_layer(result, name: str = "sites") -> LayerData:
         "metadata": {"lattice": result.lattice},
     }
     return coords, kwargs, "points"
+
+
+def image_frame(layer, pixel_size_A: float) -> dict[str, list[float]]:
+    """``scale`` and ``translate`` that put science positions (Å from the image origin, measured with
+    ``pixel_size_A``) on top of the image ``layer`` in world coordinates.
+
+    The one place layers ↔ science positions are mapped: a calibrated layer gives scale 1 and its own
+    origin offset (a Velox file's −76.8 Å), an uncalibrated one with a typed-in pixel size gives
+    1/pixel so the overlay still lands on the right pixels.
+    """
+    scale = np.asarray(layer.scale[-2:], float)
+    translate = np.asarray(layer.translate[-2:], float)
+    return {"scale": list(scale / float(pixel_size_A)), "translate": list(translate)}
+
+
+def science_positions(world_yx: np.ndarray, layer, pixel_size_A: float) -> np.ndarray:
+    """World coordinates (y, x) on the image ``layer`` → Å from its origin (the inverse of
+    :func:`image_frame`)."""
+    frame = image_frame(layer, pixel_size_A)
+    return (np.asarray(world_yx, float)[:, -2:] - frame["translate"]) / frame["scale"]
 
 
 def _points_header(path) -> list[str] | None:

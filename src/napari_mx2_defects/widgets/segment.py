@@ -85,21 +85,26 @@ class SegmentWidget(JobWidget, Container):
             beam_energy_keV=energy, progress=progress, cancelled=cancelled))
 
     def _on_done(self, seg) -> None:
-        from ..layers import label_colormap_layer, label_features
+        from ..layers import image_frame, label_colormap_layer, label_features
 
         layer, pixel = self._context
         scale = tuple(float(v) for v in layer.scale[-2:])  # the labels overlay the image pixel for pixel
-        self.viewer.add_labels(seg.labels, name=f"{layer.name} defects", scale=scale, opacity=0.6,
+        translate = tuple(float(v) for v in layer.translate[-2:])
+        self.viewer.add_labels(seg.labels, name=f"{layer.name} defects", scale=scale, translate=translate,
+                               opacity=0.6,
                                colormap=label_colormap_layer(), units=("angstrom", "angstrom"),
                                features=label_features(),
                                metadata={"pixel_size_A": pixel, "calibrated": True, "model": seg.card.architecture,
                                          "class_names": seg.card.classes})
         table = seg.defects
+        frame = image_frame(layer, pixel)
         self.viewer.add_points(table[["y_A", "x_A"]].to_numpy(), name=f"{layer.name} defect points",
-                               features=table.drop(columns=["x_A", "y_A"]).reset_index(drop=True), size=1.2,
-                               face_color="transparent", border_color="red", units=("angstrom", "angstrom"))
+                               features=table.drop(columns=["x_A", "y_A"]).reset_index(drop=True),
+                               size=1.2, face_color="transparent", border_color="red",  # Å, data units
+                               units=("angstrom", "angstrom"), **frame)
         if seg.probabilities is not None:
             self.viewer.add_image(seg.probabilities, name=f"{layer.name} probabilities", scale=(1.0, *scale),
+                                  translate=(0.0, *translate),
                                   units=("pixel", "angstrom", "angstrom"), axis_labels=("class", "y", "x"),
                                   visible=False)
         self.status.value = f"{len(table)} defects found on {seg.device}"

@@ -108,6 +108,10 @@ class StatisticsWidget(JobWidget, Container):
             if points is None:
                 return None
             world = np.asarray(points.data) * points.scale + points.translate
+            if pixel is not None:  # Å from the image's origin, as the analysis measures sites
+                from ..layers import science_positions
+
+                world = science_positions(world, layer, pixel)
             feats = points.features
             if "defect_class" not in feats:
                 self.status.value = "⚠ the Points layer has no 'defect_class' feature"
@@ -120,6 +124,10 @@ class StatisticsWidget(JobWidget, Container):
             if shapes is None:
                 return None
             regions = [np.asarray(s)[:, -2:] * shapes.scale[-2:] + shapes.translate[-2:] for s in shapes.data]
+            if pixel is not None:
+                from ..layers import science_positions
+
+                regions = [science_positions(r, layer, pixel) for r in regions]
         material, dopant = self.material.value, (self.dopant.value or None)
         energy = meta.get("beam_energy_keV")
         from ..core.validation import BOUNDS
@@ -141,7 +149,7 @@ class StatisticsWidget(JobWidget, Container):
 
     def _on_done(self, result) -> None:
         from ..analysis.plots import draw_concentrations, draw_histogram
-        from ..layers import sites_layer
+        from ..layers import image_frame, sites_layer
 
         self.result = result
         self.figure.clear()
@@ -150,6 +158,9 @@ class StatisticsWidget(JobWidget, Container):
         self.canvas.draw_idle()
         self.table.value = results_table(result.concentrations)
         data, kwargs, _ = sites_layer(result, name=f"{self._source_name} sites")
+        source = self.viewer.layers[self._source_name] if self._source_name in self.viewer.layers else None
+        if source is not None:  # on top of the image, whatever its scale and origin
+            kwargs.update(image_frame(source, result.lattice["pixel_size_A"]))
         self.viewer.add_points(data, **kwargs)
         lat = result.lattice
         summary = (f"a = {lat['a_A']:.3f} Å{' (self-calibrated)' if lat['self_calibrated'] else ''}; "
