@@ -268,6 +268,7 @@ def test_pickers_follow_the_layer_list(make_napari_viewer):
     viewer = make_napari_viewer()
     segment, statistics = SegmentWidget(viewer), StatisticsWidget(viewer)
     assert not segment.image_layer.choices
+    assert viewer.scale_bar.visible
     image = viewer.add_image(np.zeros((64, 64)), name="scan", scale=(0.2, 0.2), metadata={"calibrated": True})
     points = viewer.add_points(np.zeros((1, 2)), name="picked", features={"defect_class": ["V_X"]})
     viewer.add_shapes([np.array([[0, 0], [0, 5], [5, 5], [5, 0]])], name="area")

@@ -73,6 +73,9 @@ class JobWidget:
 
     def _init_runner(self) -> None:
         self.runner = JobRunner(self._on_progress, self._on_done, self._on_error, self._on_finished)
+        viewer = getattr(self, "viewer", None)
+        if viewer is not None:  # lengths are what these docks are about: show the scale bar (in Å)
+            viewer.scale_bar.visible = True
         self.run_button.changed.connect(self.run)
         if getattr(self, "cancel_button", None) is not None:
             self.cancel_button.changed.connect(self.runner.cancel)
