@@ -1,8 +1,11 @@
 """napari-mx2-defects: point defects in HAADF-STEM images of monolayer MX2.
 
-Layers: :mod:`.io` (reader, writer) → :mod:`.twin` (digital twins) →
-:mod:`.learn` (segmentation) → :mod:`.analysis` (columns, lattice,
-statistics); :mod:`.widgets` and :mod:`.cli` are thin fronts over them.
+Layers, each importing only those before it (``tests/test_architecture.py``): :mod:`.core` and
+:mod:`.io` (bounds, reader, writers, atomic outputs) → :mod:`.twin` (digital twins) →
+:mod:`.analysis` (lattice, columns, statistics) → :mod:`.learn` (segmentation, training,
+fine-tuning); the front ends — :mod:`.inputs` and :mod:`.layers` (the one adapter between files or
+napari layers and the science), :mod:`.cli`, :mod:`.widgets`, :mod:`.demo` — hold no science.
+``docs/architecture.md`` draws it.
 """
 
 __version__ = "0.1.0"
