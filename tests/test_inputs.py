@@ -30,7 +30,11 @@ def test_image_plane_policy():
 
 def test_pixel_size_policy():
     assert pixel_size_A((0.2, 0.2), True) == 0.2
-    assert pixel_size_A((1.0, 0.2, 0.2002), True) == pytest.approx(0.2001)  # frame axis ignored, 0.1 % = square
+    assert pixel_size_A((1.0, 0.2, 0.2002), True) == pytest.approx(0.2001)  # frame axis ignored
+    # a twin's grid rounding (0.13 % here) is square; a 5 % difference is not
+    assert pixel_size_A((0.0998194, 0.0999493), True) == pytest.approx(0.09988435)
+    with pytest.raises(ValueError, match="non-square"):
+        pixel_size_A((0.21, 0.2), True)
     assert pixel_size_A((1.0, 1.0), False) is None
     assert pixel_size_A((1.0, 1.0), False, override=0.15) == 0.15
     assert pixel_size_A((0.3, 0.2), True, override=0.25) == 0.25  # a typed-in value wins

@@ -8,7 +8,7 @@ pixel size whichever way it is run:
   frames**, and the front end says so;
 * a colour (RGB/RGBA) image is refused: HAADF intensities are one channel;
 * the pixel size is a typed-in value if one is given, else the file's calibration — which must have
-  square pixels (y and x within 0.1 %), else the image must be resampled or a value given; an
+  square pixels (y and x within 1 %, :data:`~.core.validation.SQUARE_PIXEL_TOLERANCE`), else the image must be resampled or a value given; an
   uncalibrated image has none (the analysis can then self-calibrate from the parent's lattice);
 * a pixel size that cannot resolve the atomic columns (above :data:`RESOLVABLE_PIXEL_A`) is refused
   with the reason, instead of "finding" defects in a survey image.
@@ -20,12 +20,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .core.validation import BOUNDS
+from .core.validation import BOUNDS, SQUARE_PIXEL_TOLERANCE
 
 __all__ = ["RESOLVABLE_PIXEL_A", "SQUARE_PIXEL_TOLERANCE", "image_plane", "pixel_size_A"]
 
-#: Largest relative difference of the y and x pixel sizes still taken as square.
-SQUARE_PIXEL_TOLERANCE = 1e-3
 #: Coarsest pixel (Å) at which MX2 columns are resolved: the metal–chalcogen distance in projection,
 #: a/√3, is 1.82 Å for MoS2 (a = 3.16 Å) to 2.07 Å for MoTe2 (3.55 Å); three pixels across it.
 RESOLVABLE_PIXEL_A = 0.6

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 __all__ = [
     "BOUNDS",
     "MAX_IMAGE_PIXELS",
+    "SQUARE_PIXEL_TOLERANCE",
     "Bound",
     "arg_type",
     "available_memory_bytes",
@@ -38,6 +39,13 @@ MAX_IMAGE_PIXELS = 32768 * 32768
 
 def _fmt(value: float) -> str:
     return f"{value:g}"
+
+
+#: Largest relative difference of the y and x pixel sizes still taken as square pixels (their mean
+#: is then the pixel size). A twin's or a scan's grid rounding gives up to half a pixel over the
+#: field (≤ 1 % from 50 px up); a genuinely rectangular pixel (a scan with a different line spacing)
+#: differs by far more.
+SQUARE_PIXEL_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)

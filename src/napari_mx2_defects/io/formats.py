@@ -108,9 +108,11 @@ class CalibratedImage:
 
     @property
     def is_square_pixel(self) -> bool:
-        """True when the y and x pixel sizes agree to 0.1 %."""
+        """True when the y and x pixel sizes agree within :data:`~..core.validation.SQUARE_PIXEL_TOLERANCE`."""
+        from ..core.validation import SQUARE_PIXEL_TOLERANCE
+
         sy, sx = self.scale_A[-2:]
-        return abs(sy - sx) <= 1e-3 * max(sy, sx)
+        return abs(sy - sx) <= SQUARE_PIXEL_TOLERANCE * max(sy, sx)
 
     def layer_metadata(self, source: str | Path) -> dict[str, Any]:
         """Metadata dict stored on the napari layer (``optics`` holds the recorded optics)."""
