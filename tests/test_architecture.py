@@ -1,4 +1,4 @@
-"""The package's layers import one way only: io/core ← twin ← analysis ← learn ← front ends.
+"""The package's layers import one way only: core ← io ← twin ← analysis ← learn ← front ends.
 
 Every import of the package's own modules is read from the source (module-level and deferred
 imports alike), so a science layer that reaches up into a front end, or a lower layer that
@@ -14,8 +14,9 @@ import napari_mx2_defects
 
 ROOT = Path(napari_mx2_defects.__file__).parent
 #: Rank of each top-level part; an import must go to a strictly lower rank (front ends may use each other).
-RANKS = {"core": 0, "io": 0, "data": 0, "twin": 1, "analysis": 2, "learn": 3}
-FRONT_END = 4
+#: ``core`` is the shared vocabulary every layer may import (bounds, tolerances); ``data`` holds tables.
+RANKS = {"core": 0, "data": 0, "io": 1, "twin": 2, "analysis": 3, "learn": 4}
+FRONT_END = 5
 
 
 def _part(parts: list[str]) -> str:

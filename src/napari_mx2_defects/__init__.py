@@ -1,7 +1,7 @@
 """napari-mx2-defects: point defects in HAADF-STEM images of monolayer MX2.
 
-Layers, each importing only those before it (``tests/test_architecture.py``): :mod:`.core` and
-:mod:`.io` (bounds, reader, writers, atomic outputs) → :mod:`.twin` (digital twins) →
+Layers, each importing only those before it (``tests/test_architecture.py``): :mod:`.core` (bounds,
+tolerances) → :mod:`.io` (reader, writers, atomic outputs) → :mod:`.twin` (digital twins) →
 :mod:`.analysis` (lattice, columns, statistics) → :mod:`.learn` (segmentation, training,
 fine-tuning); the front ends — :mod:`.inputs` and :mod:`.layers` (the one adapter between files or
 napari layers and the science), :mod:`.cli`, :mod:`.widgets`, :mod:`.demo` — hold no science.
