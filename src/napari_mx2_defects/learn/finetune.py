@@ -26,7 +26,7 @@ from ..core.validation import BOUNDS
 from ..twin.defects import CLASS_IDS
 from ..twin.jobs import Cancelled, CancelFn, ProgressFn, never, no_progress
 from .checkpoint import ModelCard, card_path, default_model_path, save_checkpoint
-from .evaluate import instance_scores, match_instances
+from .evaluate import _add, instance_scores, match_instances
 from .inference import ModelScaleTiles, _predict_tiled, instances_from_labels
 from .models import ARCHITECTURES, build_model, pick_device
 from .train import NORMALISATION, TrainConfig, _class_weights, fit, normalise, resample_to
@@ -183,10 +183,7 @@ def _held_out_scores(net, card, held: list, device, radius_A: float, border_A: f
             def interior(t):
                 return t[(t.x_A > border_A) & (t.y_A > border_A) & (t.x_A < w - border_A) & (t.y_A < h - border_A)]
 
-            for name, c in match_instances(interior(pred), interior(truth), radius_A).items():
-                slot = total.setdefault(name, {"tp": 0, "fp": 0, "fn": 0})
-                for k in slot:
-                    slot[k] += c[k]
+            _add(total, match_instances(interior(pred), interior(truth), radius_A))
     table = instance_scores(total)
     return {row.defect_class: {"tp": int(row.tp), "fp": int(row.fp), "fn": int(row.fn),
                                "precision": _num(row.precision), "recall": _num(row.recall), "f1": _num(row.f1)}
