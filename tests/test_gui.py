@@ -84,7 +84,7 @@ def test_simulate_widget_runs_in_a_worker(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     widget = SimulateWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.fov.value = 25.0
+    widget.fov_A.value = 25.0
     widget.defects.value = "V_X=3,V_M=1"
     assert widget.run() is not None  # a worker started
     _wait_for_job(qtbot, widget, timeout=300_000)
@@ -102,7 +102,7 @@ def test_simulate_widget_cancel_adds_nothing(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     widget = SimulateWidget(viewer)
     widget.method.value = "multislice"
-    widget.fov.value = 30.0
+    widget.fov_A.value = 30.0
     progressed = []
     assert widget.run() is not None  # a worker started
     widget.runner._bridge.progressed.connect(lambda f, m: progressed.append(f))
@@ -125,7 +125,7 @@ def test_simulate_widget_reports_bad_input(make_napari_viewer, qtbot):
     assert "cannot read defect" in widget.status.value
     # an impossible count is only known once the lattice is built: it ends as a message, no layer
     widget.defects.value = "V_X=99999"
-    widget.fov.value = 10.0
+    widget.fov_A.value = 10.0
     assert widget.run() is not None  # a worker started
     _wait_for_job(qtbot, widget, timeout=60_000)
     qtbot.wait(50)

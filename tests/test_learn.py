@@ -193,7 +193,7 @@ def test_resampled_segmentation_keeps_the_image_grid(tmp_path):
 def test_tiles_resampled_on_the_fly_equal_the_resampled_image(factor):
     """Per-tile resampling gives the whole-image zoom, mirrored past the edges like numpy's pad."""
     from napari_mx2_defects.learn.inference import ModelScaleTiles
-    from napari_mx2_defects.learn.train import resample_to
+    from napari_mx2_defects.learn.preprocess import resample_to
 
     image = np.random.default_rng(3).normal(size=(97, 131)).astype(np.float32)
     whole = resample_to(image, 0.2 * factor, 0.2, order=1)
@@ -207,7 +207,7 @@ def test_tiles_resampled_on_the_fly_equal_the_resampled_image(factor):
 @pytest.mark.parametrize("factor", [1.0, 0.8, 1.6])
 def test_tile_normalisation_is_that_of_the_resampled_image(factor):
     from napari_mx2_defects.learn.inference import ModelScaleTiles
-    from napari_mx2_defects.learn.train import normalisation_stats, resample_to
+    from napari_mx2_defects.learn.preprocess import normalisation_stats, resample_to
 
     image = np.random.default_rng(4).gamma(2.0, size=(1300, 900)).astype(np.float32)
     expected = normalisation_stats(resample_to(image, 0.2 * factor, 0.2, order=1))

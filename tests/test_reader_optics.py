@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from napari_mx2_defects.io.formats import describe, describe_lines, load_images
+from napari_mx2_defects.cli.info import describe_lines
+from napari_mx2_defects.io.formats import describe, load_images
 from napari_mx2_defects.io.optics import parse_quantity, read_optics
 from napari_mx2_defects.io.reader import read_stem
 

@@ -272,7 +272,7 @@ def test_tracebacks_only_with_debug(capsys, tmp_path):
 
 
 def test_unexpected_errors_are_one_line_too(capsys, monkeypatch, tmp_path):
-    import napari_mx2_defects.cli_twin as cli_twin
+    import napari_mx2_defects.cli.twin as cli_twin
 
     def boom(args):
         raise RuntimeError("something\nbroke")
@@ -284,7 +284,7 @@ def test_unexpected_errors_are_one_line_too(capsys, monkeypatch, tmp_path):
 
 
 def test_keyboard_interrupt_is_one_line_and_130(capsys, monkeypatch, tmp_path):
-    import napari_mx2_defects.cli_twin as cli_twin
+    import napari_mx2_defects.cli.twin as cli_twin
 
     def interrupted(args):
         raise KeyboardInterrupt

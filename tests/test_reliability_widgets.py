@@ -12,16 +12,16 @@ def test_simulate_widget_refuses_what_the_cli_refuses(make_napari_viewer):
     from napari_mx2_defects.widgets.simulate import SimulateWidget
 
     widget = SimulateWidget(make_napari_viewer())
-    widget.fov.value = 40.0
-    widget.holes.value = 50
+    widget.fov_A.value = 40.0
+    widget.n_holes.value = 50
     assert widget.run() is None
     assert "beam-damage holes" in widget.status.value and "at most" in widget.status.value
-    widget.holes.value = 0
-    widget.fov.value = 1000.0
-    widget.pixel.value = 0.01
+    widget.n_holes.value = 0
+    widget.fov_A.value = 1000.0
+    widget.pixel_size_A.value = 0.01
     assert widget.run() is None
     assert "pixels" in widget.status.value and "pixel size" in widget.status.value
-    widget.fov.value, widget.pixel.value = 40.0, 0.1
-    widget.inner.value, widget.outer.value = 250.0, 200.0
+    widget.fov_A.value, widget.pixel_size_A.value = 40.0, 0.1
+    widget.detector_inner_mrad.value, widget.detector_outer_mrad.value = 250.0, 200.0
     assert widget.run() is None
     assert "detector inner" in widget.status.value

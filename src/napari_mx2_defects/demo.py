@@ -8,24 +8,32 @@ and the layer metadata in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-from .core.validation import BOUNDS, arg_type
+from .core.parameters import TWIN_PARAMETERS, with_defaults
 
-__all__ = ["add_demo_command", "run_demo"]
+__all__ = ["DEMO_PARAMETERS", "DEMO_PIXEL_SIZE_A", "run_demo"]
+
+#: The demo's twin: the parameters of ``simulate`` it exposes, with a larger field and a dose.
+DEMO_PARAMETERS = with_defaults(tuple(p for p in TWIN_PARAMETERS if p.name in ("material", "defects", "fov_A",
+                                                                                "dose_e_per_A2", "seed")),
+                                defects="V_X=40,V_XX=10,V_M=6", fov_A=80.0, dose_e_per_A2=1e6)
+#: Pixel size of the demo's twin (Å): the shipped model's 0.2 Å is reached by resampling.
+DEMO_PIXEL_SIZE_A = 0.1
 
 
 def _log(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40,V_XX=10,V_M=6",
-             fov_A: float = 80.0, dose: float = 1e6, seed: int = 0) -> dict:
+_DEFAULT = {p.name: p.default for p in DEMO_PARAMETERS}
+
+
+def run_demo(out_dir: str | Path, material: str = _DEFAULT["material"], defects: str = _DEFAULT["defects"],
+             fov_A: float = _DEFAULT["fov_A"], dose: float = _DEFAULT["dose_e_per_A2"],
+             seed: int = _DEFAULT["seed"]) -> dict:
     """Run the demo and return a summary (also written to ``summary.json``).
 
     Raises
@@ -39,7 +47,6 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
     from .analysis.api import analyze_image
     from .layers import sites_layer, twin_layers
     from .twin.api import TwinRequest, simulate_twin
-    from .twin.imperfections import Imperfections
 
     from .io.atomic import StagedOutput, atomic_path, atomic_write_text, check_output_dir
 
@@ -49,9 +56,9 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     _log(f"simulating a {fov_A:g} Å {material} twin with {defects} at {dose:g} e/Å² (fast mode)")
-    twin = simulate_twin(TwinRequest(material=material, defects=defects, fov_A=fov_A, pixel_size_A=0.1,
-                                     imperfections=Imperfections(dose_e_per_A2=dose), seed=seed),
-                         progress=lambda f, m: _log(f"  {100 * f:5.1f} % {m}"))
+    request = TwinRequest.from_values({"material": material, "defects": defects, "fov_A": fov_A,
+                                       "pixel_size_A": DEMO_PIXEL_SIZE_A, "dose_e_per_A2": dose, "seed": seed})
+    twin = simulate_twin(request, progress=lambda f, m: _log(f"  {100 * f:5.1f} % {m}"))
     twin_dir = out / "twin"
     with StagedOutput(twin_dir, []) as staging:  # the twin folder appears complete or not at all
         twin.save(staging)
@@ -132,31 +139,3 @@ def run_demo(out_dir: str | Path, material: str = "MoS2", defects: str = "V_X=40
     _log(f"truth {truth_counts}; measured {measured}")
     viewer.close()
     return summary
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .io.atomic import check_output_dir
-    from .twin.defects import parse_defects
-    from .twin.parents import get_parent
-
-    check_output_dir(args.out)
-    get_parent(args.material)
-    parse_defects(args.defects)
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and sys.platform.startswith("linux"):
-        print("error: no display. Run under a virtual display: xvfb-run -a mx2-defects demo ... "
-              "(scripts/demo.sh does this for you)", file=sys.stderr)
-        return 2
-    run_demo(args.out, material=args.material, defects=args.defects, fov_A=args.fov, dose=args.dose,
-             seed=args.seed)
-    return 0
-
-
-def add_demo_command(sub) -> None:
-    p = sub.add_parser("demo", help="end-to-end demo in a scripted napari viewer (screenshot + CSVs)")
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (must be new or empty)")
-    p.add_argument("--material", default="MoS2")
-    p.add_argument("--defects", default="V_X=40,V_XX=10,V_M=6")
-    p.add_argument("--fov", type=arg_type(BOUNDS["fov_A"]), default=80.0, help="field of view in Å")
-    p.add_argument("--dose", type=arg_type(BOUNDS["dose_e_per_A2"]), default=1e6, help="electron dose in e/Å²")
-    p.add_argument("--seed", type=arg_type(BOUNDS["seed"]), default=0)
-    p.set_defaults(func=_cmd_demo)

@@ -7,13 +7,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .twin.defects import CLASS_COLORS, CLASS_NAMES
+from .core.classes import CLASS_COLORS, CLASS_NAMES
 
 __all__ = ["LayerData", "image_frame", "science_positions", "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader",
            "read_points_csv", "sites_layer", "twin_layers"]
-
-#: Largest points table the reader opens (a million defects is ~60 MB of CSV).
-MAX_POINTS_CSV_BYTES = 512 * 1024**2
 
 LayerData = tuple[Any, dict, str]
 
@@ -127,6 +124,8 @@ def _points_header(path) -> list[str] | None:
     """The column names of a CSV whose header holds ``x_A`` and ``y_A``, else None."""
     from pathlib import Path
 
+    from .io.tables import MAX_POINTS_CSV_BYTES
+
     path = Path(path)
     if path.suffix.lower() != ".csv" or not path.is_file() or path.stat().st_size > MAX_POINTS_CSV_BYTES:
         return None
@@ -148,20 +147,16 @@ def napari_get_points_reader(path):
 
 
 def read_points_csv(path) -> list[LayerData]:
-    """Points layer data of one or more points tables (positions in Å, every other column a feature)."""
+    """Points layer data of one or more points tables (positions in Å, every other column a feature),
+    read and checked by :func:`~.io.tables.read_points_table` as ``analyze --defects`` reads them."""
     from pathlib import Path
+
+    from .io.tables import read_points_table
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers = []
     for p in map(Path, paths):
-        try:
-            table = pd.read_csv(p, keep_default_na=False)
-            xy = table[["x_A", "y_A"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-        except (ValueError, UnicodeDecodeError, pd.errors.ParserError, KeyError) as exc:
-            raise ValueError(f"{p.name}: not a points table ({' '.join(str(exc).split())[:100]})") from None
-        if len(xy) and not np.isfinite(xy).all():
-            raise ValueError(f"{p.name}: x_A and y_A must be finite numbers of Å")
-        table[["x_A", "y_A"]] = xy
+        table = read_points_table(p)
         colour = "defect_class" if "defect_class" in table else ""
         layers.append(_points(table, (1.0, 1.0), p.stem, colour, 1.2, {"source": str(p), "calibrated": True}))
     return layers

@@ -16,8 +16,9 @@ import pandas as pd
 from matplotlib.path import Path as PolygonPath
 from scipy.spatial import cKDTree
 
+from ..core.parameters import DEFAULTS
 from ..core.validation import BOUNDS
-from ..twin.defects import DEFECT_CLASSES
+from ..core.classes import DEFECT_CLASSES
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
 from .sites import classify_sites, find_holes, measure_sites, reference_levels
@@ -133,9 +134,9 @@ def analyze_image(
         Sites within this distance of the image edge are not analysed.
     progress, cancelled : callables, optional
         The job protocol: ``progress(fraction, message)``; ``cancelled()`` is polled between
-        steps and a True return raises :class:`~napari_mx2_defects.twin.jobs.Cancelled`.
+        steps and a True return raises :class:`~napari_mx2_defects.core.jobs.Cancelled`.
     """
-    from ..twin.jobs import Cancelled
+    from ..core.jobs import Cancelled
 
     def step(fraction: float, message: str) -> None:
         if cancelled():
@@ -148,7 +149,7 @@ def analyze_image(
     step(0.05, "measuring the lattice")
 
     self_calibrated = pixel_size_A is None
-    energy = float(BOUNDS["energy_keV"].check(beam_energy_keV)) if beam_energy_keV else 80.0
+    energy = float(BOUNDS["energy_keV"].check(beam_energy_keV)) if beam_energy_keV else DEFAULTS["energy_keV"]
     if self_calibrated:
         # first guess from the FFT, then the area-equivalent a of the fitted (possibly sheared) lattice
         fft_a_px, _ = fft_lattice_spacing_px(img)

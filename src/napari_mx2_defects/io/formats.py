@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .npy import check_sidecar_values, read_npy_array, read_npy_sidecar, sidecar_path
-from .optics import format_optics, read_optics
+from .optics import read_optics
 from .safety import ReaderError, check_allocation, check_declared_size, check_regular_file, one_line
 from .units import is_length_unit, length_to_angstrom
 
@@ -38,7 +38,6 @@ __all__ = [
     "CalibratedImage",
     "ReaderError",
     "describe",
-    "describe_lines",
     "is_supported",
     "load_images",
     "sidecar_path",
@@ -389,7 +388,7 @@ def _load_npy(path: Path) -> CalibratedImage:
 
 
 def describe(image: CalibratedImage) -> dict[str, Any]:
-    """Summary used by ``mx2-defects info`` (``--json``); :func:`describe_lines` prints it."""
+    """What the reader found, as plain data (``mx2-defects info --json`` prints it; the docks show the optics)."""
     return {
         "name": image.name,
         "shape": list(image.data.shape),
@@ -402,8 +401,3 @@ def describe(image: CalibratedImage) -> dict[str, Any]:
         "optics_source": dict(image.optics_source),
         "original_units": list(image.original_units),
     }
-
-
-def describe_lines(image: CalibratedImage) -> list[str]:
-    """The optics part of ``mx2-defects info``, one aligned line per recorded value."""
-    return [f"{label:<15}{value}" for label, value in format_optics(image.optics)]

@@ -81,9 +81,7 @@ class DatasetSpec:
 def sample_request(spec: DatasetSpec, seed: int):
     """The :class:`~..twin.api.TwinRequest` of sample ``seed`` (deterministic)."""
     from ..twin.api import TwinRequest
-    from ..twin.imperfections import Imperfections
     from ..twin.parents import get_parent
-    from ..twin.structures import GrainBoundary
 
     rng = np.random.default_rng(seed)
     material = spec.parents[int(rng.integers(len(spec.parents)))]
@@ -103,25 +101,25 @@ def sample_request(spec: DatasetSpec, seed: int):
         pieces.append("V_X:pairs=2")
     messy = rng.random() < spec.messy_probability
     rotation = float(rng.uniform(0, 60)) if messy and rng.random() < 0.7 else 0.0
-    gb = GrainBoundary(float(rng.uniform(8, 30)), float(rng.uniform(-3, 3))) if messy and rng.random() < 0.3 else None
+    gb = (float(rng.uniform(8, 30)), float(rng.uniform(-3, 3))) if messy and rng.random() < 0.3 else None
     holes = int(rng.integers(1, 3)) if messy and rng.random() < 0.3 else 0
     dose = float(10 ** rng.uniform(np.log10(spec.dose_e_per_A2[0]), np.log10(spec.dose_e_per_A2[1])))
-    imperfections = Imperfections(
-        dose_e_per_A2=dose,
-        read_noise=float(rng.uniform(0, 0.5)),
-        scan_jitter_A=float(rng.uniform(0, 0.08)),
-        drift_A_per_line=(float(rng.normal(0, 0.002)), float(rng.normal(0, 0.002))),
-        nonlinear_drift_A=float(rng.uniform(0, 0.6)),
-        contamination=float(rng.uniform(0, 0.3)),
-        probe_current_variation=float(rng.uniform(0, 0.05)),
-    )
     base = MICROSCOPE_PRESETS[preset]
-    microscope = Microscope(base.energy_keV, base.semiangle_mrad, base.defocus_A, base.Cs_A,
-                            base.detector_inner_mrad, base.detector_outer_mrad,
-                            source_size_A=float(rng.uniform(0.0, 0.4)))
-    return TwinRequest(material=material, defects=",".join(pieces), fov_A=fov, pixel_size_A=pixel, method="fast",
-                       seed=seed, rotation_deg=rotation, grain_boundary=gb, n_holes=holes, microscope=microscope,
-                       imperfections=imperfections), preset
+    values = {  # the names of core.parameters, as the CLI and the Simulate dock give them
+        "material": material, "defects": ",".join(pieces), "fov_A": fov, "pixel_size_A": pixel, "method": "fast",
+        "seed": seed, "rotation_deg": rotation, "grain_boundary": gb, "n_holes": holes,
+        "dose_e_per_A2": dose,
+        "read_noise": float(rng.uniform(0, 0.5)),
+        "scan_jitter_A": float(rng.uniform(0, 0.08)),
+        "drift_A_per_line": (float(rng.normal(0, 0.002)), float(rng.normal(0, 0.002))),
+        "nonlinear_drift_A": float(rng.uniform(0, 0.6)),
+        "contamination": float(rng.uniform(0, 0.3)),
+        "probe_current_variation": float(rng.uniform(0, 0.05)),
+        "energy_keV": base.energy_keV, "semiangle_mrad": base.semiangle_mrad, "defocus_A": base.defocus_A,
+        "Cs_A": base.Cs_A, "detector_mrad": (base.detector_inner_mrad, base.detector_outer_mrad),
+        "source_size_A": float(rng.uniform(0.0, 0.4)),
+    }
+    return TwinRequest.from_values(values), preset
 
 
 def _one_sample(spec: DatasetSpec, seed: int) -> dict:
@@ -268,7 +266,7 @@ def _write_samples(staging: Path, n: int, spec: DatasetSpec, seed: int, client, 
     root.attrs["spec"] = json.loads(json.dumps(asdict(spec)))
     root.attrs["seed"] = seed
     root.attrs["seconds"] = time.perf_counter() - t0
-    from ..twin.defects import CLASS_NAMES
+    from ..core.classes import CLASS_NAMES
 
     root.attrs["classes"] = {str(k): v for k, v in CLASS_NAMES.items()}
 

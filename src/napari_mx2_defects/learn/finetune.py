@@ -23,13 +23,14 @@ import pandas as pd
 import torch
 
 from ..core.validation import BOUNDS
-from ..twin.defects import CLASS_IDS
-from ..twin.jobs import Cancelled, CancelFn, ProgressFn, never, no_progress
+from ..core.classes import CLASS_IDS
+from ..core.jobs import Cancelled, CancelFn, ProgressFn, never, no_progress
 from .checkpoint import ModelCard, card_path, default_model_path, save_checkpoint
 from .evaluate import _add, instance_scores, match_instances
 from .inference import ModelScaleTiles, _predict_tiled, instances_from_labels
 from .models import ARCHITECTURES, build_model, pick_device
-from .train import NORMALISATION, TrainConfig, _class_weights, fit, normalise, resample_to
+from .preprocess import NORMALISATION, normalise, resample_to
+from .train import TrainConfig, _class_weights, fit
 
 __all__ = ["FINETUNE_FILES", "Correction", "FinetuneConfig", "correction_targets", "finetune", "read_corrections"]
 
@@ -91,33 +92,24 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_corrections(path: str | Path) -> pd.DataFrame:
+def read_corrections(path: str | Path, option: str = "") -> pd.DataFrame:
     """A corrections table (``x_A, y_A, defect_class``; other columns ignored), every row checked."""
-    path = Path(path)
-    try:
-        table = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{path.name}: cannot read the corrections table ({str(exc).splitlines()[0][:100]})") from None
-    return check_corrections(table, path.name)
+    from ..io.tables import read_points_table
+
+    table = read_points_table(path, option=option, columns=CORRECTION_COLUMNS, classes=CLASS_IDS, what=_WHAT)
+    return table[list(CORRECTION_COLUMNS)]
 
 
 def check_corrections(table: pd.DataFrame, name: str = "corrections") -> pd.DataFrame:
-    missing = [c for c in CORRECTION_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{name}: columns {missing} are missing; a corrections table lists x_A, y_A, defect_class "
-                         f"(the columns of defects.csv)")
-    table = table[list(CORRECTION_COLUMNS)].copy()
-    for col in ("x_A", "y_A"):
-        values = pd.to_numeric(table[col], errors="coerce")
-        if values.isna().any() or not np.isfinite(values.to_numpy(float)).all():
-            bad = int(np.flatnonzero(~np.isfinite(values.to_numpy(float)))[0]) + 2
-            raise ValueError(f"{name}: {col} on line {bad} is not a finite number")
-        table[col] = values.astype(float)
-    unknown = sorted(set(map(str, table.defect_class)) - set(CLASS_IDS))
-    if unknown:
-        raise ValueError(f"{name}: unknown defect classes {unknown[:5]}; known: {', '.join(CLASS_IDS)}")
-    table["defect_class"] = table.defect_class.astype(str)
-    return table.reset_index(drop=True)
+    """The same checks on a table already in memory (a Points layer's positions and classes)."""
+    from ..io.tables import check_points_table
+
+    return check_points_table(table, name, columns=CORRECTION_COLUMNS, classes=CLASS_IDS,
+                              what=_WHAT)[list(CORRECTION_COLUMNS)]
+
+
+#: What a corrections table holds, said when its columns are missing.
+_WHAT = "a corrections table lists x_A, y_A, defect_class (the columns of defects.csv)"
 
 
 def _region_px(shape: tuple[int, int], pixel_size_A: float, region_A, name: str) -> tuple[int, int, int, int]:

@@ -12,10 +12,11 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ..twin.defects import CLASS_NAMES
+from ..core.classes import CLASS_NAMES
+from ..core.parameters import DEFAULTS
 from .checkpoint import ModelCard, default_model_path, load_checkpoint
 from .models import pick_device
-from .train import needs_resampling, normalisation_stats, normalise, resample_to, sample_step, stats_of_sample
+from .preprocess import needs_resampling, normalisation_stats, normalise, resample_to, sample_step, stats_of_sample
 
 __all__ = ["Segmentation", "instances_from_labels", "load_model", "segment_image", "segment_layer_image"]
 
@@ -126,7 +127,7 @@ def _predict_tiled(model, source: ModelScaleTiles, device: torch.device, tile: i
     outputs of an 8192² image take 134 MB. All probabilities (float16, n_classes × H × W) are
     kept only on request.
     """
-    from ..twin.simulate import Cancelled
+    from ..core.jobs import Cancelled
 
     h, w = source.shape
     stats = source.normalisation_stats()
@@ -258,7 +259,7 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
     from ..twin.parents import get_parent
 
     parent = get_parent(material)
-    energy = float(beam_energy_keV) if beam_energy_keV else 80.0
+    energy = float(beam_energy_keV) if beam_energy_keV else DEFAULTS["energy_keV"]
     _, m_brighter = reference_levels(parent.key, round(float(pixel_size_A), 4), energy, None)
     sites = measure_sites(image, parent.a_A / pixel_size_A, m_brighter, border_px=0.0).sites
     tree = cKDTree(sites[["x_px", "y_px"]].to_numpy())

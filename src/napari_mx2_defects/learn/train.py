@@ -10,65 +10,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import zoom
 
 from ..core.validation import BOUNDS, check_allocation
-from ..twin.defects import CLASS_NAMES
+from ..core.classes import CLASS_NAMES
 from .checkpoint import ModelCard, card_path, save_checkpoint, weights_path
 from .dataset import load_dataset, open_dataset
 from .models import ARCHITECTURES, build_model, pick_device
+from .preprocess import NORMALISATION, normalise, resample_to
 
-__all__ = ["TrainConfig", "fit", "normalisation_stats", "normalise", "per_class_pixel_metrics", "resample_to", "train"]
+__all__ = ["TrainConfig", "fit", "per_class_pixel_metrics", "train"]
 
 N_CLASSES = len(CLASS_NAMES)
-
-
-def normalisation_stats(image: np.ndarray) -> tuple[float, float]:
-    """Offset and scale of :func:`normalise`: the median and the p99.5 − p0.5 range.
-
-    Percentiles come from a strided sample (≤ ~1 M pixels) so large images need no sorted copy.
-    """
-    img = np.asarray(image)
-    return stats_of_sample(img[:: sample_step(img.shape), :: sample_step(img.shape)])
-
-
-def sample_step(shape: tuple[int, int]) -> int:
-    """Stride of the ≤ ~1 M-pixel sample that :func:`normalisation_stats` takes of an image."""
-    return max(1, int(np.sqrt(shape[0] * shape[1] / 1e6)))
-
-
-def stats_of_sample(sample: np.ndarray) -> tuple[float, float]:
-    """Median and p99.5 − p0.5 range of a sample of pixels."""
-    lo, med, hi = np.percentile(np.asarray(sample, np.float32), [0.5, 50, 99.5])
-    return float(med), float(max(hi - lo, 1e-6))
-
-
-def normalise(image: np.ndarray, stats: tuple[float, float] | None = None) -> np.ndarray:
-    """Robust intensity normalisation used in training and inference: (x − median) / (p99.5 − p0.5).
-
-    ``stats`` (from :func:`normalisation_stats` of the whole image) lets a tile be normalised as
-    part of a larger image.
-    """
-    offset, scale = normalisation_stats(image) if stats is None else stats
-    out = np.subtract(image, np.float32(offset), dtype=np.float32)
-    out /= np.float32(scale)
-    return out
-
-
-NORMALISATION = "(x - median) / (p99.5 - p0.5) per image"
-
-
-def needs_resampling(pixel_size_A: float, target_A: float) -> bool:
-    """Whether the pixel sizes differ by more than 0.1 % (less is used as it is)."""
-    return abs(pixel_size_A / target_A - 1) >= 1e-3
-
-
-def resample_to(image: np.ndarray, pixel_size_A: float, target_A: float, order: int = 1) -> np.ndarray:
-    """Resample an image from ``pixel_size_A`` to ``target_A`` per pixel."""
-    if not needs_resampling(pixel_size_A, target_A):
-        return image
-    factor = pixel_size_A / target_A
-    return zoom(image, factor, order=order, grid_mode=True, mode="grid-constant" if order == 0 else "nearest")
 
 
 @dataclass
@@ -285,7 +237,7 @@ def fit(model, xs, ys, train_idx, val_idx, config: TrainConfig, device, class_we
     by ``score`` and the best state kept; early stop after ``config.patience`` epochs without gain.
     ``sample_weights`` (one per training image) set how often each is drawn; ``max_seconds`` ends
     training early (the last epoch is still validated); ``cancelled`` is polled every step and raises
-    :class:`~napari_mx2_defects.twin.jobs.Cancelled`.
+    :class:`~napari_mx2_defects.core.jobs.Cancelled`.
 
     Returns
     -------
@@ -293,7 +245,7 @@ def fit(model, xs, ys, train_idx, val_idx, config: TrainConfig, device, class_we
     """
     from tqdm.auto import tqdm
 
-    from ..twin.jobs import Cancelled
+    from ..core.jobs import Cancelled
 
     rng = np.random.default_rng(config.seed)
     present = class_weights > 0

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..core.parameters import DEFAULTS, REQUEST_PARAMETERS, Pair, check_values
 from .defects import CLASS_IDS, DefectRequest, parse_defects, place_defects
 from .imperfections import Imperfections, apply_imperfections, distorted_positions
 from .microscope import Microscope
@@ -32,7 +35,7 @@ from .simulate import (
 )
 from .structures import GrainBoundary, Lattice, add_holes, build_lattice, lattice_from_atoms
 
-__all__ = ["DEFECT_RADIUS_A", "Twin", "TwinRequest", "label_mask", "simulate_twin"]
+__all__ = ["DEFECT_RADIUS_A", "TWIN_FILES", "Twin", "TwinRequest", "check_twin_values", "label_mask", "simulate_twin"]
 
 #: The files :meth:`Twin.save` writes (the only names its ``overwrite`` replaces).
 TWIN_FILES = ("image.tif", "labels.tif", "truth.csv", "atoms.csv", "sites.csv", "settings.json")
@@ -115,6 +118,38 @@ class TwinRequest:
         data["defects"] = self.defects if isinstance(self.defects, str) else [asdict(d) for d in self.defects]
         return data
 
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> TwinRequest:
+        """The request that flat parameter values describe: the one assembly of a twin request.
+
+        ``values`` maps the names of :data:`~..core.parameters.REQUEST_PARAMETERS` (a pair's
+        entry is its tuple, e.g. ``detector_mrad=(50, 200)``) to values, as the CLI's options, the
+        *Simulate* dock's fields and the dataset sampler give them; missing names take their
+        defaults, and ``structure_path`` may name a structure file.
+        """
+        v = {**DEFAULTS, "detector_mrad": None, "drift_A_per_line": None, "grain_boundary": None, **values}
+        inner, outer = v["detector_mrad"] or (v["detector_inner_mrad"], v["detector_outer_mrad"])
+        drift = v["drift_A_per_line"] or (v["drift_x_A_per_line"], v["drift_y_A_per_line"])
+        microscope = Microscope(
+            energy_keV=v["energy_keV"], semiangle_mrad=v["semiangle_mrad"], defocus_A=v["defocus_A"], Cs_A=v["Cs_A"],
+            detector_inner_mrad=inner, detector_outer_mrad=outer, source_size_A=v["source_size_A"],
+        )
+        imperfections = Imperfections(
+            dose_e_per_A2=v["dose_e_per_A2"], read_noise=v["read_noise"], scan_jitter_A=v["scan_jitter_A"],
+            drift_A_per_line=(float(drift[0]), float(drift[1])), nonlinear_drift_A=v["nonlinear_drift_A"],
+            contamination=v["contamination"], probe_current_variation=v["probe_current_variation"],
+        )
+        gb = v["grain_boundary"]
+        structure = v.get("structure_path")
+        return cls(
+            material=v["material"], defects=v["defects"], fov_A=v["fov_A"], pixel_size_A=v["pixel_size_A"],
+            method=v["method"], seed=v["seed"], structure_path=str(structure) if structure else None,
+            rotation_deg=v["rotation_deg"],
+            grain_boundary=GrainBoundary(rotation_deg=gb[0], separation_A=gb[1]) if gb is not None else None,
+            n_holes=v["n_holes"], microscope=microscope, imperfections=imperfections,
+            frozen_phonons=v["frozen_phonons"], phonon_sigma_A=v["phonon_sigma_A"],
+        )
+
 
 @dataclass
 class Twin:
@@ -158,6 +193,27 @@ class Twin:
             self.sites.to_csv(stage / "sites.csv", index=False)
             (stage / "settings.json").write_text(json.dumps(self.settings, indent=2, default=str))
         return [Path(out_dir) / n for n in TWIN_FILES]
+
+
+def check_twin_values(values: Mapping[str, Any], option_of=lambda p: p.flag, structure: bool = False) -> dict:
+    """Check a twin's parameter values before any work; one-line ValueErrors naming ``option_of(p)``.
+
+    Every number against its bound (:func:`~..core.parameters.check_values`), the detector angles in
+    order, then what needs several values together: the image's size in memory, the defect list
+    and the number of holes the field can hold (not for a ``structure`` file, whose cell sets them).
+    Returns the checked values.  The CLI names options (``--fov``), the dock its fields' labels.
+    """
+    from ..core.validation import check_holes, check_twin_size
+
+    checked = check_values(REQUEST_PARAMETERS, values, option_of)
+    if not structure:
+        names = {p.name: option_of(p) for p in REQUEST_PARAMETERS if not isinstance(p, Pair)}
+        check_twin_size(checked["fov_A"], checked["pixel_size_A"], option_fov=names["fov_A"],
+                        option_pixel=names["pixel_size_A"])
+        parent = get_parent(checked["material"])
+        parse_defects(checked["defects"])
+        check_holes(checked["n_holes"], checked["fov_A"], parent.a_A, option=names["n_holes"])
+    return checked
 
 
 def label_mask(shape: tuple[int, int], pixel_size_A: tuple[float, float], x_A, y_A, class_ids,

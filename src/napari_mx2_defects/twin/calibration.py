@@ -30,7 +30,7 @@ from scipy.optimize import nnls
 
 from .abtem_runner import FrozenPhononSettings, estimate_seconds, simulate_abtem
 from .columns import column_intensities, integration_radius_A, projected_columns, signature
-from .jobs import CancelFn, ProgressFn, never, no_progress
+from ..core.jobs import CancelFn, ProgressFn, never, no_progress
 from .microscope import Microscope
 from .render import BASIS_SIGMAS_A, render_columns, render_kernel_images
 

@@ -1,29 +1,5 @@
-"""The job protocol every long computation of the twin engine follows.
+"""The job protocol, re-exported from :mod:`..core.jobs` (where every layer takes it from)."""
 
-A job takes ``progress(fraction, message)`` and ``cancelled() -> bool`` callables; it reports
-progress between steps and raises :class:`Cancelled` when ``cancelled()`` turns true, having
-written nothing.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Callable
+from ..core.jobs import CancelFn, Cancelled, ProgressFn, never, no_progress
 
 __all__ = ["CancelFn", "Cancelled", "ProgressFn", "never", "no_progress"]
-
-ProgressFn = Callable[[float, str], None]
-CancelFn = Callable[[], bool]
-
-
-class Cancelled(RuntimeError):
-    """The user cancelled a long computation; nothing was written."""
-
-
-def no_progress(fraction: float, message: str) -> None:
-    """A progress callback that ignores what it is told."""
-    return None
-
-
-def never() -> bool:
-    """A cancel callback that never cancels."""
-    return False

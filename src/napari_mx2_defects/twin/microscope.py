@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..core.parameters import DEFAULTS
+
 __all__ = ["OPTICS_PRESETS", "Microscope", "wavelength_A"]
 
 
@@ -20,7 +22,7 @@ def wavelength_A(energy_keV: float) -> float:
 class Microscope:
     """Probe and detector.
 
-    Defaults are the digital-twin paper's settings as this project's design
+    Defaults (:data:`~..core.parameters.DEFAULTS`) are the digital-twin paper's settings as this project's design
     brief states them (80 keV, 25 mrad convergence semi-angle, defocus 40 Å,
     Cs 4e5 Å, HAADF detector 50–200 mrad).  ``defocus_A`` and ``Cs_A`` are
     passed to abTEM unchanged (abTEM's sign convention: positive defocus is
@@ -28,13 +30,13 @@ class Microscope:
     partial spatial coherence envelope (0 = a point source).
     """
 
-    energy_keV: float = 80.0
-    semiangle_mrad: float = 25.0
-    defocus_A: float = 40.0
-    Cs_A: float = 4e5
-    detector_inner_mrad: float = 50.0
-    detector_outer_mrad: float = 200.0
-    source_size_A: float = 0.0
+    energy_keV: float = DEFAULTS["energy_keV"]
+    semiangle_mrad: float = DEFAULTS["semiangle_mrad"]
+    defocus_A: float = DEFAULTS["defocus_A"]
+    Cs_A: float = DEFAULTS["Cs_A"]
+    detector_inner_mrad: float = DEFAULTS["detector_inner_mrad"]
+    detector_outer_mrad: float = DEFAULTS["detector_outer_mrad"]
+    source_size_A: float = DEFAULTS["source_size_A"]
 
     def __post_init__(self) -> None:
         from ..core.validation import BOUNDS

@@ -138,7 +138,7 @@ class JobWidget:
         self.status.value = message
 
     def _on_error(self, exc: BaseException) -> None:
-        from ..twin.simulate import Cancelled
+        from ..core.jobs import Cancelled
 
         if not isinstance(exc, Cancelled):  # shown in the dock, and logged with its traceback for a report
             logging.getLogger("napari_mx2_defects").error("%s failed: %s", type(self).__name__, exc,

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .core.validation import BOUNDS, arg_type, check_allocation
+from ..core.validation import BOUNDS, arg_type, check_allocation
+from .options import progress_printer
 
 __all__ = ["ANALYSIS_BYTES_PER_PIXEL", "add_analysis_commands"]
 
@@ -21,11 +22,11 @@ ANALYSIS_BYTES_PER_PIXEL = 96
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .analysis.api import ANALYSIS_FILES, analyze_image
-    from .inputs import image_plane, pixel_size_A
-    from .io.atomic import StagedOutput
-    from .io.formats import load_images
-    from .twin.parents import get_parent
+    from ..analysis.api import ANALYSIS_FILES, analyze_image
+    from ..inputs import image_plane, pixel_size_A
+    from ..io.atomic import StagedOutput
+    from ..io.formats import load_images
+    from ..twin.parents import get_parent
 
     stage = StagedOutput(args.out, ANALYSIS_FILES, overwrite=args.overwrite)  # before any work
     get_parent(args.material)
@@ -52,7 +53,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     result = analyze_image(
         data, pixel, material=args.material, defects=defects,
         beam_energy_keV=energy, dopant=args.dopant,
-        progress=lambda f, m: None if args.quiet else print(f"[{f * 100:5.1f} %] {m}", file=sys.stderr),
+        progress=progress_printer(args.quiet),
     )
     with stage as staging:
         result.save(staging)
@@ -71,32 +72,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _read_defects(path: Path):
-    """``defects.csv`` from ``segment``: x_A, y_A (finite, Å) and defect_class."""
-    import numpy as np
-    import pandas as pd
+    """``defects.csv`` from ``segment``: x_A, y_A (finite, Å) and defect_class (a known class)."""
+    from ..core.classes import CLASS_IDS
+    from ..io.tables import read_points_table
 
-    from .twin.defects import CLASS_IDS
-
-    if not path.is_file():
-        raise ValueError(f"--defects {path}: no such file")
-    if path.stat().st_size > 512 * 1024**2:
-        raise ValueError(f"--defects {path}: larger than 512 MiB; not a defects table from 'segment'")
-    try:
-        defects = pd.read_csv(path, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise ValueError(f"--defects {path.name}: not a CSV table ({' '.join(str(exc).split())[:100]})") from None
-    missing = {"x_A", "y_A", "defect_class"} - set(defects.columns)
-    if missing:
-        raise ValueError(f"--defects {path.name} lacks the columns {sorted(missing)}")
-    xy = defects[["x_A", "y_A"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    if len(xy) and not np.isfinite(xy).all():
-        raise ValueError(f"--defects {path.name}: x_A and y_A must be finite numbers (Å)")
-    unknown = sorted(set(defects.defect_class.astype(str)) - set(CLASS_IDS))
-    if unknown:
-        raise ValueError(f"--defects {path.name}: unknown defect classes {unknown[:5]}; known: "
-                         f"{', '.join(CLASS_IDS)}")
-    defects[["x_A", "y_A"]] = xy
-    return defects
+    return read_points_table(path, option="--defects", columns=("x_A", "y_A", "defect_class"), classes=CLASS_IDS,
+                             what="a defects table from 'segment' lists x_A, y_A, defect_class")
 
 
 def add_analysis_commands(sub) -> None:

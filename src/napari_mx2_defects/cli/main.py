@@ -1,54 +1,18 @@
-"""``mx2-defects`` command line: the same code the widgets call.
+"""``mx2-defects``: the parser, one-line errors and Ctrl-C handling of every command.
 
-Subcommands: ``info`` (what the reader finds in a file), ``simulate``
-(a digital twin), ``analyze`` (atom sites and concentrations) and ``demo``
-(the end-to-end main job in a scripted napari viewer).
+Each science package has its command module beside this one (:mod:`.info`, :mod:`.twin`,
+:mod:`.learn`, :mod:`.analysis`, :mod:`.demo`); shared helpers — options generated from the
+parameters, the progress printer — are in :mod:`.options`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["build_parser", "main"]
-
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    from .io.formats import ReaderError, describe, describe_lines, load_images
-
-    status = 0
-    for path in args.files:
-        try:
-            images = load_images(path)
-        except ReaderError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 2
-            continue
-        for image in images:
-            summary = describe(image)
-            if args.json:
-                print(json.dumps({"file": str(path), **summary}))
-                continue
-            print(f"{path}: {summary['name']}")
-            print(f"  shape          {tuple(summary['shape'])} ({', '.join(summary['axes'])})")
-            print(f"  dtype          {summary['dtype']}")
-            if image.calibrated:
-                sy, sx = summary["pixel_size_A"]
-                print(f"  pixel size     y {sy:g} Å, x {sx:g} Å")
-            else:
-                print("  pixel size     unknown (uncalibrated; pass --pixel-size to the analysis)")
-            print(f"  calibrated     {'yes' if image.calibrated else 'no'}")
-            energy = summary["beam_energy_keV"]
-            print(f"  beam energy    {f'{energy:g} keV' if energy else 'not recorded'}")
-            for line in describe_lines(image):  # optics the file records (io/optics.py)
-                print(f"  {line}")
-            for message in image.warnings:
-                print(f"  warning: {message}")
-    return status
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,16 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="print what the reader finds in a microscope file")
-    info.add_argument("files", nargs="+", type=Path)
-    info.add_argument("--json", action="store_true", help="one JSON object per image")
-    info.set_defaults(func=_cmd_info)
-
-    from .cli_analysis import add_analysis_commands
-    from .cli_learn import add_learn_commands
-    from .cli_twin import add_twin_commands
+    from .analysis import add_analysis_commands
     from .demo import add_demo_command
+    from .info import add_info_command
+    from .learn import add_learn_commands
+    from .twin import add_twin_commands
 
+    add_info_command(sub)
     add_twin_commands(sub)
     add_learn_commands(sub)
     add_analysis_commands(sub)
@@ -183,10 +144,3 @@ def main(argv: list[str] | None = None) -> int:
             message += " (unexpected: run again with --debug for the traceback and report it)"
         print(f"error: {message}", file=sys.stderr)
         return 2
-
-if __name__ == "__main__":  # pragma: no cover
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # a Ctrl-C while the interpreter is shutting down
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)

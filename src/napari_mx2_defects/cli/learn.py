@@ -6,11 +6,12 @@ scheduler and sizes before any work; outputs are written atomically (:mod:`.io.a
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
-from .core.validation import BOUNDS, arg_type, check_allocation
+from ..core.validation import BOUNDS, check_allocation
+from .options import bound_type as _t
+from .options import command_line, progress_printer
 
 __all__ = ["SEGMENT_FILES", "add_learn_commands"]
 
@@ -20,52 +21,42 @@ SEGMENT_FILES = ["labels.tif", "defects.csv"]
 SEGMENT_BYTES_PER_PIXEL = 24
 
 
-def _t(key: str, option: str | None = None):
-    bound = BOUNDS[key] if option is None else BOUNDS[key].with_option(option)
-    return arg_type(bound)
-
-
-def _progress(quiet: bool):
-    return (lambda f, m: None) if quiet else (lambda f, m: print(f"[{100 * f:5.1f} %] {m}", file=sys.stderr,
-                                                                  flush=True))
-
-
 def _cmd_dataset(args):
-    from .core.validation import check_pair
-    from .learn.dataset import DatasetSpec, generate_dataset
+    from ..core.validation import check_pair
+    from ..learn.dataset import DatasetSpec, generate_dataset
 
     check_pair(BOUNDS["dose_min"], BOUNDS["dose_max"], args.dose_min, args.dose_max)
     spec = DatasetSpec(parents=args.parents.split(","), presets=args.presets.split(",") if args.presets else
                        DatasetSpec().presets, size_px=args.size, dose_e_per_A2=(args.dose_min, args.dose_max))
     out = generate_dataset(args.out, args.n, spec, seed=args.seed, scheduler=args.scheduler, workers=args.workers,
-                           progress=_progress(args.quiet), overwrite=args.overwrite)
+                           progress=progress_printer(args.quiet), overwrite=args.overwrite)
     print(f"wrote {args.n} samples to {out}")
     return 0
 
 
 def _cmd_train(args):
-    from .learn.train import TrainConfig, train
+    from ..learn.train import TrainConfig, train
 
     config = TrainConfig(architecture=args.architecture, pixel_size_A=args.model_pixel_size, epochs=args.epochs,
                          steps_per_epoch=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                          patience=args.patience, seed=args.seed, device=args.device, crop_px=args.crop,
                          init_from=str(args.init_from) if args.init_from else None)
-    command = "mx2-defects " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    path, _ = train(args.dataset, args.out, config, command=command, progress=_progress(args.quiet),
+    command = command_line()
+    path, _ = train(args.dataset, args.out, config, command=command, progress=progress_printer(args.quiet),
                     overwrite=args.overwrite)
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
 
 def _cmd_segment(args):
-    from .inputs import image_plane, pixel_size_A
-    from .io.atomic import StagedOutput
-    from .io.formats import load_images
-    from .io.writer import LABELS_TITLE, write_calibrated_tiff
-    from .learn.inference import DEFECTS_COLUMNS, segment_image
+    from ..inputs import image_plane, pixel_size_A
+    from ..io.atomic import StagedOutput
+    from ..io.formats import load_images
+    from ..io.writer import LABELS_TITLE, write_calibrated_tiff
+    from ..learn.inference import DEFECTS_COLUMNS, segment_image
 
     stage = StagedOutput(args.out, SEGMENT_FILES, overwrite=args.overwrite)  # before any work
-    from .learn.checkpoint import card_path, default_model_path, read_card
+    from ..learn.checkpoint import card_path, default_model_path, read_card
 
     model = default_model_path() if args.model == "default" else Path(args.model)
     if model.suffix != ".safetensors":
@@ -86,7 +77,7 @@ def _cmd_segment(args):
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
     seg = segment_image(data, pixel, model=args.model, device=args.device, material=args.material,
-                        beam_energy_keV=image.beam_energy_keV, progress=_progress(args.quiet))
+                        beam_energy_keV=image.beam_energy_keV, progress=progress_printer(args.quiet))
     with stage as staging:
         write_calibrated_tiff(staging / "labels.tif", seg.labels, pixel, title=LABELS_TITLE)
         seg.defects[DEFECTS_COLUMNS[:4]].to_csv(staging / "defects.csv", index=False)
@@ -98,7 +89,7 @@ def _cmd_segment(args):
 
 
 def _cmd_evaluate(args):
-    from .learn.evaluate import evaluate_model_on_twins
+    from ..learn.evaluate import evaluate_model_on_twins
 
     doses = []
     for text in args.doses.split(","):
@@ -108,7 +99,7 @@ def _cmd_evaluate(args):
             raise ValueError(f"--doses must list doses in e/Å² ({BOUNDS['dose_e_per_A2'].describe()}), "
                              f"got {text[:40]!r}") from None
     result = evaluate_model_on_twins(args.model, materials=args.materials.split(","), doses=doses, n_per=args.n,
-                                     seed=args.seed, progress=_progress(args.quiet))
+                                     seed=args.seed, progress=progress_printer(args.quiet))
     for dose, table in result["by_dose"].items():
         print(f"\ndose {dose:g} e/Å²")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -132,17 +123,17 @@ def _parse_region(text: str | None):
 def _cmd_finetune(args):
     import numpy as np
 
-    from .inputs import image_plane, pixel_size_A
-    from .io.formats import load_images
-    from .learn.finetune import Correction, FinetuneConfig, file_sha256, finetune, read_corrections
-    from .twin.microscope import Microscope
+    from ..inputs import image_plane, pixel_size_A
+    from ..io.formats import load_images
+    from ..learn.finetune import Correction, FinetuneConfig, file_sha256, finetune, read_corrections
+    from ..twin.microscope import Microscope
 
     if len(args.labels) != len(args.images):
         raise ValueError(f"give one --labels table per image: {len(args.images)} images, {len(args.labels)} tables")
     config = FinetuneConfig(minutes=args.minutes, twins=args.twins, epochs=args.epochs, seed=args.seed,
                             device=args.device)
     region = _parse_region(args.region)
-    tables = [read_corrections(t) for t in args.labels]  # bad tables are refused before any image is read
+    tables = [read_corrections(t, option="--labels") for t in args.labels]  # bad tables are refused before any image is read
     corrections, energies = [], set()
     for path, table, labels in zip(args.images, tables, args.labels):
         image = load_images(path)[0]
@@ -158,9 +149,9 @@ def _cmd_finetune(args):
                                       sha256=file_sha256(path), labels_name=Path(labels).name))
     energy = args.energy if args.energy is not None else (energies.pop() if len(energies) == 1 else None)
     microscope = Microscope(energy_keV=energy) if energy is not None else None
-    command = "mx2-defects " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line()
     path, report = finetune(corrections, args.material, args.out, base_model=args.model, dopant=args.dopant,
-                            config=config, microscope=microscope, command=command, progress=_progress(args.quiet),
+                            config=config, microscope=microscope, command=command, progress=progress_printer(args.quiet),
                             log=(lambda m: None) if args.quiet else print, overwrite=args.overwrite)
     before, after = report["mean_f1"]["before"], report["mean_f1"]["after"]
     print(f"held-out instance F1 (mean over classes): {before:.3f} before, {after:.3f} after fine-tuning")

@@ -1,0 +1,44 @@
+"""The defect vocabulary every layer shares: class ids, names, meanings and display colours.
+
+Class ids are stable: the ground-truth masks, the models, every CSV and every layer use them.
+Id 0 is intact lattice.  The twin engine places these classes (:mod:`..twin.defects`), the models
+predict them, the analysis counts them and the front ends colour them with :data:`CLASS_COLORS`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLASS_COLORS", "CLASS_IDS", "CLASS_NAMES", "DEFECT_CLASSES", "SUBLATTICE_OF"]
+
+#: id -> (name, meaning, sublattice the defect sits on)
+DEFECT_CLASSES: dict[int, tuple[str, str, str]] = {
+    1: ("V_X", "one chalcogen missing from an X2 column", "X"),
+    2: ("V_XX", "both chalcogens of a column missing", "X"),
+    3: ("V_M", "metal vacancy", "M"),
+    4: ("M_X", "metal atom on a chalcogen column (antisite)", "X"),
+    5: ("X_M", "chalcogen on a metal site (antisite)", "M"),
+    6: ("M_2X", "metal antisite plus an extra chalcogen vacancy", "X"),
+    7: ("M_i", "metal interstitial", "H"),
+    8: ("X_i", "chalcogen interstitial", "H"),
+    9: ("TM_D", "transition-metal dopant substituting the metal", "M"),
+    10: ("TM_A", "transition-metal adatom", "M"),
+    11: ("S_X", "chalcogen substituted by another chalcogen", "X"),
+}
+CLASS_IDS: dict[str, int] = {name: cid for cid, (name, _, _) in DEFECT_CLASSES.items()}
+CLASS_NAMES: dict[int, str] = {0: "lattice", **{cid: name for cid, (name, _, _) in DEFECT_CLASSES.items()}}
+#: RGBA colours per class for Labels layers, Points layers, legends and plots (tab20-like, lattice transparent).
+CLASS_COLORS: dict[int, tuple[float, float, float, float]] = {
+    0: (0.0, 0.0, 0.0, 0.0),
+    1: (0.12, 0.47, 0.71, 1.0),
+    2: (1.0, 0.5, 0.05, 1.0),
+    3: (0.17, 0.63, 0.17, 1.0),
+    4: (0.84, 0.15, 0.16, 1.0),
+    5: (0.58, 0.4, 0.74, 1.0),
+    6: (0.55, 0.34, 0.29, 1.0),
+    7: (0.89, 0.47, 0.76, 1.0),
+    8: (0.5, 0.5, 0.5, 1.0),
+    9: (0.74, 0.74, 0.13, 1.0),
+    10: (0.09, 0.75, 0.81, 1.0),
+    11: (1.0, 0.73, 0.47, 1.0),
+}
+#: Class name → the sublattice it sits on (``M`` metal, ``X`` chalcogen column, ``H`` hollow site).
+SUBLATTICE_OF: dict[str, str] = {name: sub for name, _, sub in DEFECT_CLASSES.values()}

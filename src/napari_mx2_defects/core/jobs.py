@@ -1,0 +1,29 @@
+"""The job protocol every long computation of the twin engine follows.
+
+A job takes ``progress(fraction, message)`` and ``cancelled() -> bool`` callables; it reports
+progress between steps and raises :class:`Cancelled` when ``cancelled()`` turns true, having
+written nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["CancelFn", "Cancelled", "ProgressFn", "never", "no_progress"]
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+
+class Cancelled(RuntimeError):
+    """The user cancelled a long computation; nothing was written."""
+
+
+def no_progress(fraction: float, message: str) -> None:
+    """A progress callback that ignores what it is told."""
+    return None
+
+
+def never() -> bool:
+    """A cancel callback that never cancels."""
+    return False

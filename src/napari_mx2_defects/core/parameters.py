@@ -1,0 +1,253 @@
+"""Every user-facing parameter defined once: name (units in it), label, default, bounds, CLI option.
+
+As cellfinder's ``input_container.py`` does for its widgets, each parameter of a twin, a microscope
+and the imperfections is declared here once; the ``mx2-defects`` options (:mod:`..cli.options`) and
+the dock widgets' fields (:mod:`..widgets.fields`) are generated from these declarations, and both
+hand the science the same flat ``{name: value}`` mapping (:meth:`~..twin.api.TwinRequest.from_values`).
+The microscope's defaults (:class:`~..twin.microscope.Microscope`) are taken from here too, so the
+digital-twin paper's 80 keV / 25 mrad / 40 Å / 4e5 Å / 50–200 mrad are typed in one place.
+
+A :class:`Parameter` is one number, word or choice; a :class:`Pair` is two numbers set together by
+one option (``--detector INNER OUTER``) and shown as two fields.  Bounds come from
+:data:`~.validation.BOUNDS` (the key is the parameter's name unless ``bound`` says otherwise).
+
+This module imports only the standard library and :mod:`.validation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .validation import BOUNDS, Bound, check_pair
+
+__all__ = [
+    "DEFAULTS",
+    "IMPERFECTION_PARAMETERS",
+    "MICROSCOPE_PARAMETERS",
+    "REQUEST_PARAMETERS",
+    "SIMULATE_PARAMETERS",
+    "TWIN_PARAMETERS",
+    "Pair",
+    "Parameter",
+    "check_values",
+    "flatten",
+    "with_defaults",
+]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter as every front end shows it.
+
+    Attributes
+    ----------
+    name : str
+        The science name and API keyword, units in it (``"energy_keV"``); also the CLI's ``dest``
+        and the widget's name.
+    label : str
+        What it is, in words, for the widget (the unit is added from the bound).
+    default : Any
+        The default value; ``None`` for an optional number (the widget shows 0 as "none").
+    flag : str
+        The CLI option (``"--energy"``).
+    help : str
+        One line of help for ``--help`` and the widget's tooltip.
+    kind : type
+        ``float``, ``int`` or ``str``.
+    choices : tuple
+        Allowed values of a ``str`` parameter (a drop-down in the widget).
+    bound : str
+        Key of :data:`~.validation.BOUNDS` (default: ``name``).
+    step : float
+        Step of the widget's spin box (default: a tenth of a unit-ish guess from the bound).
+    """
+
+    name: str
+    label: str
+    default: Any
+    flag: str
+    help: str = ""
+    kind: type = float
+    choices: tuple = ()
+    bound: str = ""
+    step: float | None = None
+
+    @property
+    def bounds(self) -> Bound | None:
+        """The parameter's bound (None for words and choices)."""
+        return BOUNDS.get(self.bound or self.name)
+
+    @property
+    def unit(self) -> str:
+        b = self.bounds
+        return b.unit if b is not None else ""
+
+    @property
+    def optional(self) -> bool:
+        """Whether ``None`` is a value (an optional number, e.g. no dose = noise-free)."""
+        return self.default is None
+
+    @property
+    def widget_label(self) -> str:
+        unit = f" ({self.unit})" if self.unit else ""
+        return f"{self.label}{unit}" + (", 0 = none" if self.optional else "")
+
+    def cli_help(self) -> str:
+        text = self.help or self.label
+        if self.unit and self.unit not in text:
+            text += f" in {self.unit}"
+        if self.default is not None and self.default != "":
+            text += f" (default {self.default:g})" if isinstance(self.default, (int, float)) else \
+                f" (default {self.default})"
+        return text.replace("%", "%%")
+
+    def check(self, value, option: str | None = None):
+        """``value`` checked against the bound (a one-line ValueError naming ``option``)."""
+        if self.kind is str:
+            if self.choices and value not in self.choices:
+                raise ValueError(f"{option or self.flag} must be one of {', '.join(self.choices)}, got {value!r}")
+            return value
+        if value is None and self.optional:
+            return None
+        bound = self.bounds
+        return bound.with_option(option or self.flag).check(value) if bound is not None else value
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two numbers set by one option (``--detector INNER OUTER``) and shown as two fields.
+
+    ``value`` in a values mapping is the tuple of the two parts' values (or None when ``optional``
+    and unset); ``ordered`` asks for ``first < second``.
+    """
+
+    name: str
+    flag: str
+    metavar: tuple[str, str]
+    parts: tuple[Parameter, Parameter]
+    help: str = ""
+    optional: bool = False
+    ordered: bool = False
+
+    @property
+    def default(self):
+        return None if self.optional else tuple(p.default for p in self.parts)
+
+    def cli_help(self) -> str:
+        text = self.help
+        if self.default is not None:
+            text += f" (default {' '.join(f'{v:g}' for v in self.default)})"
+        return text.replace("%", "%%")
+
+    def check(self, value, options: tuple[str, str] | None = None):
+        if value is None:
+            if self.optional:
+                return None
+            raise ValueError(f"{self.flag} needs two values: {' '.join(self.metavar)}")
+        a, b = value
+        names = options or (self.flag, self.flag)
+        first, second = (p.bounds.with_option(n) for p, n in zip(self.parts, names))
+        if self.ordered:
+            return check_pair(first, second, a, b, strict=True)
+        return first.check(a), second.check(b)
+
+
+def _p(name: str, label: str, default, flag: str, help: str = "", **kw) -> Parameter:
+    return Parameter(name, label, default, flag, help, **kw)
+
+
+#: The digital twin and its size.
+TWIN_PARAMETERS: tuple[Parameter | Pair, ...] = (
+    _p("material", "parent", "MoS2", "--material", "parent, e.g. MoS2, WSe2, 1T-TiS2", kind=str),
+    _p("defects", "defects", "", "--defects", "e.g. V_X=6,V_XX=2,TM_D(Re)=1%,V_X:pairs=4", kind=str),
+    _p("fov_A", "field of view", 40.0, "--fov", "field of view in Å", step=5.0),
+    _p("pixel_size_A", "pixel size", 0.1, "--pixel-size", "pixel size in Å", step=0.01),
+    _p("dose_e_per_A2", "electron dose", None, "--dose", "electron dose in e/Å² (default: noise-free)", step=1e5),
+    _p("method", "method", "fast", "--method", "fast (calibrated against abTEM), prism or multislice (abTEM)",
+       kind=str, choices=("fast", "prism", "multislice")),
+    _p("seed", "seed", 0, "--seed", "random seed", kind=int),
+)
+
+#: Probe and detector (defaults: the digital-twin paper's microscope, as the design brief states it).
+MICROSCOPE_PARAMETERS: tuple[Parameter | Pair, ...] = (
+    _p("energy_keV", "beam energy", 80.0, "--energy", "beam energy in keV", step=10.0),
+    _p("semiangle_mrad", "convergence semi-angle", 25.0, "--semiangle", "convergence semi-angle in mrad"),
+    _p("defocus_A", "defocus", 40.0, "--defocus", "defocus in Å (abTEM convention: positive is underfocus)"),
+    _p("Cs_A", "spherical aberration Cs", 4e5, "--cs", "spherical aberration Cs in Å", step=1e4),
+    Pair("detector_mrad", "--detector", ("INNER", "OUTER"),
+         (_p("detector_inner_mrad", "detector inner angle", 50.0, "--detector"),
+          _p("detector_outer_mrad", "detector outer angle", 200.0, "--detector")),
+         help="annular detector angles in mrad (ADF from ~30, HAADF from ~50)", ordered=True),
+    _p("source_size_A", "source size σ", 0.0, "--source-size", "Gaussian source size σ in Å", step=0.05),
+)
+
+#: What a real scan adds to the ideal image.
+IMPERFECTION_PARAMETERS: tuple[Parameter | Pair, ...] = (
+    _p("read_noise", "read noise σ", 0.0, "--read-noise", "Gaussian read noise σ (counts)"),
+    _p("scan_jitter_A", "scan jitter σ", 0.0, "--jitter", "scan-line jitter σ in Å", step=0.02),
+    Pair("drift_A_per_line", "--drift", ("VX", "VY"),
+         (_p("drift_x_A_per_line", "drift x", 0.0, "--drift", bound="drift_A_per_line", step=0.001),
+          _p("drift_y_A_per_line", "drift y", 0.0, "--drift", bound="drift_A_per_line", step=0.001)),
+         help="linear drift in Å per scan line"),
+    _p("nonlinear_drift_A", "non-linear drift", 0.0, "--nonlinear-drift", "non-linear drift amplitude in Å",
+       step=0.1),
+    _p("contamination", "contamination", 0.0, "--contamination", "background level relative to the mean",
+       step=0.05),
+    _p("probe_current_variation", "probe-current variation σ", 0.0, "--probe-current-variation",
+       "relative line-gain σ", step=0.01),
+)
+
+#: Messy conditions and the abTEM options of ``simulate``.
+SIMULATE_PARAMETERS: tuple[Parameter | Pair, ...] = (
+    _p("rotation_deg", "lattice rotation", 0.0, "--rotation", "lattice rotation in degrees (fast mode)"),
+    Pair("grain_boundary", "--grain-boundary", ("ANGLE", "SEPARATION"),
+         (_p("gb_rotation_deg", "grain boundary angle", 0.0, "--grain-boundary"),
+          _p("gb_separation_A", "grain boundary separation", 0.0, "--grain-boundary", step=0.5)),
+         help="grain boundary: relative rotation (deg) and separation (−3…3 Å)", optional=True),
+    _p("n_holes", "beam-damage holes", 0, "--holes", "number of beam-damage holes (5–30 atoms each)", kind=int),
+    _p("frozen_phonons", "frozen-phonon configurations", 0, "--frozen-phonons",
+       "abTEM frozen-phonon configurations (multislice/PRISM image, or the fast mode's calibration); "
+       "0 = static lattice", kind=int),
+    _p("phonon_sigma_A", "thermal displacement σ", 0.1, "--phonon-sigma",
+       "thermal displacement σ per direction in Å (as in abTEM's walkthrough)", step=0.01),
+)
+
+
+#: Everything ``simulate`` and the *Simulate digital twin* dock ask for, in the order they show it.
+REQUEST_PARAMETERS = TWIN_PARAMETERS + SIMULATE_PARAMETERS + MICROSCOPE_PARAMETERS + IMPERFECTION_PARAMETERS
+
+
+def flatten(parameters: Iterable[Parameter | Pair]) -> Iterator[Parameter]:
+    """Every single :class:`Parameter`, the parts of each pair in order."""
+    for p in parameters:
+        yield from (p.parts if isinstance(p, Pair) else (p,))
+
+
+#: Every default, by name (the parts of a pair too).
+DEFAULTS: dict[str, Any] = {p.name: p.default for p in flatten(REQUEST_PARAMETERS)}
+
+
+def with_defaults(parameters: Iterable[Parameter | Pair], **defaults) -> tuple[Parameter | Pair, ...]:
+    """The same parameters with other defaults (the demo's larger twin), by name."""
+    unknown = set(defaults) - {p.name for p in parameters}
+    if unknown:
+        raise KeyError(f"no parameters {sorted(unknown)}")
+    return tuple(replace(p, default=defaults[p.name]) if p.name in defaults else p for p in parameters)
+
+
+def check_values(parameters: Iterable[Parameter | Pair], values: Mapping[str, Any],
+                 option_of=lambda p: p.flag) -> dict[str, Any]:
+    """Every value checked against its parameter; one-line ValueErrors naming ``option_of(parameter)``.
+
+    ``values`` holds one entry per parameter (a pair's entry is its tuple); the checked values
+    are returned (numbers as float or int).
+    """
+    checked = {}
+    for p in parameters:
+        if isinstance(p, Pair):
+            checked[p.name] = p.check(values.get(p.name), tuple(option_of(part) for part in p.parts))
+        else:
+            checked[p.name] = p.check(values.get(p.name, p.default), option_of(p))
+    return checked
