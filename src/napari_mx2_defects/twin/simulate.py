@@ -28,7 +28,7 @@ from .abtem_runner import (
 )
 from .calibration import COMPARE_SAMPLING_A, Calibration, cache_dir, calibrate_column_weights, calibration_cell
 from .columns import column_examples, column_intensities, integration_radius_A, projected_columns, signature
-from .jobs import CancelFn, Cancelled, ProgressFn, never, no_progress
+from ..core.jobs import CancelFn, Cancelled, ProgressFn, never, no_progress
 from .microscope import Microscope
 from .render import BASIS_SIGMAS_A, render_columns
 
