@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import napari
-import numpy as np
 
 from napari_mx2_defects.analysis.api import analyze_image
-from napari_mx2_defects.layers import label_colormap_layer, label_features
+from napari_mx2_defects.inputs import image_plane, pixel_size_A
+from napari_mx2_defects.layers import add_layers, segmentation_layers
 from napari_mx2_defects.learn.inference import segment_image
 
 shared = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -22,17 +22,15 @@ viewer = napari.Viewer(show=True)
 for path in sorted((shared / "real" / "scilink_mos2").glob("*.npy")):
     viewer.layers.clear()
     layer = viewer.open(path, plugin="napari-mx2-defects")[0]
-    pixel = layer.metadata["pixel_size_A"]
-    image = np.asarray(layer.data)
+    pixel = pixel_size_A(layer.scale, layer.metadata["calibrated"], name=layer.name)
+    image, _ = image_plane(layer.data, layer.name)
     result = analyze_image(image, pixel, "MoS2", beam_energy_keV=layer.metadata["beam_energy_keV"])
     self_cal = analyze_image(image, None, "MoS2", beam_energy_keV=layer.metadata["beam_energy_keV"])
+    # a stated pixel size that puts a > 3.3 Å is wrong: use the self-calibrated one (the layer keeps the
+    # file's calibration; the overlays are placed on it by the one adapter, layers.image_frame)
     pixel_used = self_cal.lattice["pixel_size_A"] if result.lattice["a_A"] > 3.3 else pixel
     seg = segment_image(image, pixel_used, material="MoS2", beam_energy_keV=layer.metadata["beam_energy_keV"])
-    viewer.layers[0].scale = (pixel_used, pixel_used)
-    viewer.add_labels(seg.labels, scale=(pixel_used, pixel_used), colormap=label_colormap_layer(), opacity=0.6,
-                      name="model labels", units=("angstrom", "angstrom"), features=label_features())
-    viewer.add_points(seg.defects[["y_A", "x_A"]].to_numpy(), size=1.5, face_color="transparent",
-                      border_color="red", name="model defects", units=("angstrom", "angstrom"))
+    add_layers(viewer, segmentation_layers(seg, layer, pixel_used, name="model"))
     viewer.reset_view()
     shot = out / f"real_{path.stem}.png"
     viewer.screenshot(str(shot), canvas_only=True, flash=False)

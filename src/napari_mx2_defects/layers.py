@@ -9,10 +9,14 @@ import pandas as pd
 
 from .core.classes import CLASS_COLORS, CLASS_NAMES
 
-__all__ = ["LayerData", "image_frame", "science_positions", "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader",
-           "read_points_csv", "sites_layer", "twin_layers"]
+__all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "image_frame", "label_colormap", "label_colormap_layer",
+           "label_features", "napari_get_points_reader", "points_table", "read_points_csv", "science_positions",
+           "segmentation_layers", "sites_layer", "twin_layers"]
 
 LayerData = tuple[Any, dict, str]
+
+#: Diameter (Å) of a defect point: a column's disc, so the border rings the column without hiding it.
+DEFECT_POINT_SIZE_A = 1.2
 
 
 def label_colormap() -> dict:
@@ -35,8 +39,8 @@ def _points(table: pd.DataFrame, pixel_size_A: tuple[float, float], name: str, c
         "units": ["angstrom", "angstrom"],
         "metadata": metadata,
     }
-    if colour_by in features and len(features):
-        kwargs["border_color_cycle"] = [CLASS_COLORS[c][:3] + (1.0,) for c in sorted(CLASS_COLORS)][1:]
+    if colour_by in features and len(features):  # each class in its legend colour (as the Labels colormap)
+        kwargs["border_color_cycle"] = {CLASS_NAMES[c]: CLASS_COLORS[c][:3] + (1.0,) for c in CLASS_COLORS if c}
     return coords, kwargs, "points"
 
 
@@ -57,7 +61,7 @@ def twin_layers(twin, name: str = "twin") -> list[LayerData]:
                             "features": label_features(),
                             "metadata": {**meta, "class_names": CLASS_NAMES}}, "labels")
     defects = twin.defects[["x_A", "y_A", "defect_class", "element"]]
-    points = _points(defects, twin.pixel_size_A, f"{name} truth defects", "defect_class", 1.2,
+    points = _points(defects, twin.pixel_size_A, f"{name} truth defects", "defect_class", DEFECT_POINT_SIZE_A,
                      {"pixel_size_A": meta["pixel_size_A"]})
     return [image, labels, points]
 
@@ -100,6 +104,31 @@ def sites_layer(result, name: str = "sites") -> LayerData:
     return coords, kwargs, "points"
 
 
+def segmentation_layers(seg, image_layer, pixel_size_A: float, name: str | None = None) -> list[LayerData]:
+    """The layers of a :class:`~.learn.inference.Segmentation` on top of ``image_layer``: Labels (class per
+    pixel, on the image pixel for pixel, with the class names and colours in its features), Points (one
+    per defect, placed by :func:`image_frame`, coloured by class) and, when computed, the hidden
+    probability image.  The *Find defects* dock, the demo and the docs scripts all add these.
+    """
+    base = name or image_layer.name
+    scale = [float(v) for v in image_layer.scale[-2:]]
+    translate = [float(v) for v in image_layer.translate[-2:]]
+    units = ["angstrom", "angstrom"]
+    labels = (seg.labels, {"name": f"{base} defects", "scale": scale, "translate": translate, "opacity": 0.6,
+                           "colormap": label_colormap_layer(), "units": units, "features": label_features(),
+                           "metadata": {"pixel_size_A": float(pixel_size_A), "calibrated": True,
+                                        "model": seg.card.architecture, "class_names": seg.card.classes}}, "labels")
+    coords, kwargs, _ = _points(seg.defects, (pixel_size_A, pixel_size_A), f"{base} defect points", "defect_class",
+                                DEFECT_POINT_SIZE_A, {"pixel_size_A": float(pixel_size_A)})
+    kwargs.update(image_frame(image_layer, pixel_size_A))
+    layers = [labels, (coords, kwargs, "points")]
+    if seg.probabilities is not None:
+        layers.append((seg.probabilities, {"name": f"{base} probabilities", "scale": [1.0, *scale],
+                                           "translate": [0.0, *translate], "units": ["pixel", *units],
+                                           "axis_labels": ("class", "y", "x"), "visible": False}, "image"))
+    return layers
+
+
 def image_frame(layer, pixel_size_A: float) -> dict[str, list[float]]:
     """``scale`` and ``translate`` that put science positions (Å from the image origin, measured with
     ``pixel_size_A``) on top of the image ``layer`` in world coordinates.
@@ -118,6 +147,21 @@ def science_positions(world_yx: np.ndarray, layer, pixel_size_A: float) -> np.nd
     :func:`image_frame`)."""
     frame = image_frame(layer, pixel_size_A)
     return (np.asarray(world_yx, float)[:, -2:] - frame["translate"]) / frame["scale"]
+
+
+def add_layers(viewer, layer_data: list[LayerData]) -> list:
+    """Add ``LayerData`` tuples to a viewer; returns the layers (as napari's reader path would)."""
+    return [getattr(viewer, f"add_{kind}")(data, **kwargs) for data, kwargs, kind in layer_data]
+
+
+def points_table(points, image_layer, pixel_size_A: float | None) -> pd.DataFrame:
+    """A Points layer as a table: ``x_A, y_A`` in Å from ``image_layer``'s origin (the inverse of
+    :func:`image_frame`; world coordinates when there is no pixel size) plus every feature."""
+    world = np.asarray(points.data, float)[:, -2:] * np.asarray(points.scale[-2:]) + np.asarray(points.translate[-2:])
+    yx = science_positions(world, image_layer, pixel_size_A) if pixel_size_A is not None else world
+    table = pd.DataFrame({"x_A": yx[:, 1], "y_A": yx[:, 0]})
+    features = points.features.reset_index(drop=True)
+    return pd.concat([table, features], axis=1) if len(features) == len(table) else table
 
 
 def _points_header(path) -> list[str] | None:
@@ -158,5 +202,6 @@ def read_points_csv(path) -> list[LayerData]:
     for p in map(Path, paths):
         table = read_points_table(p)
         colour = "defect_class" if "defect_class" in table else ""
-        layers.append(_points(table, (1.0, 1.0), p.stem, colour, 1.2, {"source": str(p), "calibrated": True}))
+        layers.append(_points(table, (1.0, 1.0), p.stem, colour, DEFECT_POINT_SIZE_A,
+                              {"source": str(p), "calibrated": True}))
     return layers

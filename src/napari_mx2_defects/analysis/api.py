@@ -147,16 +147,10 @@ def analyze_image(
     parent = get_parent(material)
     notes: list[str] = []
     step(0.05, "measuring the lattice")
-
     self_calibrated = pixel_size_A is None
     energy = float(BOUNDS["energy_keV"].check(beam_energy_keV)) if beam_energy_keV else DEFAULTS["energy_keV"]
     if self_calibrated:
-        # first guess from the FFT, then the area-equivalent a of the fitted (possibly sheared) lattice
-        fft_a_px, _ = fft_lattice_spacing_px(img)
-        guess = parent.a_A / fft_a_px
-        _, m_brighter = reference_levels(parent.key, round(float(guess), 4), energy, dopant)
-        fitted = measure_sites(img, None, m_brighter, border_px=border_A / guess)
-        pixel_size_A = parent.a_A / fitted.a_px
+        pixel_size_A = _self_calibrate(img, parent, energy, dopant, border_A)
         notes.append(
             f"no calibration: pixel size {pixel_size_A:.5f} Å self-calibrated from {parent.key} a = {parent.a_A} Å"
         )
@@ -176,44 +170,73 @@ def analyze_image(
     classes[in_hole] = ""
     sites["defect_class"] = classes
     sites["in_hole"] = in_hole
-    # model predictions, matched to the nearest site within 1 Å
     if defects is not None and len(defects):
-        tree = cKDTree(sites[["x_A", "y_A"]].to_numpy())
-        d, idx = tree.query(defects[["x_A", "y_A"]].to_numpy())
-        model = np.full(len(sites), "", dtype=object)
-        ok = d <= 1.0
-        model[idx[ok]] = defects.defect_class.to_numpy()[ok]
-        sites["model_class"] = model
-    # regions
-    sites["region"] = 0
-    polygons = list(regions or [])
+        sites["model_class"] = _match_to_sites(sites, defects)
     a_A = meas.a_px * pixel_size_A
     if not self_calibrated and abs(a_A / parent.a_A - 1) > CALIBRATION_WARNING_FRACTION:
         notes.append(f"the measured lattice constant a = {a_A:.3f} Å is {100 * (a_A / parent.a_A - 1):+.0f} % off "
                      f"{parent.key}'s {parent.a_A} Å: the pixel size ({pixel_size_A:.4g} Å) is probably wrong, and "
                      f"so is every per-cm² value; correct it, or self-calibrate from the parent")
-    cell_area = a_A**2 * np.sqrt(3) / 2
-    # the sites a class is counted against: chalcogen columns for X defects, metal sites otherwise
-    sublattice_of = {DEFECT_CLASSES[c][0]: ("X" if DEFECT_CLASSES[c][2] == "X" else "M")
-                     for c in DEFECT_CLASSES}
-    count_column = "model_class" if "model_class" in sites else "defect_class"
-    if count_column == "model_class":
+    if "model_class" in sites:
         notes.append("counts come from the model's predictions matched to sites; intensities classify the rest")
+    region_masks = _assign_regions(sites, list(regions or []))
+    cell_area = a_A**2 * np.sqrt(3) / 2
+    concentrations = _concentrations(sites, region_masks, levels, cell_area, notes)
+    lattice = _lattice_record(meas, sites, parent, pixel_size_A, self_calibrated, cell_area, energy)
+    progress(1.0, "done")
+    return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes)
+
+
+def _self_calibrate(img: np.ndarray, parent, energy_keV: float, dopant: str | None, border_A: float) -> float:
+    """Pixel size (Å) of an uncalibrated image from the parent's lattice constant.
+
+    A first guess from the FFT, then the area-equivalent a of the fitted (possibly sheared) lattice.
+    """
+    fft_a_px, _ = fft_lattice_spacing_px(img)
+    guess = parent.a_A / fft_a_px
+    _, m_brighter = reference_levels(parent.key, round(float(guess), 4), energy_keV, dopant)
+    fitted = measure_sites(img, None, m_brighter, border_px=border_A / guess)
+    return parent.a_A / fitted.a_px
+
+
+def _match_to_sites(sites: pd.DataFrame, defects: pd.DataFrame) -> np.ndarray:
+    """The model's class at each site: predictions matched to the nearest site within 1 Å ('' elsewhere)."""
+    tree = cKDTree(sites[["x_A", "y_A"]].to_numpy())
+    d, idx = tree.query(defects[["x_A", "y_A"]].to_numpy())
+    model = np.full(len(sites), "", dtype=object)
+    ok = d <= 1.0
+    model[idx[ok]] = defects.defect_class.to_numpy()[ok]
+    return model
+
+
+def _assign_regions(sites: pd.DataFrame, polygons: list) -> list[np.ndarray]:
+    """Each site's region (``sites.region``: the first polygon holding it, −1 for none) and each
+    region's site mask; without polygons, one region of every site."""
+    sites["region"] = 0
+    if not polygons:
+        return [np.ones(len(sites), bool)]
+    pts = sites[["y_A", "x_A"]].to_numpy()
+    sites["region"] = -1
+    masks = []
+    for r, poly in enumerate(polygons):
+        inside = PolygonPath(np.asarray(poly)[:, -2:]).contains_points(pts)
+        sites.loc[inside & (sites.region.to_numpy() == -1), "region"] = r
+        masks.append(inside)
+    return masks
+
+
+def _concentrations(sites: pd.DataFrame, region_masks: list[np.ndarray], levels: dict, cell_area_A2: float,
+                    notes: list[str]) -> pd.DataFrame:
+    """Counts and concentrations per region: the model's classes where given, else the intensity classes,
+    each counted against its sublattice's sites (chalcogen columns for X defects, metal sites otherwise)."""
+    sublattice_of = {DEFECT_CLASSES[c][0]: ("X" if DEFECT_CLASSES[c][2] == "X" else "M") for c in DEFECT_CLASSES}
+    count_column = "model_class" if "model_class" in sites else "defect_class"
+    in_hole = sites.in_hole.to_numpy()
     tables = []
-    region_masks = []
-    if polygons:
-        pts = sites[["y_A", "x_A"]].to_numpy()
-        sites["region"] = -1
-        for r, poly in enumerate(polygons):
-            inside = PolygonPath(np.asarray(poly)[:, -2:]).contains_points(pts)
-            sites.loc[inside & (sites.region.to_numpy() == -1), "region"] = r
-            region_masks.append(inside)
-    else:
-        region_masks.append(np.ones(len(sites), bool))
     for r, mask in enumerate(region_masks):
         use = mask & ~in_hole
         n_sites = {"M": int((use & (sites.sublattice == "M")).sum()), "X": int((use & (sites.sublattice == "X")).sum())}
-        area = n_sites["M"] * cell_area
+        area = n_sites["M"] * cell_area_A2
         names = [n for n in levels["X"] if n] + [n for n in levels["M"] if n]
         if count_column == "model_class":
             names = sorted(set(names) | set(sites.model_class[use]) - {""})
@@ -222,9 +245,15 @@ def analyze_image(
             notes.append(f"region {r}: no lattice site inside; skipped")
             continue
         tables.append(concentration_table(counts, n_sites, area, sublattice_of, region=r))
-    concentrations = pd.concat(tables, ignore_index=True) if tables else concentration_table({}, {}, 1.0, {})
-    lattice = {
-        "a_A": float(a_A),
+    return pd.concat(tables, ignore_index=True) if tables else concentration_table({}, {}, 1.0, {})
+
+
+def _lattice_record(meas, sites: pd.DataFrame, parent, pixel_size_A: float, self_calibrated: bool,
+                    cell_area_A2: float, energy_keV: float) -> dict:
+    """What ``lattice.json`` records: the fitted lattice in Å, the calibration and the analysed area."""
+    intact_m = (sites.sublattice == "M") & ~sites.in_hole
+    return {
+        "a_A": float(meas.a_px * pixel_size_A),
         "a_fft_A": float(meas.fft_a_px * pixel_size_A),
         "pixel_size_A": float(pixel_size_A),
         "self_calibrated": bool(self_calibrated),
@@ -235,10 +264,8 @@ def analyze_image(
         "a2_A": meas.fit.lengths_px[1] * pixel_size_A,
         "angle_deg": meas.fit.angle_deg,
         "fit_rms_A": meas.fit.rms_residual_px * pixel_size_A,
-        "n_M_sites": int(((sites.sublattice == "M") & ~sites.in_hole).sum()),
+        "n_M_sites": int(intact_m.sum()),
         "n_X_sites": int(((sites.sublattice == "X") & ~sites.in_hole).sum()),
-        "analysed_area_nm2": float(((sites.sublattice == "M") & ~sites.in_hole).sum() * cell_area / 100),
-        "beam_energy_keV_for_levels": energy,
+        "analysed_area_nm2": float(intact_m.sum() * cell_area_A2 / 100),
+        "beam_energy_keV_for_levels": energy_keV,
     }
-    progress(1.0, "done")
-    return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes)
