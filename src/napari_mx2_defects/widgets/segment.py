@@ -17,6 +17,7 @@ from magicgui.widgets import (
 
 from ..twin.parents import list_parents
 from ._worker import JobWidget
+from .defect_editing import DefectEditingPanel
 
 if TYPE_CHECKING:
     import napari
@@ -43,9 +44,11 @@ class SegmentWidget(JobWidget, Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
+        self.editing = DefectEditingPanel(viewer)  # class legend, class for new points, undo / redo
         self.extend([self.image_layer, self.use_default, self.checkpoint, self.pixel, self.material, self.device,
                      self.probabilities,
                      self.run_button, self.cancel_button, self.progress, self.status])
+        self.native.layout().addWidget(self.editing.native)  # full width, under the job controls
         self._init_runner()
         self._track_layers(self._refresh_choices)
 
@@ -98,10 +101,11 @@ class SegmentWidget(JobWidget, Container):
                                          "class_names": seg.card.classes})
         table = seg.defects
         frame = image_frame(layer, pixel)
-        self.viewer.add_points(table[["y_A", "x_A"]].to_numpy(), name=f"{layer.name} defect points",
-                               features=table.drop(columns=["x_A", "y_A"]).reset_index(drop=True),
-                               size=1.2, face_color="transparent", border_color="red",  # Å, data units
-                               units=("angstrom", "angstrom"), **frame)
+        points = self.viewer.add_points(table[["y_A", "x_A"]].to_numpy(), name=f"{layer.name} defect points",
+                                        features=table.drop(columns=["x_A", "y_A"]).reset_index(drop=True),
+                                        size=1.2, face_color="transparent",  # Å, data units
+                                        units=("angstrom", "angstrom"), **frame)
+        self.editing.attach(points)  # hand edits with an explicit class, undo; borders in the legend's colours
         if seg.probabilities is not None:
             self.viewer.add_image(seg.probabilities, name=f"{layer.name} probabilities", scale=(1.0, *scale),
                                   translate=(0.0, *translate),

@@ -10,6 +10,7 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, 
 
 from ..twin.parents import list_parents
 from ._worker import JobWidget
+from .defect_editing import DefectEditingPanel
 
 if TYPE_CHECKING:
     import napari
@@ -58,10 +59,12 @@ class StatisticsWidget(JobWidget, Container):
         self.export_png_button = PushButton(text="Export PNG…", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
+        self.editing = DefectEditingPanel(viewer, picker=self.defects_layer)  # legend, hand edits, undo
         self.extend([self.image_layer, self.defects_layer, self.regions_layer, self.material, self.dopant,
                      self.run_button, self.cancel_button, self.progress, self.status, self.table,
                      self.export_csv_button,
                      self.export_png_button])
+        self.native.layout().addWidget(self.editing.native)  # full width, above the plots
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
