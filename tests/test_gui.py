@@ -319,7 +319,7 @@ def test_overlays_land_on_the_image(make_napari_viewer, qtbot, case):
     else:
         image = viewer.add_image(twin.image, name="scan", metadata={"calibrated": False})
     widget = SegmentWidget(viewer)
-    widget.pixel.value = 0.1
+    widget.image_pixel_size_A.value = 0.1
     assert widget.run() is not None
     _wait_for_job(qtbot, widget, timeout=300_000)
     qtbot.waitUntil(lambda: type(viewer.layers[-1]).__name__ == "Points", timeout=60_000)

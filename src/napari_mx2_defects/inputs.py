@@ -20,9 +20,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .core.parameters import ANALYSIS_PARAMETERS
 from .core.validation import BOUNDS, SQUARE_PIXEL_TOLERANCE
 
-__all__ = ["RESOLVABLE_PIXEL_A", "SQUARE_PIXEL_TOLERANCE", "image_plane", "pixel_size_A"]
+__all__ = ["RESOLVABLE_PIXEL_A", "SQUARE_PIXEL_TOLERANCE", "analysis_settings", "image_plane", "pixel_size_A"]
 
 #: Coarsest pixel (Å) at which MX2 columns are resolved: the metal–chalcogen distance in projection,
 #: a/√3, is 1.82 Å for MoS2 (a = 3.16 Å) to 2.07 Å for MoTe2 (3.55 Å); three pixels across it.
@@ -78,3 +79,36 @@ def _resolvable(pixel_A, name: str):
                          f"apart in projection; at most {RESOLVABLE_PIXEL_A} Å per pixel is needed); open an "
                          f"atomic-resolution image, or correct the pixel size if it is wrong")
     return pixel_A
+
+
+def analysis_settings(scale_yx, calibrated: bool, recorded_energy_keV: float | None, values: dict,
+                      name: str = "the image", option_of=lambda p: p.flag,
+                      recorded_optics: dict | None = None) -> tuple[float | None, float | None, dict]:
+    """(pixel size, beam energy, optics) of an analysis from the values of
+    :data:`~.core.parameters.ANALYSIS_PARAMETERS`, by one rule for ``analyze`` and the statistics dock.
+
+    The pixel size as :func:`pixel_size_A` gives it; an uncalibrated image without one is refused
+    unless ``self_calibrate`` is on (then None: the analysis takes it from the parent's lattice).
+    The beam energy is the typed-in one, else the file's (None: the analysis' default); the optics
+    are the file's with typed-in detector angles over them.  ``option_of(parameter)`` names the
+    option or the field in messages.
+    """
+    from .core.parameters import check_values
+
+    values = {**values, **check_values([q for q in ANALYSIS_PARAMETERS if q.name == "detector_mrad"], values,
+                                       option_of)}
+    p = {q.name: q for q in ANALYSIS_PARAMETERS}
+    pixel = pixel_size_A(scale_yx, calibrated, values.get("image_pixel_size_A"), name,
+                         option=option_of(p["image_pixel_size_A"]))
+    if pixel is None and not values.get("self_calibrate"):
+        raise ValueError(f"{name} has no calibration: give {option_of(p['image_pixel_size_A'])} in Å, or "
+                         f"{option_of(p['self_calibrate'])} to take it from the parent's lattice constant")
+    typed = values.get("beam_energy_keV")
+    energy = typed or recorded_energy_keV
+    if energy is not None:
+        where = option_of(p["beam_energy_keV"]) if typed else f"the beam energy recorded in {name}"
+        energy = BOUNDS["energy_keV"].with_option(where).check(energy)
+    optics = dict(recorded_optics or {})
+    if values.get("detector_mrad") is not None:
+        optics["detector_inner_mrad"], optics["detector_outer_mrad"] = values["detector_mrad"]
+    return pixel, energy, optics

@@ -52,6 +52,9 @@ def twin_layers(twin, name: str = "twin") -> list[LayerData]:
         "calibrated": True,
         "beam_energy_keV": twin.settings["request"]["microscope"]["energy_keV"],
         "material": twin.settings["parent"]["formula"],
+        "optics": {"beam_energy_keV": twin.settings["request"]["microscope"]["energy_keV"], "convergence_semiangle_mrad": twin.settings["request"]["microscope"]["semiangle_mrad"],
+                   "detector_inner_mrad": twin.settings["request"]["microscope"]["detector_inner_mrad"],
+                   "detector_outer_mrad": twin.settings["request"]["microscope"]["detector_outer_mrad"]},
         "twin_settings": twin.settings,
     }
     image = (twin.image, {"name": f"{name} HAADF", "scale": scale, "units": ["angstrom", "angstrom"],

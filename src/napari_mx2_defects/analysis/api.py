@@ -21,12 +21,13 @@ from ..core.validation import BOUNDS
 from ..core.classes import DEFECT_CLASSES
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
-from .sites import classify_sites, find_holes, measure_sites, reference_levels
+from .classes import fit_site_classes, z_contrast_levels
+from .sites import find_holes, forward_model, measure_sites, microscope_for
 from .statistics import concentration_table
 
-__all__ = ["ANALYSIS_FILES", "SITES_COLUMNS", "AnalysisResult", "analyze_image"]
+__all__ = ["ANALYSIS_FILES", "SITES_COLUMNS", "AnalysisResult", "analyze_image", "model_physics_agreement"]
 
-SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class"]
+SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class", "p_class", "flagged", "dopant"]
 #: What :meth:`AnalysisResult.save` writes: the only names its ``overwrite`` replaces.
 ANALYSIS_FILES = ["sites.csv", "concentrations.csv", "lattice.json", "histogram.png", "concentrations.png"]
 
@@ -57,7 +58,8 @@ class AnalysisResult:
             raise ValueError(f"the analysis writes {', '.join(ANALYSIS_FILES)}; cannot write {unknown or 'nothing'}")
         files = [n for n in ANALYSIS_FILES if n in files]
         stage = StagedOutput(out_dir, files, overwrite=overwrite)
-        columns = SITES_COLUMNS + [c for c in ("region", "in_hole", "model_class") if c in self.sites]
+        columns = SITES_COLUMNS + [c for c in ("region", "in_hole", "model_class", "reported_class")
+                                   if c in self.sites]
         writers = {
             "sites.csv": lambda path: self.sites[columns].to_csv(path, index=False),
             "concentrations.csv": lambda path: self.concentrations.to_csv(path, index=False),
@@ -91,6 +93,8 @@ def _validate(image: np.ndarray) -> np.ndarray:
     return img
 
 
+#: Metal and chalcogen columns closer in brightness than this fraction cannot be told apart by the image.
+SAME_BRIGHTNESS = 0.05
 #: A measured lattice constant further than this from the parent's says the calibration is wrong
 #: (vendor pixel sizes are often 3–15 % off; strain in a monolayer is below 3 %).
 CALIBRATION_WARNING_FRACTION = 0.03
@@ -104,6 +108,7 @@ def analyze_image(
     regions: Sequence[np.ndarray] | None = None,
     beam_energy_keV: float | None = None,
     dopant: str | None = None,
+    optics: dict | None = None,
     border_A: float = 2.0,
     progress: Callable[[float, str], None] = lambda f, m: None,
     cancelled: Callable[[], bool] = lambda: False,
@@ -129,7 +134,11 @@ def analyze_image(
     beam_energy_keV : float, optional
         For the forward model of expected intensities (80 keV if unknown).
     dopant : str, optional
-        Dopant element to look for on metal sites (TM_D).
+        Dopant element to look for on metal sites (TM_D), lighter or heavier than the host.
+    optics : dict, optional
+        What the file records (:attr:`~..io.formats.CalibratedImage.optics`): the forward model
+        takes its convergence semi-angle and detector angles from it (an ADF image is modelled as
+        ADF); the image's own M/X2 ratio then fits the remaining Z contrast.
     border_A : float
         Sites within this distance of the image edge are not analysed.
     progress, cancelled : callables, optional
@@ -149,52 +158,114 @@ def analyze_image(
     step(0.05, "measuring the lattice")
     self_calibrated = pixel_size_A is None
     energy = float(BOUNDS["energy_keV"].check(beam_energy_keV)) if beam_energy_keV else DEFAULTS["energy_keV"]
+    microscope = microscope_for(energy, optics)
     if self_calibrated:
-        pixel_size_A = _self_calibrate(img, parent, energy, dopant, border_A)
+        pixel_size_A = _self_calibrate(img, parent, microscope, dopant, border_A)
         notes.append(
             f"no calibration: pixel size {pixel_size_A:.5f} Å self-calibrated from {parent.key} a = {parent.a_A} Å"
         )
     if not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
         raise ValueError(f"pixel size must be a positive number of Å, got {pixel_size_A}")
     step(0.15, "forward model of site intensities (first time per material: ~20 s of abTEM)")
-    levels, m_brighter = reference_levels(parent.key, round(float(pixel_size_A), 4), energy, dopant)
+    forward = forward_model(parent.key, round(float(pixel_size_A), 4), microscope, dopant)
     step(0.5, "finding columns")
-    meas = measure_sites(img, parent.a_A / pixel_size_A, m_brighter, border_px=border_A / pixel_size_A)
+    meas = measure_sites(img, parent.a_A / pixel_size_A, forward.m_brighter, border_px=border_A / pixel_size_A)
     notes += meas.notes
     sites = meas.sites
     sites["x_A"] = sites.x_px * pixel_size_A
     sites["y_A"] = sites.y_px * pixel_size_A
     step(0.7, "classifying sites")
-    classes = classify_sites(sites, levels)
+    m_over_x2 = float(np.median(sites.intensity[sites.sublattice == "M"]))  # X columns: median 1 by construction
+    levels, z_contrast = z_contrast_levels(forward.levels, forward.compositions, m_over_x2)
+    if z_contrast["applied"] and abs(m_over_x2 / z_contrast["m_over_x2_forward_model"] - 1) > 0.05:
+        notes.append(f"intact M/X2 = {m_over_x2:.2f} here, {z_contrast['m_over_x2_forward_model']:.2f} in the "
+                     f"forward model: its levels are re-scaled to this detector's Z contrast "
+                     f"(exponent {z_contrast['z_exponent']:.2f} instead of {z_contrast['z_exponent_forward_model']:.2f})")
+    if abs(m_over_x2 - 1) < SAME_BRIGHTNESS:
+        notes.append(f"metal and chalcogen columns are about equally bright here (M/X2 = {m_over_x2:.2f}): the "
+                     f"sublattices are told apart by the forward model at {microscope.detector_inner_mrad:g}–"
+                     f"{microscope.detector_outer_mrad:g} mrad; if the detector differs, give its angles")
+    site_classes = fit_site_classes(sites, levels, dopant)
+    notes += site_classes.notes
+    classes = site_classes.classes
     in_hole = find_holes(sites, classes, meas.a_px)
     classes[in_hole] = ""
     sites["defect_class"] = classes
+    sites["p_class"] = site_classes.p_class
+    sites["flagged"] = site_classes.flagged & ~in_hole
+    sites["dopant"] = np.where(classes == "TM_D", dopant or "", "")
     sites["in_hole"] = in_hole
     if defects is not None and len(defects):
         sites["model_class"] = _match_to_sites(sites, defects)
+        sites["reported_class"] = one_answer_per_site(sites)
     a_A = meas.a_px * pixel_size_A
     if not self_calibrated and abs(a_A / parent.a_A - 1) > CALIBRATION_WARNING_FRACTION:
         notes.append(f"the measured lattice constant a = {a_A:.3f} Å is {100 * (a_A / parent.a_A - 1):+.0f} % off "
                      f"{parent.key}'s {parent.a_A} Å: the pixel size ({pixel_size_A:.4g} Å) is probably wrong, and "
                      f"so is every per-cm² value; correct it, or self-calibrate from the parent")
     if "model_class" in sites:
-        notes.append("counts come from the model's predictions matched to sites; intensities classify the rest")
+        notes.append("counts come from the model's detections matched to sites, each named by the calibrated site "
+                     "physics where it is sure of a lattice-site defect (see lattice.json: model_vs_physics)")
     region_masks = _assign_regions(sites, list(regions or []))
     cell_area = a_A**2 * np.sqrt(3) / 2
     concentrations = _concentrations(sites, region_masks, levels, cell_area, notes)
     lattice = _lattice_record(meas, sites, parent, pixel_size_A, self_calibrated, cell_area, energy)
+    lattice["fitted_optics"] = {**z_contrast, "forward_model_microscope": microscope.as_dict()}
+    lattice["mixture"] = {sub: mix.as_dict() for sub, mix in site_classes.mixtures.items()}
+    lattice["n_flagged_sites"] = int(sites.flagged.sum())
+    if "model_class" in sites:
+        lattice["model_vs_physics"] = model_physics_agreement(sites)
     progress(1.0, "done")
     return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes)
 
 
-def _self_calibrate(img: np.ndarray, parent, energy_keV: float, dopant: str | None, border_A: float) -> float:
+def one_answer_per_site(sites: pd.DataFrame) -> np.ndarray:
+    """The class reported for each site when a model's detections are given (``reported_class``).
+
+    The rule: **the model localises, the calibrated site physics names lattice-site classes, the model
+    alone names off-lattice classes.**  A site the model detects is reported with the physics class
+    when the physics names a lattice-site defect there with a posterior ≥ ``MIN_POSTERIOR`` (its levels
+    are calibrated on this image; the model's class is a twin-trained guess); otherwise with the
+    model's class (the physics is unsure, calls it intact, or the class is off-lattice).  A site the
+    model does not detect is reported intact: the physics' own calls stay in ``defect_class``, and how
+    often the two agree is in ``model_vs_physics``.
+    """
+    model = sites.model_class.astype(str).to_numpy()
+    physics = sites.defect_class.astype(str).to_numpy()
+    sure = ~sites.flagged.to_numpy(bool)
+    named = (model != "") & (physics != "") & sure
+    return np.where(named, physics, model).astype(object)
+
+
+def model_physics_agreement(sites: pd.DataFrame) -> dict:
+    """Per class, how often the model and the calibrated site physics agree: a self-check on unlabelled data.
+
+    For each lattice-site class either names: the sites the model calls it (``model``), the sites the
+    physics calls it with a posterior ≥ :data:`~.classes.MIN_POSTERIOR` (``physics``), the sites both
+    call it (``both``) and ``both`` as a fraction of the union (``agreement``, 1 = the two agree on
+    every such site).  Off-lattice classes (interstitials, adatoms) are the model's alone.
+    """
+    lattice_classes = {name for name, _, sub in DEFECT_CLASSES.values() if sub in ("M", "X")}
+    model = sites.model_class.astype(str).to_numpy()
+    sure = ~sites.flagged.to_numpy(bool)
+    physics = np.where(sure, sites.defect_class.astype(str).to_numpy(), "")
+    out = {}
+    for name in sorted(lattice_classes & (set(model) | set(physics))):
+        m, p = model == name, physics == name
+        union = int((m | p).sum())
+        out[name] = {"model": int(m.sum()), "physics": int(p.sum()), "both": int((m & p).sum()),
+                     "agreement": float((m & p).sum() / union) if union else None}
+    return out
+
+
+def _self_calibrate(img: np.ndarray, parent, microscope, dopant: str | None, border_A: float) -> float:
     """Pixel size (Å) of an uncalibrated image from the parent's lattice constant.
 
     A first guess from the FFT, then the area-equivalent a of the fitted (possibly sheared) lattice.
     """
     fft_a_px, _ = fft_lattice_spacing_px(img)
     guess = parent.a_A / fft_a_px
-    _, m_brighter = reference_levels(parent.key, round(float(guess), 4), energy_keV, dopant)
+    m_brighter = forward_model(parent.key, round(float(guess), 4), microscope, dopant).m_brighter
     fitted = measure_sites(img, None, m_brighter, border_px=border_A / guess)
     return parent.a_A / fitted.a_px
 
@@ -230,7 +301,7 @@ def _concentrations(sites: pd.DataFrame, region_masks: list[np.ndarray], levels:
     """Counts and concentrations per region: the model's classes where given, else the intensity classes,
     each counted against its sublattice's sites (chalcogen columns for X defects, metal sites otherwise)."""
     sublattice_of = {DEFECT_CLASSES[c][0]: ("X" if DEFECT_CLASSES[c][2] == "X" else "M") for c in DEFECT_CLASSES}
-    count_column = "model_class" if "model_class" in sites else "defect_class"
+    count_column = "reported_class" if "reported_class" in sites else "defect_class"
     in_hole = sites.in_hole.to_numpy()
     tables = []
     for r, mask in enumerate(region_masks):
@@ -238,8 +309,8 @@ def _concentrations(sites: pd.DataFrame, region_masks: list[np.ndarray], levels:
         n_sites = {"M": int((use & (sites.sublattice == "M")).sum()), "X": int((use & (sites.sublattice == "X")).sum())}
         area = n_sites["M"] * cell_area_A2
         names = [n for n in levels["X"] if n] + [n for n in levels["M"] if n]
-        if count_column == "model_class":
-            names = sorted(set(names) | set(sites.model_class[use]) - {""})
+        if count_column == "reported_class":
+            names = sorted(set(names) | set(sites.reported_class[use]) - {""})
         counts = {n: int((sites[count_column].to_numpy()[use] == n).sum()) for n in names}
         if area <= 0:
             notes.append(f"region {r}: no lattice site inside; skipped")

@@ -1,4 +1,4 @@
-"""Figures of an analysis: site-intensity histogram with a Gaussian mixture, concentrations with CIs.
+"""Figures of an analysis: site-intensity histogram with the fitted mixture, concentrations with CIs.
 
 Figures are built with matplotlib's object API (no pyplot state), so the
 widget can embed them and the CLI can save them from any thread.
@@ -9,49 +9,54 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["concentration_figure", "draw_concentrations", "draw_histogram", "fit_mixture", "histogram_figure"]
-
-
-def fit_mixture(values: np.ndarray, max_components: int = 4, seed: int = 0):
-    """Gaussian mixture of the normalised site intensities, components chosen by BIC."""
-    from sklearn.mixture import GaussianMixture
-
-    values = np.asarray(values, float).reshape(-1, 1)
-    if len(values) < 10:
-        return None
-    best = None
-    for k in range(1, max_components + 1):
-        gm = GaussianMixture(k, random_state=seed).fit(values)
-        bic = gm.bic(values)
-        if best is None or bic < best[0]:
-            best = (bic, gm)
-    return best[1]
+__all__ = ["concentration_figure", "draw_concentrations", "draw_histogram", "histogram_figure"]
 
 
 def draw_histogram(ax, result) -> None:
-    """Histogram of normalised site intensities per sublattice, mixture fit, levels and model marks."""
+    """Histogram of normalised site intensities per sublattice with the mixture the classes come from:
+    each fitted component (class, mean, width), the thresholds where the class changes, and the sites
+    flagged for review (posterior below 0.9)."""
     sites = result.sites[~result.sites.in_hole]
     values = sites.intensity.to_numpy()
     bins = np.linspace(min(-0.1, values.min()), max(values.max(), 2.0) * 1.02, 90)
+    width = bins[1] - bins[0]
+    xs = np.linspace(bins[0], bins[-1], 600)
+    mixtures = result.lattice.get("mixture", {})
     for sub, colour in (("X", "tab:orange"), ("M", "tab:blue")):
-        sel = sites.sublattice == sub
-        ax.hist(sites.intensity[sel], bins=bins, alpha=0.55, color=colour, label=f"{sub} sites ({int(sel.sum())})")
-    gm = fit_mixture(values)
-    if gm is not None:
-        xs = np.linspace(bins[0], bins[-1], 400)
-        dens = np.exp(gm.score_samples(xs.reshape(-1, 1))) * len(values) * (bins[1] - bins[0])
-        ax.plot(xs, dens, color="k", lw=1, label=f"Gaussian mixture ({gm.n_components})")
+        sel = (sites.sublattice == sub).to_numpy()
+        ax.hist(sites.intensity[sel], bins=bins, alpha=0.5, color=colour, label=f"{sub} sites ({int(sel.sum())})")
+        mix = mixtures.get(sub)
+        if not mix:
+            continue
+        n = int(sel.sum())
+        parts = list(zip(mix["classes"], mix["means"], mix["sds"], mix["weights"]))
+        if mix.get("intact_tail"):
+            parts.append(("intact", *mix["intact_tail"]))
+        total = np.zeros_like(xs)
+        for name, mean, sd, weight in parts:
+            density = weight * n * width * np.exp(-0.5 * ((xs - mean) / sd) ** 2) / (sd * np.sqrt(2 * np.pi))
+            total += density
+            if name != "intact":
+                ax.text(mean, max(density.max(), 1.0) * 1.3, f"{sub}:{name}", fontsize=7, ha="center", color=colour)
+        ax.plot(xs, total, color=colour, lw=1.2)
+        for cut in mix.get("thresholds", []):
+            ax.axvline(cut, color=colour, lw=0.8, ls="--")
+    ax.plot([], [], color="k", lw=1.2, label="fitted mixture")
+    ax.plot([], [], color="k", lw=0.8, ls="--", label="class thresholds")
     for sub, levels in result.levels.items():
         for name, level in levels.items():
-            ax.axvline(level, color="grey", lw=0.6, ls=":")
-            ax.text(level, ax.get_ylim()[1] * 0.95, name or f"{sub}", rotation=90, fontsize=7, va="top", ha="right")
+            ax.axvline(level, color="grey", lw=0.5, ls=":")
+    if "flagged" in sites and sites.flagged.any():
+        flagged = sites[sites.flagged.to_numpy(bool)]
+        ax.plot(flagged.intensity, np.full(len(flagged), 0.6), "|", color="k", ms=8,
+                label=f"flagged for review ({len(flagged)})")
     if "model_class" in sites:
-        flagged = sites[sites.model_class != ""]
-        if len(flagged):
-            ax.plot(flagged.intensity, np.full(len(flagged), ax.get_ylim()[1] * 0.02), "v", color="red", ms=5,
-                    label=f"model defects ({len(flagged)})")
+        detected = sites[sites.model_class != ""]
+        if len(detected):
+            ax.plot(detected.intensity, np.full(len(detected), 0.3), "v", color="red", ms=5,
+                    label=f"model defects ({len(detected)})")
     ax.set_yscale("symlog", linthresh=5)
-    ax.set_xlabel("site intensity (median X column = 1)")
+    ax.set_xlabel("site intensity (median X column = 1); dotted: forward-model levels")
     ax.set_ylabel("sites")
     ax.legend(fontsize=7, loc="upper right")
 

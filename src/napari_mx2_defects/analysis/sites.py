@@ -24,6 +24,9 @@ from .lattice import LatticeFit, fft_lattice_spacing_px, fit_lattice, ideal_site
 
 __all__ = [
     "SITE_CLASSES",
+    "ForwardModel",
+    "forward_model",
+    "microscope_for",
     "SiteMeasurement",
     "classify_sites",
     "find_holes",
@@ -176,7 +179,21 @@ def find_holes(sites: pd.DataFrame, classes: np.ndarray, a_px: float, min_sites:
     return in_hole
 
 
-@lru_cache(maxsize=16)
+@dataclass(frozen=True)
+class ForwardModel:
+    """What the forward-model twin says about each site type of a parent at given optics.
+
+    ``levels[sublattice][class]``: expected normalised intensity; ``m_brighter``: whether metal
+    columns outshine chalcogen columns; ``compositions[sublattice][class]``: atomic numbers of the
+    atoms in that site's column in the twin (used to re-scale levels to the image's own Z contrast,
+    :func:`~.classes.z_contrast_levels`).
+    """
+
+    levels: dict
+    m_brighter: bool
+    compositions: dict
+
+
 def reference_levels(parent_key: str, pixel_size_A: float, energy_keV: float,
                      dopant: str | None = None) -> tuple[dict[str, dict[str, float]], bool]:
     """Expected normalised intensity of each site type, from a noise-free fast-mode twin.
@@ -186,8 +203,36 @@ def reference_levels(parent_key: str, pixel_size_A: float, energy_keV: float,
     levels, m_brighter
         ``levels[sublattice][class]`` and whether metal columns outshine chalcogen columns.
     """
-    from ..twin.api import TwinRequest, simulate_twin
     from ..twin.microscope import Microscope
+
+    model = forward_model(parent_key, pixel_size_A, Microscope(energy_keV=float(energy_keV)), dopant)
+    return model.levels, model.m_brighter
+
+
+def microscope_for(energy_keV: float, optics: dict | None = None):
+    """The forward model's microscope: the defaults, with the beam energy and whatever optics the file
+    records (convergence semi-angle, detector inner/outer angles) — so an ADF image is modelled as ADF."""
+    from ..twin.microscope import Microscope
+
+    optics = optics or {}
+    kwargs = {"energy_keV": float(energy_keV)}
+    for key, name in (("convergence_semiangle_mrad", "semiangle_mrad"), ("detector_inner_mrad", "detector_inner_mrad"),
+                      ("detector_outer_mrad", "detector_outer_mrad")):
+        value = optics.get(key)
+        if value is not None and np.isfinite(value) and value > 0:
+            kwargs[name] = float(value)
+    try:
+        return Microscope(**kwargs)
+    except ValueError:  # recorded angles the simulator cannot take (e.g. inner ≥ outer): the energy alone
+        return Microscope(energy_keV=float(energy_keV))
+
+
+@lru_cache(maxsize=16)
+def forward_model(parent_key: str, pixel_size_A: float, microscope, dopant: str | None = None) -> ForwardModel:
+    """The forward model of :func:`reference_levels` at ``microscope``, with each site type's column composition."""
+    from ase.data import atomic_numbers
+
+    from ..twin.api import TwinRequest, simulate_twin
     from ..twin.parents import get_parent
 
     parent: Parent = get_parent(parent_key)
@@ -198,7 +243,7 @@ def reference_levels(parent_key: str, pixel_size_A: float, energy_keV: float,
         pieces.append(f"TM_D({dopant})=3")
     twin = simulate_twin(TwinRequest(material=parent_key, defects=",".join(pieces), fov_A=45.0,
                                      pixel_size_A=float(pixel_size_A),
-                                     microscope=Microscope(energy_keV=float(energy_keV)), seed=7))
+                                     microscope=microscope, seed=7))
     px = twin.pixel_size_A[1]
     truth = twin.sites
     metal_xy = truth.loc[truth.sublattice == "M", ["x_A", "y_A"]].to_numpy() / px
@@ -206,9 +251,12 @@ def reference_levels(parent_key: str, pixel_size_A: float, energy_keV: float,
     tree = cKDTree(truth[["x_A", "y_A"]].to_numpy() / px)
     d, idx = tree.query(meas.sites[["x_px", "y_px"]].to_numpy())
     cls = np.where(d < 0.3 * _nn_px(parent.a_A / px), truth.defect_class.to_numpy()[idx], "?")
+    atoms = cKDTree(twin.atoms[["x_A", "y_A"]].to_numpy())
+    elements = twin.atoms.element.to_numpy()
     levels: dict[str, dict[str, float]] = {}
+    compositions: dict[str, dict[str, tuple[int, ...]]] = {}
     for sub, names in SITE_CLASSES.items():
-        levels[sub] = {}
+        levels[sub], compositions[sub] = {}, {}
         for name in names:
             if name == "TM_D" and not dopant:
                 continue
@@ -217,7 +265,10 @@ def reference_levels(parent_key: str, pixel_size_A: float, energy_keV: float,
             sel = (meas.sites.sublattice.to_numpy() == sub) & (cls == name)
             if sel.any():
                 levels[sub][name] = float(np.median(meas.sites.intensity.to_numpy()[sel]))
+            site = truth[(truth.sublattice == sub) & (truth.defect_class == name)]
+            if len(site):
+                members = atoms.query_ball_point([site.x_A.iloc[0], site.y_A.iloc[0]], 0.3)
+                compositions[sub][name] = tuple(sorted(atomic_numbers[e] for e in elements[members]))
     m_median = float(np.median(meas.sites.intensity_raw[meas.sites.sublattice == "M"]))
     x_median = float(np.median(meas.sites.intensity_raw[meas.sites.sublattice == "X"]))
-    return levels, m_median > x_median
-
+    return ForwardModel(levels, m_median > x_median, compositions)

@@ -10,8 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.validation import BOUNDS, arg_type, check_allocation
-from .options import progress_printer
+from ..core.parameters import ANALYSIS_PARAMETERS
+from ..core.validation import check_allocation
+from .options import add_parameters, progress_printer, values_from_args
 
 __all__ = ["ANALYSIS_BYTES_PER_PIXEL", "add_analysis_commands"]
 
@@ -23,7 +24,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..analysis.api import ANALYSIS_FILES, analyze_image
-    from ..inputs import image_plane, pixel_size_A
+    from ..inputs import analysis_settings, image_plane
     from ..io.atomic import StagedOutput
     from ..io.formats import load_images
     from ..twin.parents import get_parent
@@ -40,19 +41,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     data, note = image_plane(data, args.image.name)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    pixel = pixel_size_A(image.scale_A, image.calibrated, args.pixel_size, args.image.name)
-    energy = args.energy or image.beam_energy_keV
-    if energy is not None:
-        energy = BOUNDS["energy_keV"].with_option(
-            "--energy" if args.energy else f"the beam energy recorded in {args.image.name}").check(energy)
-    if pixel is None and not args.self_calibrate:
-        raise ValueError(
-            f"{args.image} has no calibration: pass --pixel-size in Å, or --self-calibrate to take it from the "
-            f"parent's lattice constant"
-        )
+    values = values_from_args(args, ANALYSIS_PARAMETERS)
+    pixel, energy, optics = analysis_settings(image.scale_A, image.calibrated, image.beam_energy_keV, values,
+                                              args.image.name, recorded_optics=image.optics)
     result = analyze_image(
         data, pixel, material=args.material, defects=defects,
-        beam_energy_keV=energy, dopant=args.dopant,
+        beam_energy_keV=energy, dopant=values["dopant"] or None, optics=optics,
         progress=progress_printer(args.quiet),
     )
     with stage as staging:
@@ -85,13 +79,7 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("--material", default="MoS2")
     p.add_argument("--defects", type=Path, help="defects.csv from 'segment' (x_A,y_A,defect_class)")
-    p.add_argument("--pixel-size", type=arg_type(BOUNDS["image_pixel_size_A"]),
-                   help="override the file's calibration (Å)")
-    p.add_argument("--self-calibrate", action="store_true",
-                   help="for an uncalibrated image, take the pixel size from the parent's lattice constant")
-    p.add_argument("--energy", type=arg_type(BOUNDS["energy_keV"]),
-                   help="beam energy in keV (default: from the file, else 80)")
-    p.add_argument("--dopant", help="dopant element on metal sites to look for (TM_D)")
+    add_parameters(p, ANALYSIS_PARAMETERS)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")

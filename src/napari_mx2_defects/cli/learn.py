@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..core.parameters import SEGMENT_PARAMETERS
 from ..core.validation import BOUNDS, check_allocation
+from .options import add_parameters, command_line, progress_printer
 from .options import bound_type as _t
-from .options import command_line, progress_printer
 
 __all__ = ["SEGMENT_FILES", "add_learn_commands"]
 
@@ -27,7 +28,7 @@ def _cmd_dataset(args):
 
     check_pair(BOUNDS["dose_min"], BOUNDS["dose_max"], args.dose_min, args.dose_max)
     spec = DatasetSpec(parents=args.parents.split(","), presets=args.presets.split(",") if args.presets else
-                       DatasetSpec().presets, size_px=args.size, dose_e_per_A2=(args.dose_min, args.dose_max))
+                       DatasetSpec().presets, size_px=args.size, dose_range_e_per_A2=(args.dose_min, args.dose_max))
     out = generate_dataset(args.out, args.n, spec, seed=args.seed, scheduler=args.scheduler, workers=args.workers,
                            progress=progress_printer(args.quiet), overwrite=args.overwrite)
     print(f"wrote {args.n} samples to {out}")
@@ -67,7 +68,7 @@ def _cmd_segment(args):
                          "the default model is not installed with this package; pass --model")
     card = read_card(card_path(model))  # a bad card is refused before the image is read
     image = load_images(args.image)[0]
-    pixel = pixel_size_A(image.scale_A, image.calibrated, args.pixel_size, args.image.name)
+    pixel = pixel_size_A(image.scale_A, image.calibrated, args.image_pixel_size_A, args.image.name)
     if pixel is None:
         raise ValueError(f"{args.image} has no calibration: pass --pixel-size in Å")
     ny, nx = image.data.shape[-2:]
@@ -137,7 +138,7 @@ def _cmd_finetune(args):
     corrections, energies = [], set()
     for path, table, labels in zip(args.images, tables, args.labels):
         image = load_images(path)[0]
-        pixel = pixel_size_A(image.scale_A, image.calibrated, args.pixel_size, path.name)
+        pixel = pixel_size_A(image.scale_A, image.calibrated, args.image_pixel_size_A, path.name)
         if pixel is None:
             raise ValueError(f"{path} has no calibration: pass --pixel-size in Å")
         data, note = image_plane(image.data, path.name)
@@ -204,7 +205,7 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--region", help="reviewed region x0,y0,x1,y1 in Å (default: the image less a 2 Å border)")
     p.add_argument("--model", default="default", help="model to start from: 'default' or a .safetensors")
     p.add_argument("--out", type=Path, required=True, help="folder for model.safetensors and model.json")
-    p.add_argument("--pixel-size", type=_t("image_pixel_size_A"), help="pixel size in Å (for uncalibrated images)")
+    add_parameters(p, SEGMENT_PARAMETERS)
     p.add_argument("--energy", type=_t("energy_keV", "--energy"), help="beam energy of the twins in keV "
                    "(default: the images' recorded energy)")
     p.add_argument("--minutes", type=float, default=10.0, help="time limit for training")
@@ -220,7 +221,7 @@ def add_learn_commands(sub) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("--model", default="default", help="'default' or a .safetensors checkpoint with its card")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--pixel-size", type=_t("image_pixel_size_A"), help="pixel size in Å (for uncalibrated images)")
+    add_parameters(p, SEGMENT_PARAMETERS)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--material", help="parent (e.g. MoSe2): checks each vacancy's sublattice against the lattice")
     p.add_argument("--overwrite", action="store_true")

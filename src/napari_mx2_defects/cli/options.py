@@ -39,9 +39,12 @@ def add_parameters(parser: argparse.ArgumentParser, parameters: Iterable[Paramet
             finite = arg_type(Bound(f"{p.flag.lstrip('-')} value", p.parts[0].unit))
             parser.add_argument(p.flag, dest=p.name, nargs=2, metavar=p.metavar, default=p.default, type=finite,
                                 help=p.cli_help())
+        elif p.kind is bool:
+            parser.add_argument(p.flag, dest=p.name, action="store_true", help=p.cli_help())
         else:
             parser.add_argument(p.flag, dest=p.name, type=_type(p), default=p.default,
-                                choices=list(p.choices) or None, help=p.cli_help())
+                                choices=list(p.choices) or None, help=p.cli_help(),
+                                metavar=None if p.choices else p.flag.lstrip("-").upper().replace("-", "_"))
 
 
 def values_from_args(args: argparse.Namespace, parameters: Iterable[Parameter | Pair]) -> dict:

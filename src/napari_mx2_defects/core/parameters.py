@@ -23,10 +23,13 @@ from typing import Any
 from .validation import BOUNDS, Bound, check_pair
 
 __all__ = [
+    "ANALYSIS_PARAMETERS",
     "DEFAULTS",
     "IMPERFECTION_PARAMETERS",
     "MICROSCOPE_PARAMETERS",
+    "PIXEL_OVERRIDE",
     "REQUEST_PARAMETERS",
+    "SEGMENT_PARAMETERS",
     "SIMULATE_PARAMETERS",
     "TWIN_PARAMETERS",
     "Pair",
@@ -55,7 +58,7 @@ class Parameter:
     help : str
         One line of help for ``--help`` and the widget's tooltip.
     kind : type
-        ``float``, ``int`` or ``str``.
+        ``float``, ``int``, ``str`` or ``bool`` (a switch: ``--self-calibrate``, a check box).
     choices : tuple
         Allowed values of a ``str`` parameter (a drop-down in the widget).
     bound : str
@@ -73,10 +76,13 @@ class Parameter:
     choices: tuple = ()
     bound: str = ""
     step: float | None = None
+    none: str = "none"
 
     @property
     def bounds(self) -> Bound | None:
-        """The parameter's bound (None for words and choices)."""
+        """The parameter's bound (None for words, switches and choices)."""
+        if self.kind in (str, bool):
+            return None
         return BOUNDS.get(self.bound or self.name)
 
     @property
@@ -92,19 +98,21 @@ class Parameter:
     @property
     def widget_label(self) -> str:
         unit = f" ({self.unit})" if self.unit else ""
-        return f"{self.label}{unit}" + (", 0 = none" if self.optional else "")
+        return f"{self.label}{unit}" + (f", 0 = {self.none}" if self.optional else "")
 
     def cli_help(self) -> str:
         text = self.help or self.label
         if self.unit and self.unit not in text:
             text += f" in {self.unit}"
-        if self.default is not None and self.default != "":
+        if self.default is not None and self.default != "" and self.kind is not bool:
             text += f" (default {self.default:g})" if isinstance(self.default, (int, float)) else \
                 f" (default {self.default})"
         return text.replace("%", "%%")
 
     def check(self, value, option: str | None = None):
         """``value`` checked against the bound (a one-line ValueError naming ``option``)."""
+        if self.kind is bool:
+            return bool(value)
         if self.kind is str:
             if self.choices and value not in self.choices:
                 raise ValueError(f"{option or self.flag} must be one of {', '.join(self.choices)}, got {value!r}")
@@ -214,6 +222,31 @@ SIMULATE_PARAMETERS: tuple[Parameter | Pair, ...] = (
        "thermal displacement σ per direction in Å (as in abTEM's walkthrough)", step=0.01),
 )
 
+
+#: The pixel size a user types in: ``segment``/``analyze``/``finetune --pixel-size`` and both docks' field.
+PIXEL_OVERRIDE = _p("image_pixel_size_A", "pixel size", None, "--pixel-size",
+                    "pixel size in Å; overrides the file's calibration (an uncalibrated image needs it)",
+                    step=0.005, none="the file's")
+
+#: What ``segment`` and the *Find defects* dock ask for besides the image and the model.
+SEGMENT_PARAMETERS: tuple[Parameter | Pair, ...] = (PIXEL_OVERRIDE,)
+
+#: What ``analyze`` and the *Defect statistics* dock ask for besides the image, the parent and the defects.
+ANALYSIS_PARAMETERS: tuple[Parameter | Pair, ...] = (
+    PIXEL_OVERRIDE,
+    _p("self_calibrate", "self-calibrate an uncalibrated image from the parent's lattice", False, "--self-calibrate",
+       "for an uncalibrated image, take the pixel size from the parent's lattice constant", kind=bool),
+    _p("beam_energy_keV", "beam energy", None, "--energy",
+       "beam energy in keV for the forward model (default: the file's, else 80)", bound="energy_keV", step=10.0,
+       none="the file's"),
+    Pair("detector_mrad", "--detector", ("INNER", "OUTER"),
+         (_p("detector_inner_mrad", "detector inner angle", 0.0, "--detector"),
+          _p("detector_outer_mrad", "detector outer angle", 0.0, "--detector")),
+         help="annular detector angles in mrad for the forward model (default: the file's, else 50 200)",
+         optional=True, ordered=True),
+    _p("dopant", "dopant", "", "--dopant", "dopant element on metal sites, lighter or heavier than the host "
+       "(e.g. Ti, W): reported as TM_D with dopant=…", kind=str),
+)
 
 #: Everything ``simulate`` and the *Simulate digital twin* dock ask for, in the order they show it.
 REQUEST_PARAMETERS = TWIN_PARAMETERS + SIMULATE_PARAMETERS + MICROSCOPE_PARAMETERS + IMPERFECTION_PARAMETERS

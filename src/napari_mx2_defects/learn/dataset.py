@@ -49,8 +49,8 @@ class DatasetSpec:
     parents: list[str] = field(default_factory=lambda: ["MoS2", "WSe2", "MoTe2", "WS2"])
     presets: list[str] = field(default_factory=lambda: list(MICROSCOPE_PRESETS))
     size_px: int = 256
-    pixel_size_A: tuple[float, float] = (0.16, 0.24)
-    dose_e_per_A2: tuple[float, float] = (1e4, 1e8)
+    pixel_size_range_A: tuple[float, float] = (0.16, 0.24)
+    dose_range_e_per_A2: tuple[float, float] = (1e4, 1e8)
     defect_density: tuple[float, float] = (0.005, 0.04)  # fraction of sites, per vacancy class
     other_defects: bool = True
     messy_probability: float = 0.3
@@ -68,9 +68,9 @@ class DatasetSpec:
         for parent in self.parents:
             get_parent(parent)  # a clear ValueError for an unknown parent, before any work
         self.size_px = BOUNDS["size_px"].check(self.size_px)
-        self.dose_e_per_A2 = check_pair(BOUNDS["dose_min"], BOUNDS["dose_max"], *self.dose_e_per_A2)
-        self.pixel_size_A = check_pair(BOUNDS["pixel_size_A"].with_option("pixel size range"),
-                                       BOUNDS["pixel_size_A"].with_option("pixel size range"), *self.pixel_size_A)
+        self.dose_range_e_per_A2 = check_pair(BOUNDS["dose_min"], BOUNDS["dose_max"], *self.dose_range_e_per_A2)
+        self.pixel_size_range_A = check_pair(BOUNDS["pixel_size_A"].with_option("pixel size range"),
+                                       BOUNDS["pixel_size_A"].with_option("pixel size range"), *self.pixel_size_range_A)
         lo, hi = self.defect_density
         if not (0 <= lo <= hi <= 0.5):
             raise ValueError(f"defect density range must satisfy 0 ≤ low ≤ high ≤ 0.5, got {self.defect_density}")
@@ -87,7 +87,7 @@ def sample_request(spec: DatasetSpec, seed: int):
     material = spec.parents[int(rng.integers(len(spec.parents)))]
     parent = get_parent(material)
     preset = spec.presets[int(rng.integers(len(spec.presets)))]
-    pixel = float(rng.uniform(*spec.pixel_size_A))
+    pixel = float(rng.uniform(*spec.pixel_size_range_A))
     fov = spec.size_px * pixel
     lo, hi = spec.defect_density
     pieces = [f"V_X={100 * rng.uniform(lo, hi):.3f}%", f"V_M={100 * rng.uniform(lo, hi) / 2:.3f}%"]
@@ -103,7 +103,7 @@ def sample_request(spec: DatasetSpec, seed: int):
     rotation = float(rng.uniform(0, 60)) if messy and rng.random() < 0.7 else 0.0
     gb = (float(rng.uniform(8, 30)), float(rng.uniform(-3, 3))) if messy and rng.random() < 0.3 else None
     holes = int(rng.integers(1, 3)) if messy and rng.random() < 0.3 else 0
-    dose = float(10 ** rng.uniform(np.log10(spec.dose_e_per_A2[0]), np.log10(spec.dose_e_per_A2[1])))
+    dose = float(10 ** rng.uniform(np.log10(spec.dose_range_e_per_A2[0]), np.log10(spec.dose_range_e_per_A2[1])))
     base = MICROSCOPE_PRESETS[preset]
     values = {  # the names of core.parameters, as the CLI and the Simulate dock give them
         "material": material, "defects": ",".join(pieces), "fov_A": fov, "pixel_size_A": pixel, "method": "fast",

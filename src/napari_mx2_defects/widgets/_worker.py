@@ -80,6 +80,14 @@ class JobWidget:
         if getattr(self, "cancel_button", None) is not None:
             self.cancel_button.changed.connect(self.runner.cancel)
 
+    def reset_choices(self, *_):
+        """napari calls this on docked magicgui widgets when the layers change: the pickers are re-read
+        from the layer list (a ComboBox alone would go back to the list it was built with)."""
+        super().reset_choices()
+        refresh = getattr(self, "_refresh_choices", None)
+        if refresh is not None:
+            refresh()
+
     def _start(self, job, message: str = "running…"):
         self.run_button.enabled = False
         if getattr(self, "cancel_button", None) is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from magicgui.widgets import ComboBox, FloatSpinBox, LineEdit, SpinBox, Widget
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, SpinBox, Widget
 
 from ..core.parameters import Pair, Parameter, flatten
 
@@ -36,6 +36,8 @@ def _limits(p: Parameter) -> tuple[float, float]:
 
 def _field(p: Parameter, default) -> Widget:
     tooltip = p.help or p.label
+    if p.kind is bool:
+        return CheckBox(name=p.name, label=p.label, value=bool(default), tooltip=tooltip)
     if p.kind is str and p.choices:
         return ComboBox(name=p.name, label=p.label, choices=list(p.choices), value=default, tooltip=tooltip)
     if p.kind is str:

@@ -9,15 +9,16 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
 )
 
+from ..core.parameters import SEGMENT_PARAMETERS
 from ..twin.parents import list_parents
 from ._worker import JobWidget
 from .defect_editing import DefectEditingPanel
+from .fields import field_option, field_values, make_fields
 
 if TYPE_CHECKING:
     import napari
@@ -34,7 +35,7 @@ class SegmentWidget(JobWidget, Container):
         self.image_layer = ComboBox(label="image", choices=self._images())
         self.use_default = CheckBox(label="shipped default model", value=True)
         self.checkpoint = FileEdit(label="or checkpoint (.safetensors)", filter="*.safetensors", mode="r")
-        self.pixel = FloatSpinBox(label="pixel size if uncalibrated (Å)", value=0.0, min=0.0, max=2.0, step=0.005)
+        (pixel,) = make_fields(SEGMENT_PARAMETERS)  # as `segment --pixel-size`: overrides the file's calibration
         self.material = ComboBox(label="parent (checks sublattices)", choices=["(none)"] + list_parents(),
                                  value="(none)")
         self.material.native.setEditable(True)
@@ -45,7 +46,7 @@ class SegmentWidget(JobWidget, Container):
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
         self.editing = DefectEditingPanel(viewer)  # class legend, class for new points, undo / redo
-        self.extend([self.image_layer, self.use_default, self.checkpoint, self.pixel, self.material, self.device,
+        self.extend([self.image_layer, self.use_default, self.checkpoint, pixel, self.material, self.device,
                      self.probabilities,
                      self.run_button, self.cancel_button, self.progress, self.status])
         self.native.layout().addWidget(self.editing.native)  # full width, under the job controls
@@ -69,9 +70,10 @@ class SegmentWidget(JobWidget, Container):
         from ..inputs import pixel_size_A
 
         calibrated = bool(meta.get("calibrated"))
+        typed = field_values(self, SEGMENT_PARAMETERS)["image_pixel_size_A"]
         try:
-            pixel = pixel_size_A(layer.scale, calibrated, None if calibrated else (self.pixel.value or None),
-                                 name=layer.name, option="the pixel size field")
+            pixel = pixel_size_A(layer.scale, calibrated, typed, name=layer.name,
+                                 option=field_option(self)(SEGMENT_PARAMETERS[0]))
         except ValueError as exc:
             self.status.value = f"⚠ {exc}"
             return None
@@ -88,27 +90,9 @@ class SegmentWidget(JobWidget, Container):
             beam_energy_keV=energy, progress=progress, cancelled=cancelled))
 
     def _on_done(self, seg) -> None:
-        from ..layers import image_frame, label_colormap_layer, label_features
+        from ..layers import add_layers, segmentation_layers
 
         layer, pixel = self._context
-        scale = tuple(float(v) for v in layer.scale[-2:])  # the labels overlay the image pixel for pixel
-        translate = tuple(float(v) for v in layer.translate[-2:])
-        self.viewer.add_labels(seg.labels, name=f"{layer.name} defects", scale=scale, translate=translate,
-                               opacity=0.6,
-                               colormap=label_colormap_layer(), units=("angstrom", "angstrom"),
-                               features=label_features(),
-                               metadata={"pixel_size_A": pixel, "calibrated": True, "model": seg.card.architecture,
-                                         "class_names": seg.card.classes})
-        table = seg.defects
-        frame = image_frame(layer, pixel)
-        points = self.viewer.add_points(table[["y_A", "x_A"]].to_numpy(), name=f"{layer.name} defect points",
-                                        features=table.drop(columns=["x_A", "y_A"]).reset_index(drop=True),
-                                        size=1.2, face_color="transparent",  # Å, data units
-                                        units=("angstrom", "angstrom"), **frame)
+        labels, points, *probabilities = add_layers(self.viewer, segmentation_layers(seg, layer, pixel))
         self.editing.attach(points)  # hand edits with an explicit class, undo; borders in the legend's colours
-        if seg.probabilities is not None:
-            self.viewer.add_image(seg.probabilities, name=f"{layer.name} probabilities", scale=(1.0, *scale),
-                                  translate=(0.0, *translate),
-                                  units=("pixel", "angstrom", "angstrom"), axis_labels=("class", "y", "x"),
-                                  visible=False)
-        self.status.value = f"{len(table)} defects found on {seg.device}"
+        self.status.value = f"{len(seg.defects)} defects found on {seg.device}"

@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, Table
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, Table
 
+from ..core.parameters import ANALYSIS_PARAMETERS
 from ..twin.parents import list_parents
 from ._worker import JobWidget
 from .defect_editing import DefectEditingPanel
+from .fields import field_option, field_values, make_fields
 
 if TYPE_CHECKING:
     import napari
@@ -43,14 +45,14 @@ class StatisticsWidget(JobWidget, Container):
     """Measure every site of an image layer and count defects per cm², with plots."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(scrollable=False)
+        super().__init__(scrollable=True)
         self.viewer = viewer
         self.image_layer = ComboBox(label="image", choices=self._layer_names("Image"))
         self.defects_layer = ComboBox(label="model defects (Points)", choices=[_NONE])
         self.regions_layer = ComboBox(label="regions (Shapes)", choices=[_NONE])
         self.material = ComboBox(label="parent", choices=list_parents(), value="2H-MoS2")
         self.material.native.setEditable(True)
-        self.dopant = LineEdit(label="dopant (optional)", value="")
+        fields = make_fields(ANALYSIS_PARAMETERS)  # as `analyze`'s options: pixel size, self-calibrate, energy, dopant
         self.run_button = PushButton(text="Analyse")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.table = Table(value={"class": [], "count": [], "per cm²": [], "95 % interval": []}, label="results")
@@ -60,7 +62,7 @@ class StatisticsWidget(JobWidget, Container):
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
         self.editing = DefectEditingPanel(viewer, picker=self.defects_layer)  # legend, hand edits, undo
-        self.extend([self.image_layer, self.defects_layer, self.regions_layer, self.material, self.dopant,
+        self.extend([self.image_layer, self.defects_layer, self.regions_layer, self.material, *fields,
                      self.run_button, self.cancel_button, self.progress, self.status, self.table,
                      self.export_csv_button,
                      self.export_png_button])
@@ -98,10 +100,13 @@ class StatisticsWidget(JobWidget, Container):
             return None
         layer, data, meta = selected
         calibrated = bool(meta.get("calibrated", False))
-        from ..inputs import pixel_size_A
+        from ..inputs import analysis_settings
+        from ..layers import points_table
 
+        values = field_values(self, ANALYSIS_PARAMETERS)
         try:
-            pixel = pixel_size_A(layer.scale, calibrated, name=layer.name)
+            pixel, energy, optics = analysis_settings(layer.scale, calibrated, meta.get("beam_energy_keV"), values,
+                                                      layer.name, field_option(self), meta.get("optics"))
         except ValueError as exc:
             self.status.value = f"⚠ {exc}"
             return None
@@ -110,17 +115,11 @@ class StatisticsWidget(JobWidget, Container):
             points = self._layer(self.defects_layer.value, "model defects")
             if points is None:
                 return None
-            world = np.asarray(points.data) * points.scale + points.translate
-            if pixel is not None:  # Å from the image's origin, as the analysis measures sites
-                from ..layers import science_positions
-
-                world = science_positions(world, layer, pixel)
-            feats = points.features
-            if "defect_class" not in feats:
+            if "defect_class" not in points.features:
                 self.status.value = "⚠ the Points layer has no 'defect_class' feature"
                 return None
-            defects = pd.DataFrame({"x_A": world[:, -1], "y_A": world[:, -2],
-                                    "defect_class": feats["defect_class"].astype(str).to_numpy()})
+            table = points_table(points, layer, pixel)  # Å from the image's origin, as the analysis measures sites
+            defects = table[["x_A", "y_A"]].assign(defect_class=table.defect_class.astype(str))
         regions = None
         if self.regions_layer.value not in (None, _NONE):
             shapes = self._layer(self.regions_layer.value, "regions")
@@ -131,21 +130,13 @@ class StatisticsWidget(JobWidget, Container):
                 from ..layers import science_positions
 
                 regions = [science_positions(r, layer, pixel) for r in regions]
-        material, dopant = self.material.value, (self.dopant.value or None)
-        energy = meta.get("beam_energy_keV")
-        from ..core.validation import BOUNDS
-
-        try:
-            if energy:
-                BOUNDS["energy_keV"].with_option("the layer's beam energy").check(energy)
-        except ValueError as exc:
-            self.status.value = f"⚠ {exc}"
-            return None
-        message = "running…" if calibrated else "no calibration: self-calibrating from the parent"
+        material, dopant = self.material.value, (values["dopant"] or None)
+        message = "running…" if pixel is not None else "no calibration: self-calibrating from the parent"
 
         def job(progress, cancelled):
             return analyze_image(data, pixel, material=material, defects=defects, regions=regions,
-                                 beam_energy_keV=energy, dopant=dopant, progress=progress, cancelled=cancelled)
+                                 beam_energy_keV=energy, dopant=dopant, optics=optics, progress=progress,
+                                 cancelled=cancelled)
 
         self._source_name = layer.name
         return self._start(job, message)

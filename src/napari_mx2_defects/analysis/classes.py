@@ -1,0 +1,285 @@
+"""Site classes the data support: the forward model re-scaled to the image's Z contrast, then a mixture fit.
+
+Two steps turn measured site intensities into classes a microscopist can check:
+
+1. **Z contrast from the image** (:func:`z_contrast_levels`).  The forward model is a twin at the
+   default optics; a real detector (ADF from ~30 mrad, HAADF from ~50) scatters with another
+   effective power of the atomic number, so its metal/chalcogen ratio differs (W/Se2 1.12 in the
+   model, 1.40 on a JEOL ADF detector).  Column intensities in annular dark field grow roughly as
+   Σ Zᵢ^γ (Pennycook & Jesson 1991; γ ≈ 1.6–2 for HAADF, lower for ADF).  The exponent γ that
+   reproduces the image's own intact M/X2 ratio is solved for, and every site type's level is
+   re-scaled by Σ Z^γ / Σ Z^γ₀ of its column (γ₀: the exponent the forward model implies), relative
+   to the intact X2 column.  Channelling and the probe's shape stay the forward model's: only their
+   ratio is corrected.
+2. **A mixture per sublattice** (:func:`fit_site_classes`): scikit-learn's Gaussian mixture with one
+   component per candidate class, means seeded at the re-scaled levels, widths fitted to the data
+   (floored at a third of the intact peak's robust width so a class with few sites cannot collapse),
+   plus a broad component around the intact level that takes the heavy tails real images have
+   (scan noise, contamination, strain) — those sites are intact.  A component the data do not
+   support is dropped: its fitted mean left its level (the data hold no
+   peak there — it was fitting the tail of another), it holds less than one site, or the model
+   without it has the lower BIC.  Each site gets the class of its highest posterior and that
+   posterior (``p_class``); sites below :data:`MIN_POSTERIOR` are flagged for review.  Two classes
+   whose levels lie closer than :data:`RESOLVABLE_SD` widths cannot be told apart at this noise:
+   that is said, and when the user named a dopant the dopant's class is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["MIN_POSTERIOR", "RESOLVABLE_SD", "SiteClasses", "SublatticeMixture", "fit_site_classes",
+           "z_contrast_levels"]
+
+#: Sites whose class posterior is below this are flagged for review.
+MIN_POSTERIOR = 0.9
+#: Two levels closer than this many fitted widths are not separable by intensity.
+RESOLVABLE_SD = 2.0
+#: Narrowest component, as a fraction of the intact peak's robust width (a class with few sites must
+#: not collapse onto them).
+WIDTH_FLOOR = 0.3
+#: Range of the effective Z-contrast exponent accepted from an image (ADF ≈ 1.2 … HAADF ≈ 2).
+EXPONENT_RANGE = (0.8, 2.5)
+
+
+def _zsum(zs, gamma: float) -> float:
+    return float(np.sum(np.asarray(zs, float) ** gamma)) if len(zs) else 0.0
+
+
+def _exponent_for_ratio(metal: tuple, x2: tuple, ratio: float) -> float | None:
+    """γ with Σ Z_M^γ / Σ Z_X2^γ = ratio (monotonic in γ for single-species columns), or None."""
+    from scipy.optimize import brentq
+
+    def f(g):
+        return np.log(_zsum(metal, g) / _zsum(x2, g)) - np.log(ratio)
+
+    lo, hi = 0.3, 4.0
+    if not (ratio > 0 and np.isfinite(ratio)) or f(lo) * f(hi) > 0:
+        return None
+    return float(brentq(f, lo, hi))
+
+
+def z_contrast_levels(levels: dict, compositions: dict, m_over_x2: float) -> tuple[dict, dict]:
+    """The forward model's levels re-scaled to the image's measured intact M/X2 ratio.
+
+    Returns ``(levels, record)``; ``record`` (for ``lattice.json``) holds the fitted exponent, the
+    forward model's, both ratios and whether the levels were changed.
+    """
+    out = {sub: dict(v) for sub, v in levels.items()}
+    metal, x2 = compositions.get("M", {}).get(""), compositions.get("X", {}).get("")
+    model_ratio = levels.get("M", {}).get("")
+    record = {"m_over_x2_image": float(m_over_x2), "m_over_x2_forward_model": model_ratio,
+              "z_exponent": None, "z_exponent_forward_model": None, "applied": False}
+    if not metal or not x2 or not model_ratio or not np.isfinite(m_over_x2):
+        return out, record
+    gamma0 = _exponent_for_ratio(metal, x2, model_ratio)
+    gamma = _exponent_for_ratio(metal, x2, m_over_x2)
+    record.update(z_exponent_forward_model=gamma0, z_exponent=gamma)
+    if gamma0 is None or gamma is None or not (EXPONENT_RANGE[0] <= gamma <= EXPONENT_RANGE[1]):
+        return out, record
+    x2_gain = _zsum(x2, gamma) / _zsum(x2, gamma0)
+    for sub, classes in out.items():
+        for name, level in classes.items():
+            zs = compositions.get(sub, {}).get(name)
+            if zs:  # empty sites keep the forward model's residual
+                classes[name] = level * (_zsum(zs, gamma) / _zsum(zs, gamma0)) / x2_gain
+    record["applied"] = True
+    return out, record
+
+
+@dataclass
+class SublatticeMixture:
+    """The mixture fitted to one sublattice's site intensities (``tail``: the broad intact component)."""
+
+    sublattice: str
+    classes: list[str]
+    means: list[float]
+    sds: list[float]
+    weights: list[float]
+    seeds: dict[str, float]
+    dropped: dict[str, str] = field(default_factory=dict)
+    tail: tuple[float, float, float] | None = None  # mean, sd, weight
+
+    def posteriors(self, x: np.ndarray) -> np.ndarray:
+        """Posterior of each class (columns in ``classes`` order; the tail counts as intact)."""
+        x = np.asarray(x, float)[:, None]
+        means, sds, w = (np.asarray(v, float) for v in (self.means, self.sds, self.weights))
+        if self.tail is not None:
+            means, sds, w = (np.append(a, t) for a, t in zip((means, sds, w), self.tail))
+        logp = -0.5 * ((x - means) / sds) ** 2 - np.log(sds) + np.log(np.maximum(w, 1e-300))
+        logp -= logp.max(axis=1, keepdims=True)
+        p = np.exp(logp)
+        p /= p.sum(axis=1, keepdims=True)
+        if self.tail is not None:
+            p = p[:, :-1].copy() + np.where(np.array(self.classes) == "", 1.0, 0.0) * p[:, -1:]
+        return np.clip(p, 0.0, 1.0)
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Intensities where the most probable class changes (within the components' range ± 0.5)."""
+        if len(self.classes) < 2:
+            return []
+        grid = np.linspace(min(self.means) - 0.5, max(self.means) + 0.5, 4001)
+        best = self.posteriors(grid).argmax(axis=1)
+        return [float((grid[i] + grid[i + 1]) / 2) for i in np.flatnonzero(np.diff(best))]
+
+    def as_dict(self) -> dict:
+        return {"classes": [c or "intact" for c in self.classes], "means": self.means, "sds": self.sds,
+                "weights": self.weights, "intact_tail": list(self.tail) if self.tail else None,
+                "seeds": {k or "intact": v for k, v in self.seeds.items()},
+                "dropped": {k or "intact": v for k, v in self.dropped.items()}, "thresholds": self.thresholds}
+
+
+@dataclass
+class SiteClasses:
+    """Class, posterior and review flag of every site, and the mixtures behind them."""
+
+    classes: np.ndarray
+    p_class: np.ndarray
+    flagged: np.ndarray
+    mixtures: dict[str, SublatticeMixture]
+    notes: list[str] = field(default_factory=list)
+
+
+def _fit(x: np.ndarray, names: list[str], seeds: dict, sd0: float, tail: bool = True, seed: int = 0):
+    """Components ``names`` (means at their seeds) and, with ``tail``, the broad intact tail last."""
+    from sklearn.mixture import GaussianMixture
+
+    k = len(names) + int(tail)
+    weights = np.full(k, 0.01)
+    weights[names.index("")] = 0.9
+    means = [seeds[n] for n in names]
+    precisions = [1.0 / sd0**2] * len(names)
+    if tail:
+        weights[-1] = 0.08
+        means.append(seeds[""])
+        precisions.append(1.0 / (3 * sd0) ** 2)
+    gm = GaussianMixture(k, covariance_type="full", means_init=np.array(means).reshape(-1, 1),
+                         weights_init=weights / weights.sum(), precisions_init=np.array(precisions).reshape(-1, 1, 1),
+                         reg_covar=(WIDTH_FLOOR * sd0) ** 2, max_iter=500, tol=1e-7, random_state=seed)
+    return gm.fit(x.reshape(-1, 1))
+
+
+def _tail_is_intact(gm, names: list[str]) -> bool:
+    """Whether the tail component stayed a broad skirt of the intact peak (not a peak of its own)."""
+    means, sds = gm.means_.ravel(), np.sqrt(gm.covariances_.ravel())
+    core = names.index("")
+    return bool(sds[-1] >= 1.5 * sds[core] and abs(means[-1] - means[core]) <= sds[-1])
+
+
+def _unsupported(gm, x: np.ndarray, names: list[str], seeds: dict, sd0: float,
+                 tail: bool) -> tuple[str, str] | None:
+    """The least supported defect component and why, or None when every one is supported."""
+    means = gm.means_.ravel()
+    values = sorted(seeds.values())
+    worst = None
+    for i, name in enumerate(names):
+        if name == "":
+            continue
+        seed = seeds[name]
+        gaps = [abs(v - seed) for v in values if v != seed]
+        room = 0.5 * min(gaps) if gaps else np.inf
+        drift = abs(means[i] - seed)
+        if drift > room:
+            reason = (f"no peak at its level {seed:.2f}: the fit moved to {means[i]:.2f}, the tail of another "
+                      f"class")
+            score = drift / room
+        elif gm.weights_[i] * len(x) < 1.0:
+            reason, score = "fewer than one site", 1.0
+        else:
+            continue
+        if worst is None or score > worst[2]:
+            worst = (name, reason, score)
+    if worst is not None:
+        return worst[0], worst[1]
+    bic = gm.bic(x.reshape(-1, 1))
+    best = None
+    for name in names:
+        if name == "":
+            continue
+        rest = [n for n in names if n != name]
+        gain = _fit(x, rest, seeds, sd0, tail).bic(x.reshape(-1, 1)) - bic
+        if gain <= 0 and (best is None or gain < best[1]):
+            best = (name, gain)
+    if best is not None:
+        return best[0], f"not supported by the data (BIC {best[1]:+.1f} without it)"
+    return None
+
+
+def fit_sublattice(x: np.ndarray, seeds: dict[str, float], preferred: str | None = None) -> SublatticeMixture:
+    """Fit the mixture of one sublattice (see the module docstring); ``preferred`` wins an unresolvable pair."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    seeds = dict(seeds)
+    intact = seeds.get("", float(np.median(x)) if len(x) else 1.0)
+    seeds[""] = intact
+    sd0 = max(1.4826 * float(np.median(np.abs(x - np.median(x)))) if len(x) else 0.05, 0.01)
+    dropped: dict[str, str] = {}
+    # pairs of levels closer than the noise separates: keep the named dopant's, else the one nearer intact
+    names = sorted(seeds, key=seeds.get)
+    for a, b in zip(names[:-1], names[1:]):
+        if a in dropped or b in dropped or abs(seeds[a] - seeds[b]) >= RESOLVABLE_SD * sd0:
+            continue
+        if "" in (a, b):
+            loser = b if a == "" else a
+        elif preferred in (a, b):
+            loser = b if a == preferred else a
+        else:
+            continue  # both kept; the posterior says how sure each site is
+        winner = b if loser == a else a
+        dropped[loser] = (f"level {seeds[loser]:.2f} within {RESOLVABLE_SD:g} widths ({sd0:.3f}) of "
+                          f"{winner or 'intact'} ({seeds[winner]:.2f}): not separable at this noise")
+    names = [n for n in names if n not in dropped]
+    if len(x) < 3 * (len(names) + 1) or len(names) == 1:
+        return SublatticeMixture("", [""], [float(np.mean(x)) if len(x) else intact], [sd0], [1.0], seeds,
+                                 {**dropped, **{n: "too few sites to fit" for n in names if n}})
+    # the tail is for heavy skirts of the intact peak; where it would take a peak of its own, go without
+    tail = _tail_is_intact(_fit(x, names, seeds, sd0, True), names)
+    while True:
+        gm = _fit(x, names, seeds, sd0, tail)
+        worst = _unsupported(gm, x, names, seeds, sd0, tail)
+        if worst is None or len(names) == 1:
+            break
+        dropped[worst[0]] = worst[1]
+        names = [n for n in names if n != worst[0]]
+    means = [float(m) for m in gm.means_.ravel()]
+    sds = [float(np.sqrt(c)) for c in gm.covariances_.ravel()]
+    weights = [float(w) for w in gm.weights_]
+    k = len(names)
+    return SublatticeMixture("", names, means[:k], sds[:k], weights[:k], seeds, dropped,
+                             tail=(means[k], sds[k], weights[k]) if tail else None)
+
+
+def fit_site_classes(sites: pd.DataFrame, levels: dict, dopant: str | None = None,
+                     min_posterior: float = MIN_POSTERIOR) -> SiteClasses:
+    """Class ('' intact), posterior and review flag of every site from a mixture per sublattice.
+
+    ``levels[sublattice][class]`` seeds the components (the calibrated forward model); with a named
+    ``dopant``, ``TM_D`` wins a pair of metal-site levels the noise cannot separate.
+    """
+    n = len(sites)
+    classes = np.full(n, "", dtype=object)
+    p_class = np.ones(n)
+    mixtures: dict[str, SublatticeMixture] = {}
+    notes: list[str] = []
+    intensity = sites.intensity.to_numpy(float)
+    for sub, seeds in levels.items():
+        mask = (sites.sublattice == sub).to_numpy()
+        if not mask.any() or not seeds:
+            continue
+        mix = fit_sublattice(intensity[mask], seeds, preferred="TM_D" if dopant else None)
+        mix.sublattice = sub
+        mixtures[sub] = mix
+        post = mix.posteriors(intensity[mask])
+        best = post.argmax(axis=1)
+        classes[mask] = np.array(mix.classes, dtype=object)[best]
+        p_class[mask] = post[np.arange(len(best)), best]
+        for name, why in mix.dropped.items():
+            if name and "separable" in why:
+                named = (lambda text: text.replace("TM_D", f"TM_D({dopant})")) if dopant else (lambda text: text)
+                notes.append(f"{sub} sites: {named(name)} is not reported — {named(why)}")
+    flagged = p_class < min_posterior
+    return SiteClasses(classes, p_class, flagged, mixtures, notes)
