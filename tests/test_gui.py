@@ -285,6 +285,24 @@ def test_pickers_follow_the_layer_list(make_napari_viewer):
     assert segment._layer("gone", "image") is None and "no longer in the viewer" in segment.status.value
 
 
+def test_docked_pickers_survive_napari_reset_choices(make_napari_viewer):
+    """Docked, napari calls reset_choices on layer changes; the pickers used to fall back to the lists
+    they were built with (empty, or "(none)" with Points and Shapes present)."""
+    from napari_mx2_defects.widgets.segment import SegmentWidget
+    from napari_mx2_defects.widgets.statistics import StatisticsWidget
+
+    viewer = make_napari_viewer()
+    segment, statistics = SegmentWidget(viewer), StatisticsWidget(viewer)
+    viewer.window.add_dock_widget(segment)
+    viewer.window.add_dock_widget(statistics)
+    viewer.add_image(np.zeros((64, 64)), name="scan", scale=(0.2, 0.2), metadata={"calibrated": True})
+    viewer.add_points(np.zeros((1, 2)), name="picked", features={"defect_class": ["V_X"]})
+    for widget in (segment, statistics):
+        widget.reset_choices()  # what napari does to docked magicgui widgets
+    assert segment.image_layer.choices == ("scan",) and statistics.image_layer.choices == ("scan",)
+    assert "picked" in statistics.defects_layer.choices
+
+
 def test_statistics_widget_says_when_the_calibration_is_wrong(make_napari_viewer, qtbot):
     """A 40 % wrong pixel size used to show only "a = 4.34 Å"; the dock now says what the CLI says."""
     from napari_mx2_defects.sample_data import make_mos2_twin

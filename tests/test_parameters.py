@@ -137,3 +137,15 @@ def test_dock_fields_and_cli_options_give_the_same_request(make_napari_viewer):
     assert widget.request().as_dict() == cli.as_dict()
     widget.dose_e_per_A2.value = 0.0  # 0 = none: a noise-free twin, as no --dose
     assert widget.request().imperfections.dose_e_per_A2 is None
+
+
+def test_public_api_names_resolve_to_what_the_front_ends_call():
+    from napari_mx2_defects import api
+    from napari_mx2_defects.analysis.api import analyze_image
+    from napari_mx2_defects.learn.inference import segment_image
+
+    for name in api.__all__:
+        assert getattr(api, name) is not None, name
+    assert api.analyze_image is analyze_image and api.segment_image is segment_image
+    with pytest.raises(AttributeError):
+        api.no_such_function  # noqa: B018

@@ -88,7 +88,7 @@ def label_colormap_layer():
 def sites_layer(result, name: str = "sites") -> LayerData:
     """Points layer of analysed sites with sublattice, intensity and class as features."""
     cols = ["x_A", "y_A", "sublattice", "intensity", "defect_class", "region", "in_hole"]
-    cols += ["model_class"] if "model_class" in result.sites else []
+    cols += [c for c in ("p_class", "flagged", "dopant", "model_class", "reported_class") if c in result.sites]
     table = result.sites[cols].copy()
     table["defect_class"] = table.defect_class.replace("", "intact")
     coords = table[["y_A", "x_A"]].to_numpy(float)

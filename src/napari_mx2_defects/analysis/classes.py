@@ -16,10 +16,12 @@ Two steps turn measured site intensities into classes a microscopist can check:
    (floored at a third of the intact peak's robust width so a class with few sites cannot collapse),
    plus a broad component around the intact level that takes the heavy tails real images have
    (scan noise, contamination, strain) — those sites are intact.  A component the data do not
-   support is dropped: its fitted mean left its level (the data hold no
-   peak there — it was fitting the tail of another), it holds less than one site, or the model
-   without it has the lower BIC.  Each site gets the class of its highest posterior and that
-   posterior (``p_class``); sites below :data:`MIN_POSTERIOR` are flagged for review.  Two classes
+   support is dropped: its fitted mean left its level (the data hold no peak on its side of
+   intact within half the way to it — it was fitting the tail of another), it takes the same peak
+   as a class whose level is nearer, it holds less than one site, or the model without it has the
+   lower BIC.  (Absolute levels may be off where the image's blur and background differ from the
+   model's; the order of the levels is what physics fixes.)  Each site gets the class of its
+   highest posterior and that posterior (``p_class``); sites below :data:`MIN_POSTERIOR` are flagged for review.  Two classes
    whose levels lie closer than :data:`RESOLVABLE_SD` widths cannot be told apart at this noise:
    that is said, and when the user named a dopant the dopant's class is kept.
 """
@@ -174,23 +176,31 @@ def _unsupported(gm, x: np.ndarray, names: list[str], seeds: dict, sd0: float,
                  tail: bool) -> tuple[str, str] | None:
     """The least supported defect component and why, or None when every one is supported."""
     means = gm.means_.ravel()
-    values = sorted(seeds.values())
+    sds = np.sqrt(gm.covariances_.ravel())
+    intact = seeds[""]
     worst = None
     for i, name in enumerate(names):
         if name == "":
             continue
         seed = seeds[name]
-        gaps = [abs(v - seed) for v in values if v != seed]
-        room = 0.5 * min(gaps) if gaps else np.inf
+        # a defect level may be off in absolute terms (the image's blur and background are not the
+        # model's), but it stays on its side of intact: it may move up to half-way towards intact
+        room = 0.5 * abs(intact - seed)
         drift = abs(means[i] - seed)
-        if drift > room:
+        if drift > room or np.sign(means[i] - means[names.index("")]) != np.sign(seed - intact):
             reason = (f"no peak at its level {seed:.2f}: the fit moved to {means[i]:.2f}, the tail of another "
                       f"class")
-            score = drift / room
+            score = drift / max(room, 1e-9)
         elif gm.weights_[i] * len(x) < 1.0:
             reason, score = "fewer than one site", 1.0
         else:
-            continue
+            twins = [j for j, other in enumerate(names) if other not in ("", name)
+                     and abs(means[j] - means[i]) < max(sds[i], sds[j]) and abs(means[j] - seeds[other]) < drift]
+            if not twins:
+                continue
+            other = names[twins[0]]
+            reason = f"the same peak ({means[i]:.2f}) as {other}, whose level ({seeds[other]:.2f}) is nearer"
+            score = 0.5
         if worst is None or score > worst[2]:
             worst = (name, reason, score)
     if worst is not None:

@@ -24,17 +24,17 @@ _WIDEST = 1e9
 _INT_WIDEST = 2**31 - 1
 
 
-def _limits(p: Parameter) -> tuple[float, float]:
+def _limits(p: Parameter, optional: bool = False) -> tuple[float, float]:
     b = p.bounds
     widest = _INT_WIDEST if p.kind is int else _WIDEST
     lo = max(-widest, b.min) if b is not None and b.min is not None else -widest
     hi = min(widest, b.max) if b is not None and b.max is not None else widest
-    if p.optional:  # 0 stands for "none" (e.g. no dose: a noise-free twin)
+    if p.optional or optional:  # 0 stands for "none" (e.g. no dose: a noise-free twin)
         lo = min(lo, 0.0)
     return lo, hi
 
 
-def _field(p: Parameter, default) -> Widget:
+def _field(p: Parameter, default, optional: bool = False) -> Widget:
     tooltip = p.help or p.label
     if p.kind is bool:
         return CheckBox(name=p.name, label=p.label, value=bool(default), tooltip=tooltip)
@@ -42,7 +42,7 @@ def _field(p: Parameter, default) -> Widget:
         return ComboBox(name=p.name, label=p.label, choices=list(p.choices), value=default, tooltip=tooltip)
     if p.kind is str:
         return LineEdit(name=p.name, label=p.label, value=default, tooltip=tooltip)
-    lo, hi = _limits(p)
+    lo, hi = _limits(p, optional)
     if p.kind is int:
         return SpinBox(name=p.name, label=p.widget_label, value=int(default), min=int(lo), max=int(hi),
                        tooltip=tooltip)
@@ -60,8 +60,11 @@ def make_fields(parameters: Iterable[Parameter | Pair], overrides: Mapping[str, 
     """
     overrides, defaults = dict(overrides or {}), dict(defaults or {})
     fields = []
-    for p in flatten(parameters):
-        fields.append(overrides[p.name] if p.name in overrides else _field(p, defaults.get(p.name, p.default)))
+    for q in parameters:
+        optional = isinstance(q, Pair) and q.optional  # an unset pair is shown as zeros
+        for p in flatten([q]):
+            fields.append(overrides[p.name] if p.name in overrides else
+                          _field(p, defaults.get(p.name, p.default), optional))
     return fields
 
 
