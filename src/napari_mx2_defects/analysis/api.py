@@ -22,7 +22,7 @@ from ..core.classes import DEFECT_CLASSES
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
 from .classes import fit_site_classes, z_contrast_levels
-from .sites import find_holes, forward_model, measure_sites, microscope_for
+from .sites import find_holes, fit_source_size, forward_model, measure_sites, microscope_for, relative_noise
 from .statistics import concentration_table
 
 __all__ = ["ANALYSIS_FILES", "SITES_COLUMNS", "AnalysisResult", "analyze_image", "model_physics_agreement"]
@@ -174,9 +174,13 @@ def analyze_image(
     sites = meas.sites
     sites["x_A"] = sites.x_px * pixel_size_A
     sites["y_A"] = sites.y_px * pixel_size_A
+    step(0.6, "fitting the forward model's blur to the image's columns")
+    forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, round(float(pixel_size_A), 4), microscope,
+                                    dopant, relative_noise(img))
     step(0.7, "classifying sites")
     m_over_x2 = float(np.median(sites.intensity[sites.sublattice == "M"]))  # X columns: median 1 by construction
     levels, z_contrast = z_contrast_levels(forward.levels, forward.compositions, m_over_x2)
+    z_contrast.update(blur)
     if z_contrast["applied"] and abs(m_over_x2 / z_contrast["m_over_x2_forward_model"] - 1) > 0.05:
         notes.append(f"intact M/X2 = {m_over_x2:.2f} here, {z_contrast['m_over_x2_forward_model']:.2f} in the "
                      f"forward model: its levels are re-scaled to this detector's Z contrast "
@@ -210,7 +214,8 @@ def analyze_image(
     cell_area = a_A**2 * np.sqrt(3) / 2
     concentrations = _concentrations(sites, region_masks, levels, cell_area, notes)
     lattice = _lattice_record(meas, sites, parent, pixel_size_A, self_calibrated, cell_area, energy)
-    lattice["fitted_optics"] = {**z_contrast, "forward_model_microscope": microscope.as_dict()}
+    lattice["fitted_optics"] = {**z_contrast, "forward_model_microscope": {
+        **microscope.as_dict(), "source_size_A": blur.get("source_size_A") or 0.0}}
     lattice["mixture"] = {sub: mix.as_dict() for sub, mix in site_classes.mixtures.items()}
     lattice["n_flagged_sites"] = int(sites.flagged.sum())
     if "model_class" in sites:

@@ -191,16 +191,20 @@ def _unsupported(gm, x: np.ndarray, names: list[str], seeds: dict, sd0: float,
             reason = (f"no peak at its level {seed:.2f}: the fit moved to {means[i]:.2f}, the tail of another "
                       f"class")
             score = drift / max(room, 1e-9)
-        elif gm.weights_[i] * len(x) < 1.0:
-            reason, score = "fewer than one site", 1.0
         else:
-            twins = [j for j, other in enumerate(names) if other not in ("", name)
-                     and abs(means[j] - means[i]) < max(sds[i], sds[j]) and abs(means[j] - seeds[other]) < drift]
-            if not twins:
+            # two classes on one peak: the one whose level is nearer keeps it (EM may give it either's weight)
+            weak = gm.weights_ * len(x) < 1.0
+            twins = [j for j, other in enumerate(names) if other not in ("", name) and not weak[i]
+                     and (abs(means[j] - means[i]) < max(sds[i], sds[j]) or weak[j])
+                     and abs(means[i] - seeds[other]) < abs(means[i] - seed)]
+            if twins:
+                other = names[twins[0]]
+                reason = f"the same peak ({means[i]:.2f}) as {other}, whose level ({seeds[other]:.2f}) is nearer"
+                score = 0.9
+            elif gm.weights_[i] * len(x) < 1.0:
+                reason, score = "fewer than one site", 0.5
+            else:
                 continue
-            other = names[twins[0]]
-            reason = f"the same peak ({means[i]:.2f}) as {other}, whose level ({seeds[other]:.2f}) is nearer"
-            score = 0.5
         if worst is None or score > worst[2]:
             worst = (name, reason, score)
     if worst is not None:
