@@ -34,6 +34,17 @@ for path in sorted((shared / "real" / "scilink_mos2").glob("*.npy")):
     viewer.reset_view()
     shot = out / f"real_{path.stem}.png"
     viewer.screenshot(str(shot), canvas_only=True, flash=False)
+    # the site physics with the model's defects: fitted optics, mixture, flags, agreement
+    checked = analyze_image(image, pixel_used, "MoS2", defects=seg.defects, beam_energy_keV=layer.metadata["beam_energy_keV"],
+                            optics=layer.metadata.get("optics"))
+    from napari_mx2_defects.analysis.plots import histogram_figure
+
+    histogram_figure(checked).savefig(out / f"real_{path.stem}_histogram.png", dpi=110)
+    fo, lat = checked.lattice["fitted_optics"], checked.lattice
+    print(f"  fitted: source size {fo['source_size_A']} Å, relative noise {fo['relative_noise']}, Z exponent "
+          f"{fo['z_exponent']:.2f} (model {fo['z_exponent_forward_model']:.2f}), M/X2 {fo['m_over_x2_image']:.2f}; "
+          f"classes {({k: v['classes'] for k, v in lat['mixture'].items()})}; flagged {lat['n_flagged_sites']}; "
+          f"model/physics/both {({k: (v['model'], v['physics'], v['both']) for k, v in lat['model_vs_physics'].items()})}")
     counts = seg.defects.defect_class.value_counts().to_dict()
     print(f"{path.name}: stated pixel {pixel:.5f} Å → a = {result.lattice['a_A']:.3f} Å "
           f"(a1 {result.lattice['a1_A']:.3f}, a2 {result.lattice['a2_A']:.3f}, angle {result.lattice['angle_deg']:.1f}°), "
