@@ -178,17 +178,8 @@ def analyze_image(
     forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, round(float(pixel_size_A), 4), microscope,
                                     dopant, relative_noise(img))
     step(0.7, "classifying sites")
-    m_over_x2 = float(np.median(sites.intensity[sites.sublattice == "M"]))  # X columns: median 1 by construction
-    levels, z_contrast = z_contrast_levels(forward.levels, forward.compositions, m_over_x2)
+    levels, z_contrast = _image_levels(sites, forward, microscope, notes)
     z_contrast.update(blur)
-    if z_contrast["applied"] and abs(m_over_x2 / z_contrast["m_over_x2_forward_model"] - 1) > 0.05:
-        notes.append(f"intact M/X2 = {m_over_x2:.2f} here, {z_contrast['m_over_x2_forward_model']:.2f} in the "
-                     f"forward model: its levels are re-scaled to this detector's Z contrast "
-                     f"(exponent {z_contrast['z_exponent']:.2f} instead of {z_contrast['z_exponent_forward_model']:.2f})")
-    if abs(m_over_x2 - 1) < SAME_BRIGHTNESS:
-        notes.append(f"metal and chalcogen columns are about equally bright here (M/X2 = {m_over_x2:.2f}): the "
-                     f"sublattices are told apart by the forward model at {microscope.detector_inner_mrad:g}–"
-                     f"{microscope.detector_outer_mrad:g} mrad; if the detector differs, give its angles")
     site_classes = fit_site_classes(sites, levels, dopant)
     notes += site_classes.notes
     classes = site_classes.classes
@@ -222,6 +213,21 @@ def analyze_image(
         lattice["model_vs_physics"] = model_physics_agreement(sites)
     progress(1.0, "done")
     return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes)
+
+
+def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str]) -> tuple[dict, dict]:
+    """The forward model's levels re-scaled to the image's Z contrast (intact M/X2), with what to say."""
+    m_over_x2 = float(np.median(sites.intensity[sites.sublattice == "M"]))  # X columns: median 1 by construction
+    levels, z_contrast = z_contrast_levels(forward.levels, forward.compositions, m_over_x2)
+    if z_contrast["applied"] and abs(m_over_x2 / z_contrast["m_over_x2_forward_model"] - 1) > 0.05:
+        notes.append(f"intact M/X2 = {m_over_x2:.2f} here, {z_contrast['m_over_x2_forward_model']:.2f} in the "
+                     f"forward model: its levels are re-scaled to this detector's Z contrast "
+                     f"(exponent {z_contrast['z_exponent']:.2f} instead of {z_contrast['z_exponent_forward_model']:.2f})")
+    if abs(m_over_x2 - 1) < SAME_BRIGHTNESS:
+        notes.append(f"metal and chalcogen columns are about equally bright here (M/X2 = {m_over_x2:.2f}): the "
+                     f"sublattices are told apart by the forward model at {microscope.detector_inner_mrad:g}–"
+                     f"{microscope.detector_outer_mrad:g} mrad; if the detector differs, give its angles")
+    return levels, z_contrast
 
 
 def one_answer_per_site(sites: pd.DataFrame) -> np.ndarray:

@@ -249,14 +249,7 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
     torch.manual_seed(config.seed)
 
     progress(0.0, "preparing the corrections")
-    train_x, train_y, held, counts = [], [], [], []
-    for corr in corrections:
-        image, labels, defects = correction_targets(corr)
-        (ti, tl), (hi, hl, hd) = _split(image, labels, defects, corr.pixel_size_A, config.holdout_fraction)
-        train_x.append(normalise(resample_to(ti, corr.pixel_size_A, model_px, order=1)))
-        train_y.append(resample_to(tl, corr.pixel_size_A, model_px, order=0).astype(np.int64))
-        held.append((hi, hl, hd, corr.pixel_size_A))
-        counts.append({k: int(v) for k, v in defects.defect_class.value_counts().items()})
+    train_x, train_y, held, counts = _correction_sets(corrections, model_px, config.holdout_fraction)
     before = _held_out_scores(model, base_card, held, device, config.match_radius_A)
     log("held out before fine-tuning: " + ", ".join(f"{k} F1 {v['f1']:.3f}" if v["f1"] is not None else f"{k} –"
                                                      for k, v in before.items()))
@@ -286,7 +279,36 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
     after = _held_out_scores(model, base_card, held, device, config.match_radius_A)
     log("held out after fine-tuning: " + ", ".join(f"{k} F1 {v['f1']:.3f}" if v["f1"] is not None else f"{k} –"
                                                     for k, v in after.items()))
-    card = ModelCard(
+    card = _card(base_card, base_path, corrections, counts, len(twin_x), material, dopant, config, microscope,
+                 command, before, after, best, history)
+    if cancelled():
+        raise Cancelled("fine-tuning cancelled")
+    progress(0.95, "saving the model")
+    out.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(model, card, target, overwrite=overwrite)
+    progress(1.0, "done")
+    return path, {"held_out": {"before": before, "after": after}, "history": history,
+                  "mean_f1": {"before": _mean_f1(before), "after": _mean_f1(after)}}
+
+
+def _correction_sets(corrections: list[Correction], model_px: float, holdout_fraction: float):
+    """Training images and targets at the model's pixel size, held-out strips and the defects per image."""
+    train_x, train_y, held, counts = [], [], [], []
+    for corr in corrections:
+        image, labels, defects = correction_targets(corr)
+        (ti, tl), (hi, hl, hd) = _split(image, labels, defects, corr.pixel_size_A, holdout_fraction)
+        train_x.append(normalise(resample_to(ti, corr.pixel_size_A, model_px, order=1)))
+        train_y.append(resample_to(tl, corr.pixel_size_A, model_px, order=0).astype(np.int64))
+        held.append((hi, hl, hd, corr.pixel_size_A))
+        counts.append({k: int(v) for k, v in defects.defect_class.value_counts().items()})
+    return train_x, train_y, held, counts
+
+
+def _card(base_card, base_path, corrections, counts, n_twins, material, dopant, config, microscope, command,
+          before, after, best, history) -> ModelCard:
+    """The fine-tuned model's card: what it started from, what it saw, the held-out scores before and after."""
+    model_px = base_card.pixel_size_A
+    return ModelCard(
         architecture=base_card.architecture,
         spec=base_card.spec,
         classes=dict(base_card.classes),
@@ -296,7 +318,7 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
             "corrections": [{"image": c.name, "sha256": c.sha256, "labels": c.labels_name,
                              "pixel_size_A": c.pixel_size_A, "region_A": list(c.region_A) if c.region_A else None,
                              "defects_per_class": n} for c, n in zip(corrections, counts)],
-            "twins": {"n": len(twin_x), "material": material, "dopant": dopant, "fov_A": config.twin_fov_A,
+            "twins": {"n": n_twins, "material": material, "dopant": dopant, "fov_A": config.twin_fov_A,
                       "defects": config.twin_defects, "microscope": None if microscope is None else asdict(microscope)},
             "initialised_from": {"checkpoint": str(base_path), "command": base_card.command,
                                  "training_data": base_card.training_data},
@@ -308,11 +330,3 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
                  "best_val_score": best, "epochs_run": len(history), "config": asdict(config),
                  "train_seconds": history[-1]["seconds"] if history else 0.0},
     )
-    if cancelled():
-        raise Cancelled("fine-tuning cancelled")
-    progress(0.95, "saving the model")
-    out.mkdir(parents=True, exist_ok=True)
-    path = save_checkpoint(model, card, target, overwrite=overwrite)
-    progress(1.0, "done")
-    return path, {"held_out": {"before": before, "after": after}, "history": history,
-                  "mean_f1": {"before": _mean_f1(before), "after": _mean_f1(after)}}

@@ -167,6 +167,8 @@ class Twin:
 
     @property
     def extent_A(self) -> tuple[float, float]:
+        """Field of view (x, y) in Å — ordered like positions (``x_A``, ``y_A``), whereas
+        ``pixel_size_A`` is (y, x), ordered like the image's axes and a napari layer's ``scale``."""
         return (self.image.shape[1] * self.pixel_size_A[1], self.image.shape[0] * self.pixel_size_A[0])
 
     def truth_table(self) -> pd.DataFrame:
@@ -310,51 +312,14 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
     lattice.finalise()
     if cancelled():
         raise Cancelled("simulation cancelled")
-    atoms = lattice.atoms
     extent = lattice.extent_A
     nx = max(8, int(round(extent[0] / request.pixel_size_A)))
     ny = max(8, int(round(extent[1] / request.pixel_size_A)))
     pixel = (extent[1] / ny, extent[0] / nx)
-    columns = projected_columns(atoms, periodic=lattice.periodic)
-    m = request.microscope
-    calibration = None
-    if request.method == "fast":
-        examples = _standard_examples(parent, lattice.z_metal_A) if not request.structure_path else {}
-        for sig, example in column_examples(atoms, columns).items():
-            examples.setdefault(sig, example)
-        calibration = calibrate_column_weights(
-            parent, m, examples, method=request.calibration_method, phonons=request.phonons,
-            progress=lambda f, msg: progress(0.05 + 0.6 * f, msg), cancelled=cancelled,
-        )
-        if cancelled():
-            raise Cancelled("simulation cancelled")
-        progress(0.7, "rendering (fast incoherent mode)")
-        clean = render_columns(columns.x_A, columns.y_A, calibration.column_weights(columns.signature), (ny, nx),
-                               extent, m, lattice.periodic)  # the source size is applied while rendering
-    else:
-        if not lattice.periodic:
-            raise ValueError("abTEM methods need a periodic cell")
-        clean = simulate_abtem(atoms, m, request.method, (ny, nx), phonons=request.phonons,
-                               progress=lambda f, msg: progress(0.05 + 0.8 * f, msg), cancelled=cancelled)
-        clean = apply_source_size(clean, pixel, m, lattice.periodic)
+    clean, calibration = _render(request, lattice, parent, (ny, nx), pixel, progress, cancelled)
     progress(0.9, "imperfections")
     state = apply_imperfections(clean, pixel, lattice.periodic, request.imperfections, rng)
-    # ground truth in the (possibly distorted) image frame
-    sites = lattice.sites.copy()
-    sites["defect_class"] = ""
-    if len(placed.table):
-        sites.loc[placed.table.site.to_numpy(), "defect_class"] = placed.table.defect_class.to_numpy()
-    sx, sy = distorted_positions(state, sites.x_A.to_numpy(), sites.y_A.to_numpy())
-    sites["x_A"], sites["y_A"] = sx, sy
-    defects = placed.table.copy()
-    if len(defects):
-        dx, dy = distorted_positions(state, defects.x_A.to_numpy(), defects.y_A.to_numpy())
-        defects["x_A"], defects["y_A"] = dx, dy
-    ax, ay = distorted_positions(state, atoms.positions[:, 0], atoms.positions[:, 1])
-    atoms_table = pd.DataFrame({"x_A": ax, "y_A": ay, "z_A": atoms.positions[:, 2],
-                                "element": atoms.get_chemical_symbols()})
-    labels = label_mask((ny, nx), pixel, defects.x_A, defects.y_A, defects.class_id, periodic=lattice.periodic) \
-        if len(defects) else np.zeros((ny, nx), np.uint8)
+    sites, defects, atoms_table, labels = _ground_truth(lattice, placed, state, (ny, nx), pixel)
     settings = {
         "request": request.as_dict(),
         "parent": asdict(parent),
@@ -376,8 +341,58 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
         labels=labels,
         pixel_size_A=pixel,
         atoms=atoms_table,
-        defects=defects.drop(columns=["site"]),
+        defects=defects,
         sites=sites,
         settings=settings,
         lattice=lattice,
     )
+
+
+def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple[int, int],
+            pixel: tuple[float, float], progress: ProgressFn, cancelled: CancelFn):
+    """The noise-free image: the calibrated fast mode, or abTEM multislice/PRISM; and the calibration."""
+    atoms = lattice.atoms
+    ny, nx = shape
+    extent = lattice.extent_A
+    columns = projected_columns(atoms, periodic=lattice.periodic)
+    m = request.microscope
+    if request.method != "fast":
+        if not lattice.periodic:
+            raise ValueError("abTEM methods need a periodic cell")
+        clean = simulate_abtem(atoms, m, request.method, (ny, nx), phonons=request.phonons,
+                               progress=lambda f, msg: progress(0.05 + 0.8 * f, msg), cancelled=cancelled)
+        return apply_source_size(clean, pixel, m, lattice.periodic), None
+    examples = _standard_examples(parent, lattice.z_metal_A) if not request.structure_path else {}
+    for sig, example in column_examples(atoms, columns).items():
+        examples.setdefault(sig, example)
+    calibration = calibrate_column_weights(
+        parent, m, examples, method=request.calibration_method, phonons=request.phonons,
+        progress=lambda f, msg: progress(0.05 + 0.6 * f, msg), cancelled=cancelled,
+    )
+    if cancelled():
+        raise Cancelled("simulation cancelled")
+    progress(0.7, "rendering (fast incoherent mode)")
+    clean = render_columns(columns.x_A, columns.y_A, calibration.column_weights(columns.signature), (ny, nx),
+                           extent, m, lattice.periodic)  # the source size is applied while rendering
+    return clean, calibration
+
+
+def _ground_truth(lattice: Lattice, placed, state, shape: tuple[int, int], pixel: tuple[float, float]):
+    """Sites, defects, atoms and label mask in the (possibly distorted) image frame."""
+    atoms = lattice.atoms
+    sites = lattice.sites.copy()
+    sites["defect_class"] = ""
+    if len(placed.table):
+        sites.loc[placed.table.site.to_numpy(), "defect_class"] = placed.table.defect_class.to_numpy()
+    sx, sy = distorted_positions(state, sites.x_A.to_numpy(), sites.y_A.to_numpy())
+    sites["x_A"], sites["y_A"] = sx, sy
+    defects = placed.table.copy()
+    if len(defects):
+        dx, dy = distorted_positions(state, defects.x_A.to_numpy(), defects.y_A.to_numpy())
+        defects["x_A"], defects["y_A"] = dx, dy
+    ax, ay = distorted_positions(state, atoms.positions[:, 0], atoms.positions[:, 1])
+    atoms_table = pd.DataFrame({"x_A": ax, "y_A": ay, "z_A": atoms.positions[:, 2],
+                                "element": atoms.get_chemical_symbols()})
+    labels = label_mask(shape, pixel, defects.x_A, defects.y_A, defects.class_id, periodic=lattice.periodic) \
+        if len(defects) else np.zeros(shape, np.uint8)
+    return sites, defects.drop(columns=["site"]), atoms_table, labels
