@@ -8,12 +8,7 @@ graph of several tasks, which changes how the plane waves are batched, not what 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,66 +202,5 @@ def test_estimate_keeps_its_signature_and_scales():
     assert estimate_seconds(len(atoms), extent, hv, "prism", atoms=atoms) > estimate_seconds(
         len(atoms), extent, hv, "prism")
 
-
-_MEASURE = """
-import json, resource, sys, time
-from napari_mx2_defects.twin.abtem_runner import FrozenPhononSettings, simulate_abtem
-from napari_mx2_defects.twin.microscope import OPTICS_PRESETS
-from napari_mx2_defects.twin.parents import get_parent
-from napari_mx2_defects.twin.structures import build_lattice
-import abtem
-
-nx, ny, preset, method, configs = sys.argv[1:]
-atoms = build_lattice(get_parent("MoS2"), cells=(int(nx), int(ny))).atoms
-
-
-def cpu():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-c0, t0 = cpu(), time.perf_counter()
-simulate_abtem(atoms, OPTICS_PRESETS[preset], method, (50, 50), phonons=FrozenPhononSettings(int(configs)))
-print(json.dumps({"wall": time.perf_counter() - t0, "cpu": cpu() - c0}))
-"""
-
-
-def _measure_fresh(cells: tuple[int, int], preset: str, method: str, configs: int = 0) -> dict:
-    """Wall and CPU seconds of one simulate_abtem run in a fresh process (FFTW planning and abTEM's first
-    calls count, as in a user's first simulation), importing the same copy of the package as this test."""
-    import napari_mx2_defects
-
-    root = str(Path(napari_mx2_defects.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    args = [sys.executable, "-c", _MEASURE, str(cells[0]), str(cells[1]), preset, method, str(configs)]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _check_estimate(cells, preset, method, configs, factor):
-    """Load on a shared machine only lengthens wall time, and inflates CPU time much less: the wall time
-    bounds the estimate from below, the CPU time from above."""
-    atoms = _cell(*cells)
-    extent = (float(atoms.cell[0, 0]), float(atoms.cell[1, 1]))
-    guess = estimate_seconds(len(atoms), extent, OPTICS_PRESETS[preset], method, configs, atoms=atoms)
-    measured = _measure_fresh(cells, preset, method, configs)
-    assert measured["wall"] > guess / factor and measured["cpu"] < guess * factor, (measured, guess)
-
-
-#: Largest ratio measured/estimated (either way) the fast tests accept, on cells the cost model was not fitted
-#: on; measured 0.99 and 1.03 for these two (see estimate_seconds)
-FACTOR = 1.6
-
-
-@pytest.mark.parametrize(("cells", "preset", "method", "configs"), [
-    ((2, 1), "200kV-HAADF", "prism", 0),
-    ((1, 1), "80kV-HAADF", "multislice", 3),
-])
-def test_estimate_is_within_a_factor_of_a_fresh_run(cells, preset, method, configs):
-    _check_estimate(cells, preset, method, configs, FACTOR)
-
-
-@pytest.mark.slow
-def test_estimate_of_the_calibration_cell_is_within_a_factor_of_a_fresh_run():
-    """The 6×4 calibration cell (19.1 × 22.1 Å) at 80 kV with PRISM, ~80 s: measured 0.96 of the estimate."""
-    _check_estimate((6, 4), "80kV-HAADF", "prism", 0, 1.5)
+# Wall-time accuracy of the estimate is a benchmark, not a test (it depends on the machine's load and
+# cores): benchmarks/RESULTS.md, 'abTEM run time', has the measured/estimated table.

@@ -91,8 +91,6 @@ class StatisticsWidget(JobWidget, Container):
 
     def run(self, *_):
         """Start the analysis of the chosen layer in a thread worker (returns the worker)."""
-        import pandas as pd
-
         from ..analysis.api import analyze_image
 
         selected = self._selected_image()
