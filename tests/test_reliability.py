@@ -627,3 +627,28 @@ def test_checkpoint_pair_is_written_together_or_not_at_all(tmp_path, monkeypatch
     with pytest.raises(FileExistsError):
         save_checkpoint(build_model("light", 3), card, tmp_path / "m.safetensors", overwrite=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+
+
+def test_a_ctrl_c_swallowed_by_a_c_callback_still_stops_the_command():
+    """A SIGINT landing inside a ctypes callback (numba's llvmlite cache hook during rendering) was printed
+    as "Exception ignored … KeyboardInterrupt" and the command went on (seen in CI); the CLI now keeps the
+    message off stderr and raises the interrupt at the command's next progress report."""
+    import subprocess
+    import sys
+
+    script = (
+        "import ctypes, os, signal\n"
+        "from napari_mx2_defects.cli.main import _redeliver_swallowed_interrupts\n"
+        "from napari_mx2_defects.cli.options import progress_printer\n"
+        "_redeliver_swallowed_interrupts()\n"
+        "callback = ctypes.CFUNCTYPE(None)(lambda: (os.kill(os.getpid(), signal.SIGINT), sum(range(10**5))))\n"
+        "try:\n"
+        "    callback()\n"
+        "    progress_printer(True)(0.5, 'next step')\n"
+        "    print('went on')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "stopped", done.stdout + done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -109,6 +109,24 @@ def _exit_interrupted() -> None:
     os._exit(130)
 
 
+def _redeliver_swallowed_interrupts() -> None:
+    """A Ctrl-C that lands while C code runs a Python callback (numba's llvmlite cache hook, ctypes)
+    is swallowed there: Python prints "Exception ignored … KeyboardInterrupt" and the command goes
+    on.  This hook keeps that message off the terminal and records the interrupt; the command's next
+    progress report raises it (:func:`.options.progress_printer`), so it stops as after any Ctrl-C."""
+    from .options import SWALLOWED_INTERRUPT
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            SWALLOWED_INTERRUPT.set()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mx2-defects``.
 
@@ -118,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     words = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in words
+    if argv is None:
+        _redeliver_swallowed_interrupts()
     try:
         parser = build_parser()
         args = parser.parse_args(words)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import threading
 from collections.abc import Iterable
 
 from ..core.parameters import Pair, Parameter
 from ..core.validation import BOUNDS, Bound, arg_type
 
-__all__ = ["add_parameters", "bound_type", "command_line", "progress_printer", "values_from_args"]
+__all__ = ["SWALLOWED_INTERRUPT", "add_parameters", "bound_type", "command_line", "progress_printer", "values_from_args"]
 
 
 def bound_type(key: str, option: str | None = None):
@@ -56,9 +57,17 @@ def values_from_args(args: argparse.Namespace, parameters: Iterable[Parameter | 
     return values
 
 
+#: Set when a Ctrl-C was swallowed inside a C callback (see :func:`.main._redeliver_swallowed_interrupts`).
+SWALLOWED_INTERRUPT = threading.Event()
+
+
 def progress_printer(quiet: bool):
-    """``progress(fraction, message)`` printing ``[ 42.0 %] message`` on stderr (nothing if quiet)."""
+    """``progress(fraction, message)`` printing ``[ 42.0 %] message`` on stderr (nothing if quiet); it raises
+    a Ctrl-C that C code swallowed, at this safe point between steps."""
     def show(fraction: float, message: str) -> None:
+        if SWALLOWED_INTERRUPT.is_set():
+            SWALLOWED_INTERRUPT.clear()
+            raise KeyboardInterrupt
         if not quiet:
             print(f"[{100 * fraction:5.1f} %] {message}", file=sys.stderr, flush=True)
 
