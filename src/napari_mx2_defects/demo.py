@@ -54,8 +54,9 @@ def run_demo(out_dir: str | Path, material: str = _DEFAULT["material"], defects:
     # the window must be shown for OpenGL to render the screenshot (under Xvfb nobody sees it)
     viewer = napari.Viewer(show=True, title="napari-mx2-defects demo")
     image_layer = _open_as_a_user_would(viewer, out / "twin", twin)
-    predictions, scores = _segment(viewer, image_layer, material, twin, out)
-    result = _analyse(viewer, image_layer, material, predictions, out)
+    inputs = _inputs(image_layer)
+    predictions, scores = _segment(viewer, image_layer, inputs, material, twin, out)
+    result = _analyse(viewer, inputs, material, predictions, out)
     screenshot = _screenshot_and_layers(viewer, image_layer, out)
     truth_counts = twin.defects.defect_class.value_counts().to_dict()
     measured = result.concentrations.set_index("defect_class")["count"].to_dict()
@@ -113,7 +114,7 @@ def _inputs(image_layer):
     return plane, pixel, image_layer.metadata.get("beam_energy_keV")
 
 
-def _segment(viewer, image_layer, material: str, twin, out: Path):
+def _segment(viewer, image_layer, inputs, material: str, twin, out: Path):
     """The shipped model's defects (layers, ``defects.csv``) and its F1 against the truth; (None, None)
     without a model."""
     from .io.atomic import atomic_path
@@ -126,7 +127,7 @@ def _segment(viewer, image_layer, material: str, twin, out: Path):
         _log("no default model is installed: the analysis classifies sites by intensity alone")
         return None, None
     _log("segmenting with the shipped default model")
-    plane, pixel, energy = _inputs(image_layer)
+    plane, pixel, energy = inputs
     seg = segment_image(plane, pixel, material=material, beam_energy_keV=energy)
     add_layers(viewer, segmentation_layers(seg, image_layer, pixel, name="model"))
     with atomic_path(out / "defects.csv") as tmp:
@@ -138,13 +139,13 @@ def _segment(viewer, image_layer, material: str, twin, out: Path):
     return seg.defects, scores
 
 
-def _analyse(viewer, image_layer, material: str, predictions, out: Path):
+def _analyse(viewer, inputs, material: str, predictions, out: Path):
     """Sites and concentrations (``analysis/``), the sites as a hidden Points layer."""
     from .analysis.api import analyze_image
     from .layers import add_layers, sites_layer
 
     _log("analysing sites and concentrations")
-    plane, pixel, energy = _inputs(image_layer)
+    plane, pixel, energy = inputs
     result = analyze_image(plane, pixel, material=material, defects=predictions, beam_energy_keV=energy)
     result.save(out / "analysis")
     data, kwargs, kind = sites_layer(result)

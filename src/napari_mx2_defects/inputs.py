@@ -93,11 +93,10 @@ def analysis_settings(scale_yx, calibrated: bool, recorded_energy_keV: float | N
     are the file's with typed-in detector angles over them.  ``option_of(parameter)`` names the
     option or the field in messages.
     """
-    from .core.parameters import check_values
-
-    values = {**values, **check_values([q for q in ANALYSIS_PARAMETERS if q.name == "detector_mrad"], values,
-                                       option_of)}
     p = {q.name: q for q in ANALYSIS_PARAMETERS}
+    detector = p["detector_mrad"]
+    values = {**values, "detector_mrad": detector.check(values.get("detector_mrad"),
+                                                         tuple(option_of(part) for part in detector.parts))}
     pixel = pixel_size_A(scale_yx, calibrated, values.get("image_pixel_size_A"), name,
                          option=option_of(p["image_pixel_size_A"]))
     if pixel is None and not values.get("self_calibrate"):

@@ -47,14 +47,15 @@ def _points(table: pd.DataFrame, pixel_size_A: tuple[float, float], name: str, c
 def twin_layers(twin, name: str = "twin") -> list[LayerData]:
     """Image, ground-truth Labels and defect Points of a :class:`~.twin.api.Twin`, all in Å."""
     scale = list(twin.pixel_size_A)
+    micro = twin.settings["request"]["microscope"]  # the optics the twin was imaged with, as a reader records them
     meta = {
         "pixel_size_A": float(np.mean(twin.pixel_size_A)),
         "calibrated": True,
-        "beam_energy_keV": twin.settings["request"]["microscope"]["energy_keV"],
+        "beam_energy_keV": micro["energy_keV"],
         "material": twin.settings["parent"]["formula"],
-        "optics": {"beam_energy_keV": twin.settings["request"]["microscope"]["energy_keV"], "convergence_semiangle_mrad": twin.settings["request"]["microscope"]["semiangle_mrad"],
-                   "detector_inner_mrad": twin.settings["request"]["microscope"]["detector_inner_mrad"],
-                   "detector_outer_mrad": twin.settings["request"]["microscope"]["detector_outer_mrad"]},
+        "optics": {"beam_energy_keV": micro["energy_keV"], "convergence_semiangle_mrad": micro["semiangle_mrad"],
+                   "detector_inner_mrad": micro["detector_inner_mrad"],
+                   "detector_outer_mrad": micro["detector_outer_mrad"]},
         "twin_settings": twin.settings,
     }
     image = (twin.image, {"name": f"{name} HAADF", "scale": scale, "units": ["angstrom", "angstrom"],

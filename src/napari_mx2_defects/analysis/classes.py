@@ -177,6 +177,7 @@ def _unsupported(gm, x: np.ndarray, names: list[str], seeds: dict, sd0: float,
     """The least supported defect component and why, or None when every one is supported."""
     means = gm.means_.ravel()
     sds = np.sqrt(gm.covariances_.ravel())
+    weak = gm.weights_ * len(x) < 1.0
     intact = seeds[""]
     worst = None
     for i, name in enumerate(names):
@@ -193,7 +194,6 @@ def _unsupported(gm, x: np.ndarray, names: list[str], seeds: dict, sd0: float,
             score = drift / max(room, 1e-9)
         else:
             # two classes on one peak: the one whose level is nearer keeps it (EM may give it either's weight)
-            weak = gm.weights_ * len(x) < 1.0
             twins = [j for j, other in enumerate(names) if other not in ("", name) and not weak[i]
                      and (abs(means[j] - means[i]) < max(sds[i], sds[j]) or weak[j])
                      and abs(means[i] - seeds[other]) < abs(means[i] - seed)]
@@ -201,7 +201,7 @@ def _unsupported(gm, x: np.ndarray, names: list[str], seeds: dict, sd0: float,
                 other = names[twins[0]]
                 reason = f"the same peak ({means[i]:.2f}) as {other}, whose level ({seeds[other]:.2f}) is nearer"
                 score = 0.9
-            elif gm.weights_[i] * len(x) < 1.0:
+            elif weak[i]:
                 reason, score = "fewer than one site", 0.5
             else:
                 continue
@@ -251,14 +251,17 @@ def fit_sublattice(x: np.ndarray, seeds: dict[str, float], preferred: str | None
         return SublatticeMixture("", [""], [float(np.mean(x)) if len(x) else intact], [sd0], [1.0], seeds,
                                  {**dropped, **{n: "too few sites to fit" for n in names if n}})
     # the tail is for heavy skirts of the intact peak; where it would take a peak of its own, go without
-    tail = _tail_is_intact(_fit(x, names, seeds, sd0, True), names)
-    while True:
-        gm = _fit(x, names, seeds, sd0, tail)
+    gm = _fit(x, names, seeds, sd0, True)
+    tail = _tail_is_intact(gm, names)
+    if not tail:
+        gm = _fit(x, names, seeds, sd0, False)
+    while len(names) > 1:
         worst = _unsupported(gm, x, names, seeds, sd0, tail)
-        if worst is None or len(names) == 1:
+        if worst is None:
             break
         dropped[worst[0]] = worst[1]
         names = [n for n in names if n != worst[0]]
+        gm = _fit(x, names, seeds, sd0, tail)
     means = [float(m) for m in gm.means_.ravel()]
     sds = [float(np.sqrt(c)) for c in gm.covariances_.ravel()]
     weights = [float(w) for w in gm.weights_]

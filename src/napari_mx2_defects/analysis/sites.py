@@ -1,11 +1,12 @@
 """Per-site measurement of an MX2 image: lattice → every M and X site → normalised intensity → class.
 
-Sites are classified by their integrated intensity, normalised so that the
+Sites are measured by their integrated intensity, normalised so that the
 median chalcogen column is 1.0.  The expected level of every site type
 (X2, X1 = one chalcogen missing, empty X, M, empty M, substitutions) comes
-from a forward model: a noise-free fast-mode twin of the same parent with one
-of each defect, imaged at the same pixel size and beam energy and measured by
-exactly this code.  Thresholds lie half-way between neighbouring levels.
+from a forward model: a fast-mode twin of the same parent with each defect,
+imaged at the same pixel size and optics, blurred and made as noisy as the
+image, and measured by exactly this code.  :mod:`.classes` turns levels and
+intensities into classes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ __all__ = [
     "forward_model",
     "microscope_for",
     "SiteMeasurement",
-    "classify_sites",
     "find_holes",
     "measure_sites",
     "reference_levels",
@@ -142,22 +142,6 @@ def _check_second_sublattice(fit: LatticeFit, flat: np.ndarray) -> None:
         ok = (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] < nx) & (pts[:, 1] < ny)
         means.append(float(np.mean(map_coordinates(flat, [pts[ok, 1], pts[ok, 0]], order=1))) if ok.any() else -np.inf)
     fit.offset = base if means[0] >= means[1] else -base
-
-
-def classify_sites(sites: pd.DataFrame, levels: dict[str, dict[str, float]]) -> np.ndarray:
-    """Class name per site ('' intact) from the nearest expected level (half-way thresholds)."""
-    out = np.full(len(sites), "", dtype=object)
-    for sub, classes in levels.items():
-        mask = (sites.sublattice == sub).to_numpy()
-        names = list(classes)
-        values = np.array([classes[n] for n in names])
-        order = np.argsort(values)
-        names = [names[k] for k in order]
-        values = values[order]
-        cuts = (values[1:] + values[:-1]) / 2
-        which = np.searchsorted(cuts, sites.intensity.to_numpy()[mask])
-        out[mask] = np.array(names, dtype=object)[which]
-    return out
 
 
 def find_holes(sites: pd.DataFrame, classes: np.ndarray, a_px: float, min_sites: int = 4) -> np.ndarray:
