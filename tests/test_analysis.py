@@ -67,8 +67,8 @@ def test_self_calibration_from_the_parent(vacancy_twin):
 
 
 def test_regions_give_one_block_each(vacancy_twin):
-    half = vacancy_twin.extent_A[0] / 2
-    h = vacancy_twin.extent_A[1]
+    half = vacancy_twin.extent_xy_A[0] / 2
+    h = vacancy_twin.extent_xy_A[1]
     left = np.array([[0, 0], [h, 0], [h, half], [0, half]], float)  # (y, x) like napari Shapes
     right = left + [0, half]
     result = analyze_image(vacancy_twin.image, vacancy_twin.pixel_size_A[1], "MoS2", regions=[left, right])

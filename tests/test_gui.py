@@ -353,3 +353,73 @@ def test_overlays_land_on_the_image(make_napari_viewer, qtbot, case):
     # a labelled pixel in world coordinates is where a point is
     i, j = np.argwhere(np.asarray(labels.data) > 0)[0]
     assert np.min(np.linalg.norm(world - (np.array([i, j]) * labels.scale + labels.translate), axis=1)) < 1.5 * per_A
+
+
+def _analysis_input(case: str, tmp_path):
+    """The same twin as a frame stack (flat frame shown first), a non-square calibrated TIFF and an
+    uncalibrated TIFF, with the CLI options and the dock's field values that ask for the same thing."""
+    import tifffile
+
+    from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
+    from napari_mx2_defects.twin.imperfections import Imperfections
+
+    twin = simulate_twin(TwinRequest(material="MoS2", fov_A=40, pixel_size_A=0.1, defects="V_X=4,V_M=1", seed=5,
+                                     imperfections=Imperfections(dose_e_per_A2=1e6)))
+    image = twin.image.astype(np.float32)
+    path = tmp_path / f"{case.replace(' ', '_')}.tif"
+    if case == "frame stack":  # the detector typed in too: 40–200 mrad in both
+        frames = np.stack([np.full_like(image, image.mean()), image])
+        tifffile.imwrite(path, frames, imagej=True, resolution=(1 / 0.01, 1 / 0.01),
+                         metadata={"unit": "nm", "axes": "ZYX"})
+        return path, ["--detector", "40", "200"], {"detector_inner_mrad": 40.0, "detector_outer_mrad": 200.0}
+    if case == "non-square":
+        tifffile.imwrite(path, image, imagej=True, resolution=(1 / 0.01, 1 / 0.011), metadata={"unit": "nm"})
+        return path, [], {}
+    tifffile.imwrite(path, image)
+    return path, ["--self-calibrate"], {"self_calibrate": True}
+
+
+@pytest.mark.parametrize("case", ["frame stack", "non-square", "uncalibrated"])
+def test_statistics_dock_and_analyze_agree(make_napari_viewer, qtbot, tmp_path, capsys, case):
+    """One file through the *Defect statistics* dock and through ``analyze`` (issue 13): the same pixel
+    size, sites and counts, or the same refusal."""
+    import json
+
+    from napari_mx2_defects.cli import main
+    from napari_mx2_defects.widgets.statistics import StatisticsWidget
+
+    path, options, fields = _analysis_input(case, tmp_path)
+    out = tmp_path / "cli"
+    rc = main(["analyze", str(path), "--material", "MoS2", "--out", str(out), "--quiet", *options])
+    cli_error = capsys.readouterr().err
+
+    viewer = make_napari_viewer()
+    viewer.open(path, plugin="napari-mx2-defects")
+    widget = StatisticsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    for name, value in fields.items():
+        getattr(widget, name).value = value
+    worker = widget.run()
+    if case == "non-square":
+        assert rc != 0 and worker is None
+        assert "non-square pixels (0.11 Å × 0.1 Å)" in cli_error
+        assert "non-square pixels (0.11 Å × 0.1 Å)" in widget.status.value
+        return
+    assert rc == 0 and worker is not None
+    _wait_for_job(qtbot, widget, timeout=300_000)
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=10_000)
+    lattice = json.loads((out / "lattice.json").read_text())
+    shown = widget.result.lattice
+    assert shown["pixel_size_A"] == pytest.approx(lattice["pixel_size_A"], rel=1e-9)
+    assert shown["self_calibrated"] == lattice["self_calibrated"] == (case == "uncalibrated")
+    assert (shown["n_M_sites"], shown["n_X_sites"]) == (lattice["n_M_sites"], lattice["n_X_sites"])
+    if case == "frame stack":
+        assert shown["pixel_size_A"] == pytest.approx(0.1)
+        used = widget.result.lattice["fitted_optics"]["forward_model_microscope"]
+        assert (used["detector_inner_mrad"], used["detector_outer_mrad"]) == (40.0, 200.0)
+    sites = pd.read_csv(out / "sites.csv")
+    assert len(sites) == len(widget.result.sites)
+    np.testing.assert_allclose(np.sort(sites.x_A), np.sort(widget.result.sites.x_A), atol=1e-6)
+    cli_counts = pd.read_csv(out / "concentrations.csv")
+    assert cli_counts["count"].tolist() == widget.result.concentrations["count"].tolist()
+    assert cli_counts.defect_class.tolist() == widget.result.concentrations.defect_class.tolist()

@@ -21,7 +21,7 @@ from napari_mx2_defects.twin.simulate import (
 
 def _column_intensity(twin, x, y):
     radius = integration_radius_A(twin.settings["parent"]["a_A"])
-    return column_intensities(twin.clean_image, twin.extent_A, np.atleast_1d(x), np.atleast_1d(y), radius,
+    return column_intensities(twin.clean_image, twin.extent_xy_A, np.atleast_1d(x), np.atleast_1d(y), radius,
                               periodic=twin.settings["periodic"])
 
 
@@ -80,8 +80,8 @@ def test_truth_follows_drift():
                                      imperfections=Imperfections(drift_A_per_line=(0.004, 0.002))))
     img, (py, px) = twin.image, twin.pixel_size_A
     metals = twin.sites[(twin.sites.sublattice == "M") & (twin.sites.defect_class == "")]
-    inside = metals[(metals.x_A > 3) & (metals.y_A > 3) & (metals.x_A < twin.extent_A[0] - 3)
-                    & (metals.y_A < twin.extent_A[1] - 3)].iloc[::5]
+    inside = metals[(metals.x_A > 3) & (metals.y_A > 3) & (metals.x_A < twin.extent_xy_A[0] - 3)
+                    & (metals.y_A < twin.extent_xy_A[1] - 3)].iloc[::5]
     offsets = []
     for _, s in inside.iterrows():
         i, j = int(round(s.y_A / py)), int(round(s.x_A / px))
@@ -180,7 +180,7 @@ def test_structure_file_becomes_a_twin(tmp_path):
     path = tmp_path / "POSCAR"
     write(path, atoms, format="vasp")
     twin = simulate_twin(TwinRequest(structure_path=str(path), pixel_size_A=0.1))
-    assert twin.extent_A == pytest.approx((atoms.cell[0, 0], atoms.cell[1, 1]), rel=0.01)
+    assert twin.extent_xy_A == pytest.approx((atoms.cell[0, 0], atoms.cell[1, 1]), rel=0.01)
     w = atoms.positions[[i for i, s in enumerate(atoms.get_chemical_symbols()) if s == "W"][0]]
     i, j = int(round(w[1] / twin.pixel_size_A[0])), int(round(w[0] / twin.pixel_size_A[1]))
     ring = twin.clean_image[max(i - 6, 0) : i + 7, max(j - 6, 0) : j + 7]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, map_coordinates, minimum_filter
+from scipy.ndimage import gaussian_filter, minimum_filter
 from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
+
+from ..core.integration import disc_intensity
 
 __all__ = ["find_peaks", "integrated_intensity", "local_background", "refine_positions"]
 
@@ -76,20 +78,8 @@ def local_background(image: np.ndarray, a_px: float) -> np.ndarray:
 
 
 def integrated_intensity(image: np.ndarray, xy: np.ndarray, radius_px: float) -> np.ndarray:
-    """Sum of pixel values within ``radius_px`` of each (x, y), sampled at sub-pixel centres.
-
-    Uses a fixed 0.25-pixel supersampled disc so the result does not jump
-    with the sub-pixel position of the column.
-    """
-    step = 0.25
-    r = radius_px
-    offs = np.arange(-np.ceil(r), np.ceil(r) + step / 2, step)
-    dy, dx = np.meshgrid(offs, offs, indexing="ij")
-    inside = np.hypot(dy, dx) <= r
-    dy, dx = dy[inside], dx[inside]
-    out = np.empty(len(xy))
-    img = np.asarray(image, float)
-    for k, (x, y) in enumerate(xy):
-        vals = map_coordinates(img, [y + dy, x + dx], order=1, mode="nearest")
-        out[k] = vals.sum() * step * step
-    return out
+    """Sum of pixel values within ``radius_px`` of each (x, y) (pixels), on the shared sub-pixel disc
+    (:func:`~napari_mx2_defects.core.integration.disc_intensity`), so the result does not jump with
+    the sub-pixel position of the column."""
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    return disc_intensity(image, xy[:, 0], xy[:, 1], radius_px)

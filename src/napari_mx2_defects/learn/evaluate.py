@@ -81,7 +81,7 @@ def evaluate_model_on_twins(model: str = "default", materials=("MoSe2", "WS2"), 
                 dose_e_per_A2=dose, scan_jitter_A=float(rng.uniform(0, 0.05)),
                 contamination=float(rng.uniform(0, 0.2)), probe_current_variation=float(rng.uniform(0, 0.03)))))
         seg = segment_image(twin.image, twin.pixel_size_A[1], model=model, material=material)
-        ex, ey = twin.extent_A
+        ex, ey = twin.extent_xy_A
 
         def inside(table):
             return table[(table.x_A > border_A) & (table.y_A > border_A) & (table.x_A < ex - border_A)

@@ -195,7 +195,7 @@ def _total_seconds(stages: dict[str, float], method: str, configs: int) -> float
     return stages["fixed"] + max(1, configs) * (stages["potential"] + per_config)
 
 
-def estimate_seconds(n_atoms: int, extent_A: tuple[float, float], microscope: Microscope, method: str,
+def estimate_seconds(n_atoms: int, extent_xy_A: tuple[float, float], microscope: Microscope, method: str,
                      phonon_configs: int = 0, *, atoms: Atoms | None = None,
                      potential_sampling_A: float | None = None, oversampling: float = 1.0,
                      slices: int = DEFAULT_SLICES, blocks: int = 8) -> float:
@@ -245,16 +245,16 @@ def estimate_seconds(n_atoms: int, extent_A: tuple[float, float], microscope: Mi
         return 0.05 + n_atoms / 1e6
     sampling = _sampling(microscope, potential_sampling_A)
     if atoms is not None:
-        extent_A = tuple(float(v) for v in atoms.cell.lengths()[:2])
-        gpts = _commensurate_gpts(atoms, sampling) or tuple(int(np.ceil(v / sampling)) for v in extent_A)
+        extent_xy_A = tuple(float(v) for v in atoms.cell.lengths()[:2])
+        gpts = _commensurate_gpts(atoms, sampling) or tuple(int(np.ceil(v / sampling)) for v in extent_xy_A)
         slices = int(np.ceil(atoms.cell[2, 2] / SLICE_THICKNESS_A))
         n_scan = _scan_gpts(atoms, microscope, oversampling)
         pixels = float(gpts[0] * gpts[1])
     else:
         gpts = None
-        pixels = float(extent_A[0]) * float(extent_A[1]) / sampling**2
-        n_scan = tuple(float(v) / (microscope.nyquist_scan_sampling_A / oversampling) for v in extent_A)
-    area, positions = float(extent_A[0]) * float(extent_A[1]), float(n_scan[0]) * float(n_scan[1])
+        pixels = float(extent_xy_A[0]) * float(extent_xy_A[1]) / sampling**2
+        n_scan = tuple(float(v) / (microscope.nyquist_scan_sampling_A / oversampling) for v in extent_xy_A)
+    area, positions = float(extent_xy_A[0]) * float(extent_xy_A[1]), float(n_scan[0]) * float(n_scan[1])
     plane_waves = _plane_waves(area, microscope)
     stages = _stage_seconds(gpts, pixels, slices, plane_waves, positions, blocks)
     strips = _strips(stages, method, blocks, int(np.ceil(n_scan[0])))
@@ -370,73 +370,91 @@ def simulate_abtem(
     scans = [abtem.GridScan(start=(a * step[0], 0.0), end=(b * step[0], cell[1]), gpts=(b - a, n_scan[1]),
                             endpoint=False) for a, b in zip(edges[:-1], edges[1:])]
     # progress: each stage's share of 0.99 (the rest is the interpolation), from the cost model
-    unit = 0.99 / float(configs * (stages["potential"] + per_config))
-    done = 0.0
-
-    def check():
-        if cancelled():
-            raise Cancelled("simulation cancelled")
-
-    def project(pot, suffix="", count=1):
-        """The projected potential, computed once (abTEM would project it again for every plane-wave chunk
-        or probe-position task); the same numbers as projecting it on the fly."""
-        nonlocal done
-        message = "projecting the potential" + suffix
-        share = unit * count * stages["potential"]
-        progress(done, message)
-        array = _compute(pot.build(lazy=True), progress, cancelled, done, done + share, message)
-        done += share
-        return array
-
+    run = _Run(progress, cancelled, stages, unit=0.99 / float(configs * (stages["potential"] + per_config)))
     if method == "prism":
-        ctf = abtem.CTF(energy=energy, semiangle_cutoff=microscope.semiangle_mrad,
-                        defocus=microscope.defocus_A, Cs=microscope.Cs_A)
-        # one scattering matrix per configuration (the static lattice is one configuration)
-        pots = [block.item().potential for _, _, block in source.generate_blocks(1)] if phonons.enabled \
-            else [potential]
-        image = None
-        for c, pot in enumerate(pots):
-            check()
-            suffix = f" (configuration {c + 1}/{len(pots)})" if phonons.enabled else ""
-            s_matrix = abtem.SMatrix(potential=project(pot, suffix), energy=energy,
-                                     semiangle_cutoff=microscope.semiangle_mrad, interpolation=1)
-            message = "building the PRISM scattering matrix" + suffix
-            progress(done, message)
-            share = unit * stages["build"]
-            built = _compute(s_matrix.build(lazy=True), progress, cancelled, done, done + share, message)
-            done += share
-            strips = []
-            for k, scan in enumerate(scans):
-                check()
-                result = built.reduce(scan=scan, detectors=detector, ctf=ctf)
-                strips.append(_strip_array(result))
-                done += unit * stages["reduce"] / len(scans)
-                progress(done, f"prism: strip {k + 1}/{len(scans)}" + suffix)
-            del built
-            config_image = np.concatenate(strips, axis=0)
-            image = config_image if image is None else image + config_image
-        array = image / len(pots) if len(pots) > 1 else image
+        array = _prism_image(run, microscope, source, potential, phonons, scans, detector)
     else:
-        probe = microscope.abtem_probe()
-        if configs * len(potential) * gpts[0] * gpts[1] * 4 <= _POTENTIAL_BYTES:
-            potential = project(potential, " (all configurations)" if phonons.enabled else "", configs)
-        else:  # projected inside each probe-position task instead
-            done += unit * configs * stages["potential"]
-        strips = []
-        share = unit * configs * stages["multislice"] / len(scans)
-        for k, scan in enumerate(scans):
-            check()
-            message = f"multislice: strip {k + 1}/{len(scans)}"
-            result = probe.scan(potential, scan=scan, detectors=detector)
-            result = _compute(result, progress, cancelled, done, done + share, message)
-            strips.append(_strip_array(result))
-            done += share
-            progress(done, message)
-        array = np.concatenate(strips, axis=0)  # abTEM order: (x, y)
+        array = _multislice_image(run, microscope, potential, configs, gpts, phonons, scans, detector)
     images = abtem.Images(array, sampling=step)
     fine = images.interpolate(gpts=(shape[1], shape[0]))
     progress(1.0, "done")
     return np.asarray(fine.array).T.copy()
+
+
+class _Run:
+    """The progress account of one abTEM run: how far it is (``done``, a fraction), each stage's share
+    (``unit`` × the cost model's seconds), and the cancel check."""
+
+    def __init__(self, progress: ProgressFn, cancelled: CancelFn, stages: dict[str, float], unit: float):
+        self.progress, self.cancelled, self.stages, self.unit = progress, cancelled, stages, unit
+        self.done = 0.0
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise Cancelled("simulation cancelled")
+
+    def compute(self, lazy, share: float, message: str):
+        """Compute a lazy abTEM object task by task, its progress spread over ``share``."""
+        self.progress(self.done, message)
+        array = _compute(lazy, self.progress, self.cancelled, self.done, self.done + share, message)
+        self.done += share
+        return array
+
+    def project(self, potential, suffix: str = "", count: int = 1):
+        """The projected potential, computed once (abTEM would project it again for every plane-wave chunk
+        or probe-position task); the same numbers as projecting it on the fly."""
+        return self.compute(potential.build(lazy=True), self.unit * count * self.stages["potential"],
+                            "projecting the potential" + suffix)
+
+
+def _prism_image(run: _Run, microscope: Microscope, source, potential, phonons: FrozenPhononSettings, scans,
+                 detector) -> np.ndarray:
+    """PRISM: one scattering matrix per frozen-phonon configuration, reduced strip by strip; (x, y)."""
+    import abtem
+
+    energy = microscope.energy_keV * 1e3
+    ctf = abtem.CTF(energy=energy, semiangle_cutoff=microscope.semiangle_mrad, defocus=microscope.defocus_A,
+                    Cs=microscope.Cs_A)
+    # one scattering matrix per configuration (the static lattice is one configuration)
+    pots = [block.item().potential for _, _, block in source.generate_blocks(1)] if phonons.enabled \
+        else [potential]
+    image = None
+    for c, pot in enumerate(pots):
+        run.check()
+        suffix = f" (configuration {c + 1}/{len(pots)})" if phonons.enabled else ""
+        s_matrix = abtem.SMatrix(potential=run.project(pot, suffix), energy=energy,
+                                 semiangle_cutoff=microscope.semiangle_mrad, interpolation=1)
+        built = run.compute(s_matrix.build(lazy=True), run.unit * run.stages["build"],
+                            "building the PRISM scattering matrix" + suffix)
+        strips = []
+        for k, scan in enumerate(scans):
+            run.check()
+            strips.append(_strip_array(built.reduce(scan=scan, detectors=detector, ctf=ctf)))
+            run.done += run.unit * run.stages["reduce"] / len(scans)
+            run.progress(run.done, f"prism: strip {k + 1}/{len(scans)}" + suffix)
+        del built
+        config_image = np.concatenate(strips, axis=0)
+        image = config_image if image is None else image + config_image
+    return image / len(pots) if len(pots) > 1 else image
+
+
+def _multislice_image(run: _Run, microscope: Microscope, potential, configs: int, gpts: tuple[int, int],
+                      phonons: FrozenPhononSettings, scans, detector) -> np.ndarray:
+    """Multislice: each strip task by task (probe-position chunks), configurations averaged inside; (x, y)."""
+    probe = microscope.abtem_probe()
+    if configs * len(potential) * gpts[0] * gpts[1] * 4 <= _POTENTIAL_BYTES:
+        potential = run.project(potential, " (all configurations)" if phonons.enabled else "", configs)
+    else:  # projected inside each probe-position task instead
+        run.done += run.unit * configs * run.stages["potential"]
+    strips = []
+    share = run.unit * configs * run.stages["multislice"] / len(scans)
+    for k, scan in enumerate(scans):
+        run.check()
+        message = f"multislice: strip {k + 1}/{len(scans)}"
+        strips.append(_strip_array(run.compute(probe.scan(potential, scan=scan, detectors=detector), share,
+                                               message)))
+        run.progress(run.done, message)
+    return np.concatenate(strips, axis=0)  # abTEM order: (x, y)
 
 
 def _strip_array(result) -> np.ndarray:

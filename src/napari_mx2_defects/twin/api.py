@@ -166,8 +166,8 @@ class Twin:
     lattice: Lattice
 
     @property
-    def extent_A(self) -> tuple[float, float]:
-        """Field of view (x, y) in Å — ordered like positions (``x_A``, ``y_A``), whereas
+    def extent_xy_A(self) -> tuple[float, float]:
+        """Field of view (x, y) in Å, ordered like positions (``x_A``, ``y_A``) as its name says;
         ``pixel_size_A`` is (y, x), ordered like the image's axes and a napari layer's ``scale``."""
         return (self.image.shape[1] * self.pixel_size_A[1], self.image.shape[0] * self.pixel_size_A[0])
 
@@ -312,7 +312,7 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
     lattice.finalise()
     if cancelled():
         raise Cancelled("simulation cancelled")
-    extent = lattice.extent_A
+    extent = lattice.extent_xy_A
     nx = max(8, int(round(extent[0] / request.pixel_size_A)))
     ny = max(8, int(round(extent[1] / request.pixel_size_A)))
     pixel = (extent[1] / ny, extent[0] / nx)
@@ -324,7 +324,7 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
         "request": request.as_dict(),
         "parent": asdict(parent),
         "parent_citation": "see napari_mx2_defects.twin.parents (c2dm, Rasmussen & Thygesen 2015)",
-        "extent_A": list(extent),
+        "extent_xy_A": list(extent),
         "pixel_size_A": list(pixel),
         "periodic": lattice.periodic,
         "messy": {**lattice.messy, "holes": lattice.holes},
@@ -353,7 +353,7 @@ def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple
     """The noise-free image: the calibrated fast mode, or abTEM multislice/PRISM; and the calibration."""
     atoms = lattice.atoms
     ny, nx = shape
-    extent = lattice.extent_A
+    extent = lattice.extent_xy_A
     columns = projected_columns(atoms, periodic=lattice.periodic)
     m = request.microscope
     if request.method != "fast":

@@ -282,7 +282,7 @@ def _write_cache(path: Path, calibration: Calibration) -> None:
         pass
 
 
-def fit_kernels(reference: np.ndarray, extent_A: tuple[float, float], columns, microscope: Microscope,
+def fit_kernels(reference: np.ndarray, extent_xy_A: tuple[float, float], columns, microscope: Microscope,
                 basis_sigmas_A: tuple[float, ...] = BASIS_SIGMAS_A) -> dict[str, np.ndarray]:
     """Non-negative least-squares kernel weights per signature reproducing ``reference`` pixel by pixel.
 
@@ -290,12 +290,12 @@ def fit_kernels(reference: np.ndarray, extent_A: tuple[float, float], columns, m
     regions (empty sites, the tails between columns) count about as much as the bright cores.
     """
     ny, nx = reference.shape
-    stride = max(1, int(round(FIT_SAMPLING_A / (extent_A[0] / nx))))
+    stride = max(1, int(round(FIT_SAMPLING_A / (extent_xy_A[0] / nx))))
     sigs = sorted(set(columns.signature))
     blocks = []
     for sig in sigs:
         sel = (columns.signature == sig).to_numpy()
-        images = render_kernel_images(columns.x_A[sel], columns.y_A[sel], (ny, nx), extent_A, microscope,
+        images = render_kernel_images(columns.x_A[sel], columns.y_A[sel], (ny, nx), extent_xy_A, microscope,
                                       basis_sigmas_A)
         blocks.append(images[:, ::stride, ::stride].reshape(len(basis_sigmas_A), -1))
     design = np.concatenate(blocks, axis=0).T
@@ -306,14 +306,14 @@ def fit_kernels(reference: np.ndarray, extent_A: tuple[float, float], columns, m
     return {sig: solution[k] for k, sig in enumerate(sigs)}
 
 
-def check_kernels(reference: np.ndarray, model: np.ndarray, extent_A: tuple[float, float], columns,
+def check_kernels(reference: np.ndarray, model: np.ndarray, extent_xy_A: tuple[float, float], columns,
                   empty_xy_A, metal_signature: str, a_A: float) -> dict:
     """Disc-integral errors of ``model`` against ``reference`` at :func:`check_radii_A`."""
     per_signature: dict[str, float] = {}
     column_max = empty_max = 0.0
     for radius in check_radii_A(a_A):
-        ref = column_intensities(reference, extent_A, columns.x_A, columns.y_A, radius)
-        fast = column_intensities(model, extent_A, columns.x_A, columns.y_A, radius)
+        ref = column_intensities(reference, extent_xy_A, columns.x_A, columns.y_A, radius)
+        fast = column_intensities(model, extent_xy_A, columns.x_A, columns.y_A, radius)
         rel = np.abs(fast - ref) / ref
         column_max = max(column_max, float(rel.max()))
         for sig, err in zip(columns.signature, rel):
@@ -322,8 +322,8 @@ def check_kernels(reference: np.ndarray, model: np.ndarray, extent_A: tuple[floa
         metal_level = float(np.median(ref[metal.to_numpy()])) if metal.any() else float(np.median(ref))
         if len(empty_xy_A):
             ex, ey = np.asarray(empty_xy_A, float).T
-            e_ref = column_intensities(reference, extent_A, ex, ey, radius)
-            e_fast = column_intensities(model, extent_A, ex, ey, radius)
+            e_ref = column_intensities(reference, extent_xy_A, ex, ey, radius)
+            e_fast = column_intensities(model, extent_xy_A, ex, ey, radius)
             empty_max = max(empty_max, float(np.abs(e_fast - e_ref).max() / metal_level))
     return {"column_max_rel": column_max, "empty_max_rel_to_metal": empty_max, "per_signature": per_signature,
             "radii_A": list(check_radii_A(a_A))}

@@ -15,6 +15,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from ..core.integration import disc_intensity
 from .structures import split_by_counts
 
 __all__ = [
@@ -99,27 +100,14 @@ def column_examples(atoms: Atoms, columns: pd.DataFrame) -> dict[str, list[tuple
             for sig, members in zip(firsts.signature, firsts.atoms)}
 
 
-def column_intensities(image: np.ndarray, extent_A: tuple[float, float], x_A, y_A, radius_A: float,
+def column_intensities(image: np.ndarray, extent_xy_A: tuple[float, float], x_A, y_A, radius_A: float,
                        periodic: bool = True) -> np.ndarray:
-    """Integrated intensity (× pixel area) inside a disc of ``radius_A`` around each position."""
+    """Integrated intensity (× Å²) inside a disc of ``radius_A`` around each position: the analysis's
+    disc integral (:func:`~napari_mx2_defects.core.integration.disc_intensity`) on the twin's grid;
+    outside a non-periodic image counts as zero."""
     ny, nx = image.shape
-    dx, dy = extent_A[0] / nx, extent_A[1] / ny
-    rx, ry = int(np.ceil(radius_A / dx)) + 1, int(np.ceil(radius_A / dy)) + 1
-    out = np.zeros(len(x_A))
-    for k, (x, y) in enumerate(zip(x_A, y_A)):
-        j0, i0 = int(round(x / dx)), int(round(y / dy))
-        jj = np.arange(j0 - rx, j0 + rx + 1)
-        ii = np.arange(i0 - ry, i0 + ry + 1)
-        d = np.hypot((ii * dy - y)[:, None], (jj * dx - x)[None, :])
-        inside = d <= radius_A
-        if periodic:
-            patch = image[np.ix_(ii % ny, jj % nx)]
-        else:
-            oki, okj = (ii >= 0) & (ii < ny), (jj >= 0) & (jj < nx)
-            patch = np.zeros(d.shape)
-            patch[np.ix_(oki, okj)] = image[np.ix_(ii[oki], jj[okj])]
-        out[k] = patch[inside].sum() * dx * dy
-    return out
+    return disc_intensity(image, x_A, y_A, radius_A, pixel_size=(extent_xy_A[1] / ny, extent_xy_A[0] / nx),
+                          periodic=periodic, outside="zero")
 
 
 def integration_radius_A(a_A: float) -> float:

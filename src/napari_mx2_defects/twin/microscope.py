@@ -101,7 +101,7 @@ class Microscope:
         return abtem.AnnularDetector(inner=self.detector_inner_mrad, outer=self.detector_outer_mrad)
 
     def probe_radial_profile(
-        self, blur_sigma_A: float = 0.0, sampling_A: float = 0.02, extent_A: float = 24.0
+        self, blur_sigma_A: float = 0.0, sampling_A: float = 0.02, window_A: float = 24.0
     ) -> tuple[np.ndarray, np.ndarray]:
         """Radially averaged probe intensity from abTEM, normalised to unit total.
 
@@ -113,7 +113,7 @@ class Microscope:
         r_A, intensity_per_A2
             Radii and the intensity density (per Å²) at those radii.
         """
-        return _probe_profile_cached(self, float(blur_sigma_A), float(sampling_A), float(extent_A))
+        return _probe_profile_cached(self, float(blur_sigma_A), float(sampling_A), float(window_A))
 
 
 _PROFILE_CACHE: dict = {}

@@ -79,8 +79,8 @@ class ProbeTransfer:
     Fourier transformed and averaged over rings of width 1/96 Å⁻¹, each ring placed at its mean |q|.
     """
 
-    def __init__(self, microscope: Microscope, extent_A: float = 96.0, sampling_A: float = 0.08):
-        probe = microscope.abtem_probe(extent=extent_A, sampling=sampling_A)
+    def __init__(self, microscope: Microscope, extent_xy_A: float = 96.0, sampling_A: float = 0.08):
+        probe = microscope.abtem_probe(extent=extent_xy_A, sampling=sampling_A)
         waves = probe.build(scan=(0.0, 0.0))  # centred on the origin: a real, even transform
         intensity = np.asarray(waves.intensity().compute(progress_bar=False).array, dtype=float)
         spectrum = np.fft.fft2(intensity).real
@@ -88,7 +88,7 @@ class ProbeTransfer:
         n = intensity.shape[0]
         q1 = np.fft.fftfreq(n, d=sampling_A)
         qq = np.hypot(*np.meshgrid(q1, q1, indexing="ij")).ravel()
-        dq = 1.0 / extent_A
+        dq = 1.0 / extent_xy_A
         which = np.rint(qq / dq).astype(int)
         self.q_max_per_A = 2 * microscope.semiangle_mrad * 1e-3 / microscope.wavelength_A
         keep = which * dq <= self.q_max_per_A + dq
@@ -240,7 +240,7 @@ def render_columns(
     y_A: np.ndarray,
     weights_A2: np.ndarray,
     shape: tuple[int, int],
-    extent_A: tuple[float, float],
+    extent_xy_A: tuple[float, float],
     microscope: Microscope,
     periodic: bool,
     basis_sigmas_A: tuple[float, ...] = BASIS_SIGMAS_A,
@@ -257,7 +257,7 @@ def render_columns(
         width).
     shape : (ny, nx)
         Pixel (i, j) samples the position (x = j·Δx, y = i·Δy), Δx = extent_x / nx.
-    extent_A : (x, y)
+    extent_xy_A : (x, y)
     periodic : bool
         The field of view is one period of the structure.
     source_size_A : float, optional
@@ -282,7 +282,7 @@ def render_columns(
     nthreads = nthreads or default_threads()
     transfer = probe_transfer(microscope)
     ny, nx = shape
-    lx, ly = float(extent_A[0]), float(extent_A[1])
+    lx, ly = float(extent_xy_A[0]), float(extent_xy_A[1])
     dx, dy = lx / nx, ly / ny
     live = np.any(w != 0, axis=1)
     x_A, y_A, w = x_A[live], y_A[live], w[live]
@@ -327,7 +327,7 @@ def render_kernel_images(
     x_A: np.ndarray,
     y_A: np.ndarray,
     shape: tuple[int, int],
-    extent_A: tuple[float, float],
+    extent_xy_A: tuple[float, float],
     microscope: Microscope,
     basis_sigmas_A: tuple[float, ...] = BASIS_SIGMAS_A,
 ) -> np.ndarray:
@@ -336,7 +336,7 @@ def render_kernel_images(
     The design matrix of the calibration fit: one NUFFT and one batched inverse FFT.
     """
     transfer = probe_transfer(microscope)
-    period = (float(extent_A[0]), float(extent_A[1]))
+    period = (float(extent_xy_A[0]), float(extent_xy_A[1]))
     x_A, y_A = np.mod(np.asarray(x_A, float), period[0]), np.mod(np.asarray(y_A, float), period[1])
     half, q2, envelope = _mode_grid(transfer, period, 0.0)
     structure = _structure_factors(x_A, y_A, np.ones((1, len(x_A))), period, half, None)[0]

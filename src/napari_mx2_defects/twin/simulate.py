@@ -69,7 +69,7 @@ def render_incoherent(
     y_A: np.ndarray,
     weights_A2: np.ndarray,
     shape: tuple[int, int],
-    extent_A: tuple[float, float],
+    extent_xy_A: tuple[float, float],
     microscope: Microscope,
     periodic: bool,
     object_sigma_A: float = 0.0,
@@ -81,7 +81,7 @@ def render_incoherent(
     fraction of the incident beam scattered onto the detector.  No source-size blur is applied.
     """
     w = np.asarray(weights_A2, float)[:, None]
-    return render_columns(x_A, y_A, w, shape, extent_A, microscope, periodic,
+    return render_columns(x_A, y_A, w, shape, extent_xy_A, microscope, periodic,
                           basis_sigmas_A=(float(object_sigma_A),), source_size_A=0.0)
 
 
@@ -90,12 +90,12 @@ def render_incoherent_periodic(
     y_A: np.ndarray,
     weights_A2: np.ndarray,
     shape: tuple[int, int],
-    extent_A: tuple[float, float],
+    extent_xy_A: tuple[float, float],
     microscope: Microscope,
     object_sigma_A: float = 0.0,
 ) -> np.ndarray:
     """:func:`render_incoherent` for a periodic cell (the Fourier renderer is exact at any output grid)."""
-    return render_incoherent(x_A, y_A, weights_A2, shape, extent_A, microscope, True, object_sigma_A)
+    return render_incoherent(x_A, y_A, weights_A2, shape, extent_xy_A, microscope, True, object_sigma_A)
 
 
 def apply_source_size(image: np.ndarray, pixel_size_A: tuple[float, float], microscope: Microscope,

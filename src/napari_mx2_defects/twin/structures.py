@@ -62,7 +62,7 @@ class Lattice:
     parent: Parent
     sites: pd.DataFrame
     site_atoms: list[np.ndarray]  # atom indices of each site (empty for hollow sites)
-    extent_A: tuple[float, float]  # (x, y)
+    extent_xy_A: tuple[float, float]  # (x, y)
     periodic: bool
     z_metal_A: float
     messy: dict = field(default_factory=dict)
@@ -71,7 +71,7 @@ class Lattice:
 
     @property
     def area_A2(self) -> float:
-        return float(self.extent_A[0] * self.extent_A[1])
+        return float(self.extent_xy_A[0] * self.extent_xy_A[1])
 
     def interior_mask(self) -> np.ndarray:
         """Sites where a defect may go: away from cropped edges and holes."""
@@ -79,7 +79,8 @@ class Lattice:
         if not self.periodic:
             margin = self.parent.a_A
             x, y = self.sites.x_A.to_numpy(), self.sites.y_A.to_numpy()
-            ok &= (x > margin) & (y > margin) & (x < self.extent_A[0] - margin) & (y < self.extent_A[1] - margin)
+            width, height = self.extent_xy_A
+            ok &= (x > margin) & (y > margin) & (x < width - margin) & (y < height - margin)
         return ok
 
     def remove(self, index: int) -> None:
@@ -248,7 +249,8 @@ def _copy_lattice(lattice: Lattice) -> Lattice:
     """An independent copy for editing (the per-site atom-index arrays are shared: they are only ever
     replaced, never changed in place)."""
     return Lattice(atoms=lattice.atoms.copy(), parent=lattice.parent, sites=lattice.sites.copy(),
-                   site_atoms=list(lattice.site_atoms), extent_A=lattice.extent_A, periodic=lattice.periodic,
+                   site_atoms=list(lattice.site_atoms), extent_xy_A=lattice.extent_xy_A,
+                   periodic=lattice.periodic,
                    z_metal_A=lattice.z_metal_A, messy=dict(lattice.messy), holes=[], _removed=set())
 
 
@@ -316,7 +318,7 @@ def lattice_from_atoms(
         parent=parent,
         sites=sites,
         site_atoms=groups,
-        extent_A=(float(extent[0]), float(extent[1])),
+        extent_xy_A=(float(extent[0]), float(extent[1])),
         periodic=periodic,
         z_metal_A=z_metal,
         messy=dict(messy or {}),
@@ -373,7 +375,7 @@ def add_holes(lattice: Lattice, n_holes: int, rng: np.random.Generator, atoms_ra
     alive = np.ones(len(xy), bool)
     margin = 2 * lattice.parent.a_A
     for _ in range(n_holes):
-        centre = rng.uniform([margin, margin], np.array(lattice.extent_A) - margin)
+        centre = rng.uniform([margin, margin], np.array(lattice.extent_xy_A) - margin)
         k = int(rng.integers(lo, hi + 1))
         d = np.hypot(*(xy - centre).T)
         d[~alive] = np.inf

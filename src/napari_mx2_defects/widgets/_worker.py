@@ -12,10 +12,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from magicgui.widgets import ComboBox
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 
-__all__ = ["JobRunner", "JobWidget"]
+__all__ = ["NO_LAYER", "JobRunner", "JobWidget", "layer_picker"]
 
 
 class _Bridge(QObject):
@@ -65,6 +66,26 @@ class JobRunner:
         self._on_finished()
 
 
+NO_LAYER = "(none)"
+
+
+def layer_picker(viewer, layer_type, label: str, optional: bool = False) -> ComboBox:
+    """A ComboBox of the names of ``viewer``'s layers of ``layer_type`` (with "(none)" first if
+    ``optional``).
+
+    Its choices are a callable re-evaluated by ``reset_choices``, the mechanism magicgui's napari layer
+    annotations use (``magicgui``'s ``get_layers``), so napari refreshes a docked picker on every layer
+    change. magicgui's own callable finds the viewer by walking up the Qt parents and is empty until
+    the dock is added; this one reads the viewer the dock was built for, so an undocked widget (a
+    scripted viewer, a test) is filled too. The value is the layer's name, as shown.
+    """
+    def names(_widget=None) -> list[str]:
+        found = [layer.name for layer in viewer.layers if isinstance(layer, layer_type)]
+        return [NO_LAYER, *found] if optional else found
+
+    return ComboBox(label=label, choices=names)
+
+
 class JobWidget:
     """Mixin for dock widgets with ``run_button``, optional ``cancel_button``, ``progress`` and ``status``.
 
@@ -80,14 +101,6 @@ class JobWidget:
         if getattr(self, "cancel_button", None) is not None:
             self.cancel_button.changed.connect(self.runner.cancel)
 
-    def reset_choices(self, *_):
-        """napari calls this on docked magicgui widgets when the layers change: the pickers are re-read
-        from the layer list (a ComboBox alone would go back to the list it was built with)."""
-        super().reset_choices()
-        refresh = getattr(self, "_refresh_choices", None)
-        if refresh is not None:
-            refresh()
-
     def _start(self, job, message: str = "running…"):
         self.run_button.enabled = False
         if getattr(self, "cancel_button", None) is not None:
@@ -100,13 +113,13 @@ class JobWidget:
         if name in self.viewer.layers:
             return self.viewer.layers[name]
         self.status.value = f"⚠ the {what} layer {name!r} is no longer in the viewer; choose another"
-        refresh = getattr(self, "_refresh_choices", None)
-        if refresh is not None:
-            refresh()
+        self.reset_choices()
         return None
 
-    def _track_layers(self, refresh) -> None:
-        """Call ``refresh`` whenever the layer list or a layer's name changes."""
+    def _track_layers(self, refresh=None) -> None:
+        """Re-read the pickers (``refresh``, by default every picker's choices) whenever the layer list or
+        a layer's name changes: docked or not, and on renames, which napari does not report to docks."""
+        refresh = refresh or self.reset_choices
         def watch(layer):
             layer.events.name.connect(lambda *_: refresh())
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+import napari.layers
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -16,12 +15,9 @@ from magicgui.widgets import (
 
 from ..core.parameters import SEGMENT_PARAMETERS
 from ..twin.parents import list_parents
-from ._worker import JobWidget
+from ._worker import JobWidget, layer_picker
 from .defect_editing import DefectEditingPanel
 from .fields import field_option, field_values, make_fields
-
-if TYPE_CHECKING:
-    import napari
 
 __all__ = ["SegmentWidget"]
 
@@ -32,7 +28,7 @@ class SegmentWidget(JobWidget, Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.image_layer = ComboBox(label="image", choices=self._images())
+        self.image_layer = layer_picker(viewer, napari.layers.Image, "image")
         self.use_default = CheckBox(label="shipped default model", value=True)
         self.checkpoint = FileEdit(label="or checkpoint (.safetensors)", filter="*.safetensors", mode="r")
         (pixel,) = make_fields(SEGMENT_PARAMETERS)  # as `segment --pixel-size`: overrides the file's calibration
@@ -51,13 +47,7 @@ class SegmentWidget(JobWidget, Container):
                      self.run_button, self.cancel_button, self.progress, self.status])
         self.native.layout().addWidget(self.editing.native)  # full width, under the job controls
         self._init_runner()
-        self._track_layers(self._refresh_choices)
-
-    def _refresh_choices(self) -> None:
-        self.image_layer.choices = self._images()
-
-    def _images(self) -> list[str]:
-        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Image"]
+        self._track_layers()
 
     def run(self, *_):
         """Start segmentation in a thread worker (returns the worker, or None with a message)."""

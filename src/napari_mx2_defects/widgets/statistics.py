@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+import napari.layers
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, Table
 
 from ..core.parameters import ANALYSIS_PARAMETERS
 from ..twin.parents import list_parents
-from ._worker import JobWidget
+from ._worker import NO_LAYER, JobWidget, layer_picker
 from .defect_editing import DefectEditingPanel
 from .fields import field_option, field_values, make_fields
 
-if TYPE_CHECKING:
-    import napari
-
 __all__ = ["StatisticsWidget"]
 
-_NONE = "(none)"
 #: What each export button writes.
 EXPORTS = {
     "csv": ["sites.csv", "concentrations.csv", "lattice.json"],
@@ -47,9 +42,9 @@ class StatisticsWidget(JobWidget, Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(scrollable=True)
         self.viewer = viewer
-        self.image_layer = ComboBox(label="image", choices=self._layer_names("Image"))
-        self.defects_layer = ComboBox(label="model defects (Points)", choices=[_NONE])
-        self.regions_layer = ComboBox(label="regions (Shapes)", choices=[_NONE])
+        self.image_layer = layer_picker(viewer, napari.layers.Image, "image")
+        self.defects_layer = layer_picker(viewer, napari.layers.Points, "model defects (Points)", optional=True)
+        self.regions_layer = layer_picker(viewer, napari.layers.Shapes, "regions (Shapes)", optional=True)
         self.material = ComboBox(label="parent", choices=list_parents(), value="2H-MoS2")
         self.material.native.setEditable(True)
         fields = make_fields(ANALYSIS_PARAMETERS)  # as `analyze`'s options: pixel size, self-calibrate, energy, dopant
@@ -78,16 +73,7 @@ class StatisticsWidget(JobWidget, Container):
         self._init_runner()
         self.export_csv_button.changed.connect(lambda *_: self._ask_and_export("csv"))
         self.export_png_button.changed.connect(lambda *_: self._ask_and_export("png"))
-        self._track_layers(self._refresh_choices)
-        self._refresh_choices()
-
-    def _layer_names(self, kind: str) -> list[str]:
-        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == kind]
-
-    def _refresh_choices(self, *_):
-        self.image_layer.choices = self._layer_names("Image")
-        self.defects_layer.choices = [_NONE] + self._layer_names("Points")
-        self.regions_layer.choices = [_NONE] + self._layer_names("Shapes")
+        self._track_layers()
 
     def run(self, *_):
         """Start the analysis of the chosen layer in a thread worker (returns the worker)."""
@@ -109,7 +95,7 @@ class StatisticsWidget(JobWidget, Container):
             self.status.value = f"⚠ {exc}"
             return None
         defects = None
-        if self.defects_layer.value not in (None, _NONE):
+        if self.defects_layer.value not in (None, NO_LAYER):
             points = self._layer(self.defects_layer.value, "model defects")
             if points is None:
                 return None
@@ -119,7 +105,7 @@ class StatisticsWidget(JobWidget, Container):
             table = points_table(points, layer, pixel)  # Å from the image's origin, as the analysis measures sites
             defects = table[["x_A", "y_A"]].assign(defect_class=table.defect_class.astype(str))
         regions = None
-        if self.regions_layer.value not in (None, _NONE):
+        if self.regions_layer.value not in (None, NO_LAYER):
             shapes = self._layer(self.regions_layer.value, "regions")
             if shapes is None:
                 return None
