@@ -145,13 +145,7 @@ def analyze_image(
         The job protocol: ``progress(fraction, message)``; ``cancelled()`` is polled between
         steps and a True return raises :class:`~napari_mx2_defects.core.jobs.Cancelled`.
     """
-    from ..core.jobs import Cancelled
-
-    def step(fraction: float, message: str) -> None:
-        if cancelled():
-            raise Cancelled("analysis cancelled")
-        progress(fraction, message)
-
+    step = _stepper(progress, cancelled)
     img = _validate(image)
     parent = get_parent(material)
     notes: list[str] = []
@@ -159,31 +153,62 @@ def analyze_image(
     self_calibrated = pixel_size_A is None
     energy = float(BOUNDS["energy_keV"].check(beam_energy_keV)) if beam_energy_keV else DEFAULTS["energy_keV"]
     microscope = microscope_for(energy, optics)
-    if self_calibrated:
-        pixel_size_A = _self_calibrate(img, parent, microscope, dopant, border_A)
-        notes.append(
-            f"no calibration: pixel size {pixel_size_A:.5f} Å self-calibrated from {parent.key} a = {parent.a_A} Å"
-        )
-    if not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
-        raise ValueError(f"pixel size must be a positive number of Å, got {pixel_size_A}")
+    pixel_size_A = _pixel_size(img, pixel_size_A, parent, microscope, dopant, border_A, notes)
     step(0.15, "forward model of site intensities (first time per material: ~20 s of abTEM)")
     forward = forward_model(parent.key, round(float(pixel_size_A), 4), microscope, dopant)
     step(0.5, "finding columns")
     meas = measure_sites(img, parent.a_A / pixel_size_A, forward.m_brighter, border_px=border_A / pixel_size_A)
     notes += meas.notes
     sites = meas.sites
-    sites["x_A"] = sites.x_px * pixel_size_A
-    sites["y_A"] = sites.y_px * pixel_size_A
+    sites["x_A"], sites["y_A"] = sites.x_px * pixel_size_A, sites.y_px * pixel_size_A
     step(0.6, "fitting the forward model's blur to the image's columns")
     forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, round(float(pixel_size_A), 4), microscope,
                                     dopant, relative_noise(img))
     step(0.7, "classifying sites")
     levels, z_contrast = _image_levels(sites, forward, microscope, notes)
     z_contrast.update(blur)
+    site_classes = _classify_sites(sites, levels, dopant, meas.a_px, defects, notes)
+    a_A = meas.a_px * pixel_size_A
+    _check_scale(a_A, parent, pixel_size_A, self_calibrated, "model_class" in sites, notes)
+    region_masks = _assign_regions(sites, list(regions or []))
+    cell_area = a_A**2 * np.sqrt(3) / 2
+    concentrations = _concentrations(sites, region_masks, levels, cell_area, notes)
+    lattice = _lattice_record(meas, sites, parent, pixel_size_A, self_calibrated, cell_area, energy)
+    _record_fits(lattice, sites, z_contrast, microscope, blur, site_classes)
+    progress(1.0, "done")
+    return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes)
+
+
+def _stepper(progress, cancelled):
+    """``step(fraction, message)``: raise Cancelled if the job was cancelled, else report progress."""
+    from ..core.jobs import Cancelled
+
+    def step(fraction: float, message: str) -> None:
+        if cancelled():
+            raise Cancelled("analysis cancelled")
+        progress(fraction, message)
+
+    return step
+
+
+def _pixel_size(img, pixel_size_A, parent, microscope, dopant, border_A, notes: list[str]) -> float:
+    """The given pixel size, checked; or, if None, self-calibrated from the parent's lattice (said in notes)."""
+    if pixel_size_A is None:
+        pixel_size_A = _self_calibrate(img, parent, microscope, dopant, border_A)
+        notes.append(
+            f"no calibration: pixel size {pixel_size_A:.5f} Å self-calibrated from {parent.key} a = {parent.a_A} Å"
+        )
+    if not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
+        raise ValueError(f"pixel size must be a positive number of Å, got {pixel_size_A}")
+    return pixel_size_A
+
+
+def _classify_sites(sites: pd.DataFrame, levels, dopant, a_px: float, defects, notes: list[str]):
+    """Site classes from the per-sublattice mixture, holes blanked, the model's detections matched (in place)."""
     site_classes = fit_site_classes(sites, levels, dopant)
     notes += site_classes.notes
     classes = site_classes.classes
-    in_hole = find_holes(sites, classes, meas.a_px)
+    in_hole = find_holes(sites, classes, a_px)
     classes[in_hole] = ""
     sites["defect_class"] = classes
     sites["p_class"] = site_classes.p_class
@@ -193,26 +218,29 @@ def analyze_image(
     if defects is not None and len(defects):
         sites["model_class"] = _match_to_sites(sites, defects)
         sites["reported_class"] = one_answer_per_site(sites)
-    a_A = meas.a_px * pixel_size_A
+    return site_classes
+
+
+def _check_scale(a_A: float, parent, pixel_size_A: float, self_calibrated: bool, from_model: bool,
+                 notes: list[str]) -> None:
+    """Say when the measured lattice says the pixel size is wrong, and where the counts come from."""
     if not self_calibrated and abs(a_A / parent.a_A - 1) > CALIBRATION_WARNING_FRACTION:
         notes.append(f"the measured lattice constant a = {a_A:.3f} Å is {100 * (a_A / parent.a_A - 1):+.0f} % off "
                      f"{parent.key}'s {parent.a_A} Å: the pixel size ({pixel_size_A:.4g} Å) is probably wrong, and "
                      f"so is every per-cm² value; correct it, or self-calibrate from the parent")
-    if "model_class" in sites:
+    if from_model:
         notes.append("counts come from the model's detections matched to sites, each named by the calibrated site "
                      "physics where it is sure of a lattice-site defect (see lattice.json: model_vs_physics)")
-    region_masks = _assign_regions(sites, list(regions or []))
-    cell_area = a_A**2 * np.sqrt(3) / 2
-    concentrations = _concentrations(sites, region_masks, levels, cell_area, notes)
-    lattice = _lattice_record(meas, sites, parent, pixel_size_A, self_calibrated, cell_area, energy)
+
+
+def _record_fits(lattice: dict, sites: pd.DataFrame, z_contrast: dict, microscope, blur: dict, site_classes) -> None:
+    """What was fitted on the image (optics, mixture, flags, model agreement) into lattice.json's record."""
     lattice["fitted_optics"] = {**z_contrast, "forward_model_microscope": {
         **microscope.as_dict(), "source_size_A": blur.get("source_size_A") or 0.0}}
     lattice["mixture"] = {sub: mix.as_dict() for sub, mix in site_classes.mixtures.items()}
     lattice["n_flagged_sites"] = int(sites.flagged.sum())
     if "model_class" in sites:
         lattice["model_vs_physics"] = model_physics_agreement(sites)
-    progress(1.0, "done")
-    return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes)
 
 
 def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str]) -> tuple[dict, dict]:
