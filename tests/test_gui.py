@@ -423,3 +423,27 @@ def test_statistics_dock_and_analyze_agree(make_napari_viewer, qtbot, tmp_path, 
     cli_counts = pd.read_csv(out / "concentrations.csv")
     assert cli_counts["count"].tolist() == widget.result.concentrations["count"].tolist()
     assert cli_counts.defect_class.tolist() == widget.result.concentrations.defect_class.tolist()
+
+
+def test_large_label_maps_are_added_as_a_multiscale_pyramid(make_napari_viewer):
+    """Issue 12: a class map larger than 4096 px is a pyramid of strided views (panning stays smooth),
+    whose full-resolution level is the map itself; small maps stay one array."""
+    from types import SimpleNamespace
+
+    from napari_mx2_defects.layers import MULTISCALE_FROM_PX, add_layers, segmentation_layers
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((8, 8), np.float32), scale=(0.2, 0.2))
+    big = np.zeros((MULTISCALE_FROM_PX + 904, 640), np.uint8)
+    big[100:110, 200:210] = 1
+    card = SimpleNamespace(architecture="light", classes={0: "lattice", 1: "V_X"})
+    defects = pd.DataFrame({"x_A": [41.0], "y_A": [21.0], "defect_class": ["V_X"], "confidence": [0.9],
+                            "area_A2": [4.0]})
+    seg = SimpleNamespace(labels=big, defects=defects, probabilities=None, card=card)
+    labels, points = add_layers(viewer, segmentation_layers(seg, image, 0.2))
+    assert labels.multiscale and labels.data[0] is big
+    assert [level.shape for level in labels.data] == [(5000, 640), (2500, 320), (1250, 160)]
+    assert all(np.shares_memory(level, big) for level in labels.data)
+    small = SimpleNamespace(labels=big[:512, :512].copy(), defects=defects, probabilities=None, card=card)
+    labels_small, _ = add_layers(viewer, segmentation_layers(small, image, 0.2, name="small"))
+    assert not labels_small.multiscale and labels_small.data.shape == (512, 512)

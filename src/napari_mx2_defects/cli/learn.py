@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..core.parameters import SEGMENT_PARAMETERS
 from ..core.validation import BOUNDS, check_allocation
-from .options import add_parameters, command_line, progress_printer
+from .options import add_parameters, add_runtime_option, command_line, progress_printer
 from .options import bound_type as _t
 
 __all__ = ["SEGMENT_FILES", "add_learn_commands"]
@@ -78,12 +78,13 @@ def _cmd_segment(args):
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
     seg = segment_image(data, pixel, model=args.model, device=args.device, material=args.material,
-                        beam_energy_keV=image.beam_energy_keV, progress=progress_printer(args.quiet))
+                        beam_energy_keV=image.beam_energy_keV, runtime=args.runtime,
+                        progress=progress_printer(args.quiet))
     with stage as staging:
         write_calibrated_tiff(staging / "labels.tif", seg.labels, pixel, title=LABELS_TITLE)
         seg.defects[DEFECTS_COLUMNS[:4]].to_csv(staging / "defects.csv", index=False)
     out = Path(args.out)
-    print(f"{len(seg.defects)} defects on {seg.device}: " +
+    print(f"{len(seg.defects)} defects on {seg.device} ({seg.runtime}): " +
           ", ".join(f"{k} {v}" for k, v in seg.defects.defect_class.value_counts().items()))
     print(f"  wrote {out / 'labels.tif'}\n  wrote {out / 'defects.csv'}")
     return 0
@@ -100,7 +101,8 @@ def _cmd_evaluate(args):
             raise ValueError(f"--doses must list doses in e/Å² ({BOUNDS['dose_e_per_A2'].describe()}), "
                              f"got {text[:40]!r}") from None
     result = evaluate_model_on_twins(args.model, materials=args.materials.split(","), doses=doses, n_per=args.n,
-                                     seed=args.seed, progress=progress_printer(args.quiet))
+                                     seed=args.seed, runtime=args.runtime,
+                                     progress=progress_printer(args.quiet))
     for dose, table in result["by_dose"].items():
         print(f"\ndose {dose:g} e/Å²")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -223,6 +225,7 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True)
     add_parameters(p, SEGMENT_PARAMETERS)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_runtime_option(p)
     p.add_argument("--material", help="parent (e.g. MoSe2): checks each vacancy's sublattice against the lattice")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -234,5 +237,6 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--doses", default="1e6")
     p.add_argument("--n", type=_t("n_per"), default=3, help="images per material and dose")
     p.add_argument("--seed", type=_t("seed"), default=10_000)
+    add_runtime_option(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from ..core.parameters import Pair, Parameter
 from ..core.validation import BOUNDS, Bound, arg_type
 
-__all__ = ["SWALLOWED_INTERRUPT", "add_parameters", "bound_type", "command_line", "progress_printer", "values_from_args"]
+__all__ = ["SWALLOWED_INTERRUPT", "add_parameters", "add_runtime_option", "bound_type", "command_line",
+           "progress_printer", "values_from_args"]
 
 
 def bound_type(key: str, option: str | None = None):
@@ -77,3 +78,12 @@ def progress_printer(quiet: bool):
 def command_line() -> str:
     """The command as typed (for model cards)."""
     return "mx2-defects " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def add_runtime_option(parser) -> None:
+    """``--runtime``: what runs the network (:mod:`..learn.runtime`)."""
+    from ..learn.runtime import RUNTIMES
+
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="what runs the network: auto (ONNX Runtime int8 on the CPU, PyTorch on a GPU), "
+                             "torch, onnx (fp32) or onnx-int8")

@@ -47,11 +47,11 @@ def _add(total: dict, counts: dict) -> None:
 
 def evaluate_model_on_twins(model: str = "default", materials=("MoSe2", "WS2"), doses=(1e6,), n_per: int = 3,
                             seed: int = 10_000, fov_A: float = 60.0, defects: str = "V_X=2%,V_XX=1%,V_M=1%",
-                            border_A: float = 1.5, progress=lambda f, m: None) -> dict:
+                            border_A: float = 1.5, runtime: str = "auto", progress=lambda f, m: None) -> dict:
     """Generate held-out twins (other seeds, given parents and imperfections) and score the model.
 
     Defects within ``border_A`` of the image edge are left out of both sides (a disc cut by the
-    edge has no well-defined centroid).
+    edge has no well-defined centroid). ``runtime`` is what runs the network (:mod:`.runtime`).
 
     Returns
     -------
@@ -80,7 +80,7 @@ def evaluate_model_on_twins(model: str = "default", materials=("MoSe2", "WS2"), 
             seed=seed + j, imperfections=Imperfections(
                 dose_e_per_A2=dose, scan_jitter_A=float(rng.uniform(0, 0.05)),
                 contamination=float(rng.uniform(0, 0.2)), probe_current_variation=float(rng.uniform(0, 0.03)))))
-        seg = segment_image(twin.image, twin.pixel_size_A[1], model=model, material=material)
+        seg = segment_image(twin.image, twin.pixel_size_A[1], model=model, material=material, runtime=runtime)
         ex, ey = twin.extent_xy_A
 
         def inside(table):

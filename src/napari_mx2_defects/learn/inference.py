@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -17,6 +16,7 @@ from ..core.parameters import DEFAULTS
 from .checkpoint import ModelCard, default_model_path, load_checkpoint
 from .models import pick_device
 from .preprocess import needs_resampling, normalisation_stats, normalise, resample_to, sample_step, stats_of_sample
+from .runtime import make_runner
 
 __all__ = ["Segmentation", "instances_from_labels", "load_model", "segment_image", "segment_layer_image"]
 
@@ -32,14 +32,20 @@ class Segmentation:
     probabilities: np.ndarray | None  # float16 (n_classes, H, W) when asked for
     card: ModelCard
     device: str
+    runtime: str = "torch"  # what ran the network (learn.runtime): torch, torch-bfloat16, onnx, onnx-int8
 
 
 _MODEL_CACHE: dict = {}
 
 
+def model_path(model: str | Path = "default") -> Path:
+    """The weights file ``model`` names (``default``: the shipped one)."""
+    return default_model_path() if str(model) == "default" else Path(model)
+
+
 def load_model(model: str | Path = "default", device: str = "auto"):
     """A model and its card (``default``: the shipped one); cached per path and device."""
-    path = default_model_path() if str(model) == "default" else Path(model)
+    path = model_path(model)
     dev = pick_device(device)
     key = (str(path), str(dev))
     if key not in _MODEL_CACHE:
@@ -111,16 +117,16 @@ class ModelScaleTiles:
         return stats_of_sample(sample)
 
 
-@torch.no_grad()
-def _predict_tiled(model, source: ModelScaleTiles, device: torch.device, tile: int, overlap: int,
-                   progress: Callable[[float, str], None], cancelled: Callable[[], bool], n_classes: int,
-                   keep_probabilities: bool, batch_size: int = 4
+def _predict_tiled(runner: Callable[[np.ndarray], np.ndarray], source: ModelScaleTiles, tile: int,
+                   overlap: int, progress: Callable[[float, str], None], cancelled: Callable[[], bool],
+                   n_classes: int, keep_probabilities: bool, batch_size: int = 4
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Class map, winning-class probability and (optionally) all probabilities at the model's
     pixel size, by overlapping tiles blended with a Hann window.
 
-    Each tile is resampled (:class:`ModelScaleTiles`) and normalised on its own with the whole
-    image's statistics, so neither a resampled nor a normalised copy of the image is made.
+    ``runner`` maps a batch of normalised tiles to class probabilities (:mod:`.runtime`). Each tile
+    is resampled (:class:`ModelScaleTiles`) and normalised on its own with the whole image's
+    statistics, so neither a resampled nor a normalised copy of the image is made.
 
     Memory: one band of tile rows is accumulated at a time (n_classes × tile × W floats); the
     outputs are the uint8 labels and the winning probability quantised to uint8 (1/255), so the
@@ -154,8 +160,7 @@ def _predict_tiled(model, source: ModelScaleTiles, device: torch.device, tile: i
             if cancelled():
                 raise Cancelled("segmentation cancelled")
             chunk = cols[start : start + batch_size]
-            x = torch.from_numpy(np.stack([tile_at(r, c) for c in chunk])[:, None]).to(device)
-            p = model(x).softmax(1).float().cpu().numpy()
+            p = runner(np.stack([tile_at(r, c) for c in chunk])[:, None])
             for k, c in enumerate(chunk):
                 p[k] *= win
                 band[:, :, c : c + tile] += p[k]
@@ -279,7 +284,7 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
 
 def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Path = "default",
                   device: str = "auto", tile: int = 256, overlap: int = 64, return_probabilities: bool = False,
-                  material: str | None = None, beam_energy_keV: float | None = None,
+                  material: str | None = None, beam_energy_keV: float | None = None, runtime: str = "auto",
                   progress: Callable[[float, str], None] = lambda f, m: None,
                   cancelled: Callable[[], bool] = lambda: False) -> Segmentation:
     """Segment a HAADF image of any size.
@@ -289,7 +294,8 @@ def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Pa
     Apart from the outputs, memory does not grow with the image: an 8192² image at the model's
     pixel size needs about 0.5 GB on top of the libraries and the image (benchmarks/RESULTS.md). With
     ``material`` the sublattice of each empty-site or single-chalcogen instance is checked against
-    the fitted lattice (:func:`assign_sublattices`).
+    the fitted lattice (:func:`assign_sublattices`). ``runtime`` chooses what runs the network
+    (:mod:`.runtime`: ``auto`` is ONNX Runtime int8 on the CPU, PyTorch on a GPU).
     """
     img = np.asarray(image)
     if img.ndim != 2:
@@ -302,8 +308,9 @@ def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Pa
         raise ValueError("the image has no pixel size: give one in Å (or self-calibrate with the analysis)")
     net, card = load_model(model, device)
     dev = next(net.parameters()).device
+    runner = make_runner(net, model_path(model), card.pixel_size_A, dev, runtime, progress)
     n_classes = len(card.classes)
-    labels_m, score_m, probs_m = _predict_tiled(net, ModelScaleTiles(img, pixel_size_A, card.pixel_size_A), dev,
+    labels_m, score_m, probs_m = _predict_tiled(runner, ModelScaleTiles(img, pixel_size_A, card.pixel_size_A),
                                                 tile, overlap, progress, cancelled, n_classes, return_probabilities)
     if material:
         # the site fit needs the whole image at the model's pixel size (the image itself if it is there)
@@ -325,7 +332,7 @@ def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Pa
                 back = resample_to(p.astype(np.float32), card.pixel_size_A, pixel_size_A, order=1)
                 probabilities[k, : back.shape[0], : back.shape[1]] = back[: img.shape[0], : img.shape[1]]
     return Segmentation(labels=labels.astype(np.uint8, copy=False), defects=instances,
-                        probabilities=probabilities, card=card, device=str(dev))
+                        probabilities=probabilities, card=card, device=str(dev), runtime=runner.name)
 
 
 def segment_layer_image(image: np.ndarray, pixel_size_A: float, **kwargs) -> Segmentation:

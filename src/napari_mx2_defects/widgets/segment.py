@@ -14,6 +14,7 @@ from magicgui.widgets import (
 )
 
 from ..core.parameters import SEGMENT_PARAMETERS
+from ..learn.runtime import RUNTIMES
 from ..twin.parents import list_parents
 from ._worker import JobWidget, layer_picker
 from .defect_editing import DefectEditingPanel
@@ -36,6 +37,8 @@ class SegmentWidget(JobWidget, Container):
                                  value="(none)")
         self.material.native.setEditable(True)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.runtime = ComboBox(label="runtime", choices=list(RUNTIMES), value="auto",
+                                tooltip="auto: ONNX Runtime int8 on the CPU, PyTorch on a GPU")
         self.probabilities = CheckBox(label="add probability image", value=False)
         self.run_button = PushButton(text="Find defects")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -43,7 +46,7 @@ class SegmentWidget(JobWidget, Container):
         self.status = Label(value="")
         self.editing = DefectEditingPanel(viewer)  # class legend, class for new points, undo / redo
         self.extend([self.image_layer, self.use_default, self.checkpoint, pixel, self.material, self.device,
-                     self.probabilities,
+                     self.runtime, self.probabilities,
                      self.run_button, self.cancel_button, self.progress, self.status])
         self.native.layout().addWidget(self.editing.native)  # full width, under the job controls
         self._init_runner()
@@ -71,13 +74,13 @@ class SegmentWidget(JobWidget, Container):
             self.status.value = "⚠ this image has no calibration: enter its pixel size in Å"
             return None
         model = "default" if self.use_default.value else str(self.checkpoint.value)
-        device, want_probs = self.device.value, self.probabilities.value
+        device, runtime, want_probs = self.device.value, self.runtime.value, self.probabilities.value
         material = self.material.value if self.material.value != "(none)" else meta.get("material")
         energy = meta.get("beam_energy_keV")
         self._context = (layer, pixel)
         return self._start(lambda progress, cancelled: segment_image(
             data, pixel, model=model, device=device, return_probabilities=want_probs, material=material,
-            beam_energy_keV=energy, progress=progress, cancelled=cancelled))
+            beam_energy_keV=energy, runtime=runtime, progress=progress, cancelled=cancelled))
 
     def _on_done(self, seg) -> None:
         from ..layers import add_layers, segmentation_layers
@@ -85,4 +88,4 @@ class SegmentWidget(JobWidget, Container):
         layer, pixel = self._context
         labels, points, *probabilities = add_layers(self.viewer, segmentation_layers(seg, layer, pixel))
         self.editing.attach(points)  # hand edits with an explicit class, undo; borders in the legend's colours
-        self.status.value = f"{len(seg.defects)} defects found on {seg.device}"
+        self.status.value = f"{len(seg.defects)} defects found on {seg.device} ({seg.runtime})"

@@ -1,0 +1,291 @@
+"""Inference runtimes: one network, run by PyTorch or by ONNX Runtime, chosen per device.
+
+A runner maps a batch of normalised tiles ``(n, 1, tile, tile)`` float32 to class probabilities
+``(n, n_classes, tile, tile)`` float32 (the softmax is part of what it runs). The tiling, blending
+and instance extraction in :mod:`.inference` are the same whichever runner is used.
+
+Runtimes
+--------
+``torch``
+    Eager PyTorch on the chosen device; on a CUDA GPU the tiles run in bfloat16 (fp16 where the GPU
+    has no bf16) under autocast, softmax in fp32.
+``onnx``
+    ONNX Runtime on the CPU, fp32: the network exported from the same safetensors weights with
+    ``torch.onnx.export`` when first asked for; its outputs agree with PyTorch to ~1e-5.
+``onnx-int8``
+    The same graph statically quantised to int8 (QDQ, per-channel weights; the softmax left in fp32)
+    with ONNX Runtime's quantiser, its activation ranges calibrated on fast digital twins of several parents at the
+    model's pixel size (:func:`calibration_tiles`, fixed seeds), so the quantised model never
+    depends on the user's image. Held-out F1 against the PyTorch path is in benchmarks/RESULTS.md.
+``auto``
+    ``torch`` on a GPU (CUDA or MPS); on the CPU ``onnx-int8`` when onnxruntime is installed, else
+    ``torch``.
+
+Exported graphs are cached in ``<cache>/onnx/`` (``$MX2_DEFECTS_CACHE`` or the user cache folder)
+under the SHA-256 of the weights file and the torch/onnxruntime versions, written atomically; a
+cached graph is only ever one this code wrote for those exact weights. ONNX files are protocol
+buffers (no code runs when one is loaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RUNTIMES", "calibration_tiles", "make_runner", "onnx_available", "resolve_runtime"]
+
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+#: Bumped when the export or the quantisation changes, so older cached graphs are not reused.
+EXPORT_VERSION = 2
+#: Doses (e/Å²), contamination and seeds of the int8 calibration twins: MoS2 with the demo's vacancies
+#: at the default optics, so the fast mode's abTEM calibration is the demo's (one per machine, cached).
+#: The inputs are normalised per image, so their range hardly depends on the parent.
+CALIBRATION_TWINS = ((1e4, 0.0), (1e5, 0.2), (1e6, 0.0), (1e6, 0.3), (1e7, 0.1), (1e8, 0.0))
+
+log = logging.getLogger(__name__)
+
+
+def onnx_available() -> bool:
+    """Whether onnxruntime (and the onnx exporter's dependency) can be imported here."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_runtime(runtime: str, device) -> str:
+    """The runtime ``auto`` stands for on ``device``; a named runtime that cannot run there is refused."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {str(runtime)[:40]!r}; use {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        return "onnx-int8" if device.type == "cpu" and onnx_available() else "torch"
+    if runtime.startswith("onnx"):
+        if device.type != "cpu":
+            raise ValueError(
+                f"runtime {runtime} runs on the CPU; use --device cpu, or --runtime torch on "
+                f"{device.type}"
+            )
+        if not onnx_available():
+            raise ValueError(
+                f"runtime {runtime} needs onnxruntime and onnx (pip install onnxruntime onnx); "
+                f"or use --runtime torch"
+            )
+    return runtime
+
+
+class TorchRunner:
+    """Eager PyTorch; reduced precision under autocast on CUDA."""
+
+    def __init__(self, net, device):
+        import torch
+
+        self.net, self.device = net, device
+        self.dtype = None
+        if device.type == "cuda":
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.name = "torch" + ("" if self.dtype is None else f"-{str(self.dtype).split('.')[-1]}")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(batch).to(self.device)
+            if self.dtype is None:
+                return self.net(x).softmax(1).cpu().numpy()
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                logits = self.net(x)
+            return logits.float().softmax(1).cpu().numpy()
+
+
+class OnnxRunner:
+    """An ONNX Runtime session on the CPU."""
+
+    def __init__(self, graph: Path, name: str):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        import torch
+
+        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.name = name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.ascontiguousarray(batch, np.float32)})[0]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:24]
+
+
+def _graph_path(weights: Path, precision: str) -> Path:
+    import onnxruntime as ort
+    import torch
+
+    from ..twin.calibration import cache_dir
+
+    key = f"{_file_digest(weights)}-t{torch.__version__}-ort{ort.__version__}-v{EXPORT_VERSION}-{precision}"
+    return cache_dir() / "onnx" / f"{key.replace('+', '_')}.onnx"
+
+
+def _export_fp32(net, path: Path) -> None:
+    """The network plus softmax as an ONNX graph with dynamic batch and tile size (TorchScript exporter:
+    it needs no extra packages and handles smp's U-Net exactly)."""
+    import torch
+
+    class WithSoftmax(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x).softmax(1)
+
+    # the exporter restores the wrapper's training flag afterwards, recursively: a wrapper left in training
+    # mode would put the shared (cached) network in training mode too (batch-norm on batch statistics)
+    wrapper = WithSoftmax(net.to("cpu")).eval()
+    try:
+        _export(wrapper, path)
+    finally:
+        net.eval()
+
+
+def _export(wrapper, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            torch.zeros(1, 1, 256, 256),
+            str(tmp),
+            input_names=["tiles"],
+            output_names=["probabilities"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"tiles": {0: "n", 2: "h", 3: "w"}, "probabilities": {0: "n", 2: "h", 3: "w"}},
+        )
+
+
+def calibration_tiles(pixel_size_A: float, tile: int = 256) -> list[np.ndarray]:
+    """Normalised ``(1, 1, tile, tile)`` tiles of fast twins (:data:`CALIBRATION_TWINS`) at the model's
+    pixel size: the activation ranges int8 quantisation is calibrated on."""
+    from ..twin.api import TwinRequest, simulate_twin
+    from ..twin.imperfections import Imperfections
+    from .preprocess import normalisation_stats, normalise
+
+    tiles = []
+    for k, (dose, contamination) in enumerate(CALIBRATION_TWINS):
+        twin = simulate_twin(
+            TwinRequest(
+                material="MoS2",
+                defects="V_X=3%,V_XX=1%,V_M=1%",
+                fov_A=tile * pixel_size_A,
+                pixel_size_A=pixel_size_A,
+                seed=90_000 + k,
+                imperfections=Imperfections(dose_e_per_A2=dose, contamination=contamination),
+            )
+        )
+        image = twin.image[:tile, :tile].astype(np.float32)
+        tiles.append(normalise(image, normalisation_stats(image))[None, None].astype(np.float32))
+    return tiles
+
+
+def _quantise(fp32: Path, path: Path, pixel_size_A: float) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..io.atomic import atomic_path
+
+    tiles = calibration_tiles(pixel_size_A)
+
+    class Tiles(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter(tiles)
+
+        def get_next(self):
+            x = next(self.left, None)
+            return None if x is None else {"tiles": x}
+
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the quantiser warns about every shape tensor it leaves in fp32
+    pre = path.with_suffix(".pre.onnx")
+    try:
+        with atomic_path(pre) as tmp:
+            quant_pre_process(str(fp32), str(tmp))
+        # the softmax stays in fp32 (on the dequantised logits), so probabilities still sum to one
+        softmax = [node.name for node in onnx.load(str(pre)).graph.node if node.op_type == "Softmax"]
+        with atomic_path(path) as tmp:
+            quantize_static(
+                str(pre),
+                str(tmp),
+                Tiles(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                nodes_to_exclude=softmax,
+            )
+    finally:
+        quiet.setLevel(level)
+        pre.unlink(missing_ok=True)
+
+
+def _onnx_graph(
+    net, weights: Path, precision: str, pixel_size_A: float, progress: Callable[[float, str], None]
+) -> Path:
+    fp32 = _graph_path(weights, "fp32")
+    if not fp32.is_file():
+        progress(0.0, "exporting the model to ONNX (once per model)")
+        _export_fp32(net, fp32)
+    if precision == "fp32":
+        return fp32
+    int8 = _graph_path(weights, precision)
+    if not int8.is_file():
+        progress(0.0, "quantising the model to int8 (once per model, about a minute)")
+        _quantise(fp32, int8, pixel_size_A)
+    return int8
+
+
+_RUNNERS: dict = {}
+
+
+def make_runner(
+    net,
+    weights: Path,
+    pixel_size_A: float,
+    device,
+    runtime: str,
+    progress: Callable[[float, str], None] = lambda f, m: None,
+):
+    """A runner for ``net`` (loaded from ``weights``) under ``runtime`` (see the module docstring);
+    ONNX sessions are cached per graph."""
+    import torch
+
+    name = resolve_runtime(runtime, device)
+    if name == "torch":
+        return TorchRunner(net, device)
+    graph = _onnx_graph(net, Path(weights), "int8" if name == "onnx-int8" else "fp32", pixel_size_A, progress)
+    key = (str(graph), torch.get_num_threads())
+    if key not in _RUNNERS:
+        _RUNNERS[key] = OnnxRunner(graph, name)
+    return _RUNNERS[key]
