@@ -7,7 +7,7 @@ at 0.2 Å/pixel (the model's pixel size: no resampling) unless ``--pixel-size-A`
 Run:
 
     python benchmarks/inference_throughput.py [--sizes 1024 4096 8192] [--device auto] [--pixel-size-A 0.2]
-        [--runtime auto torch onnx onnx-int8] [--tile 256] [--overlap 64]
+        [--runtime auto torch onnx onnx-int8] [--tile 384] [--overlap 32]
 
 Each runtime's ONNX graph is exported (and quantised) before the clock starts; that is a
 once-per-machine cost, cached on disk (``learn.runtime``).
@@ -74,8 +74,8 @@ def main() -> None:
     parser.add_argument("--pixel-size-A", type=float, default=0.2,
                         help="pixel size of the test image (the default model's is 0.2 Å: no resampling)")
     parser.add_argument("--runtime", nargs="+", default=["auto"], help="runtimes to compare (learn.runtime)")
-    parser.add_argument("--tile", type=int, default=256, help="tile size in model pixels")
-    parser.add_argument("--overlap", type=int, default=64, help="tile overlap in model pixels")
+    parser.add_argument("--tile", type=int, default=384, help="tile size in model pixels")
+    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in model pixels")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
           f"image pixel size {args.pixel_size_A} Å; tiles {args.tile} px, overlap {args.overlap} px")

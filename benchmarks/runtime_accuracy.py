@@ -59,9 +59,9 @@ def main() -> None:
     print(f"{len(twins)} twins ({', '.join(MATERIALS)}; doses {DOSES}; pixel sizes {PIXELS_A} Å)")
     totals, labels, seconds = {}, {}, {}
     for runtime in args.runtimes:
-        segment_image(
-            twins[0][2].image, twins[0][2].pixel_size_A[1], runtime=runtime
-        )  # export/quantise first
+        name, _, tiling = runtime.partition(":")
+        tile, overlap = (int(v) for v in (tiling or "256/64").split("/"))
+        segment_image(twins[0][2].image, twins[0][2].pixel_size_A[1], runtime=name)  # export/quantise first
         counts: dict = {}
         labels[runtime] = []
         t0 = time.perf_counter()
