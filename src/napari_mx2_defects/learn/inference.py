@@ -283,8 +283,9 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
 
 
 def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Path = "default",
-                  device: str = "auto", tile: int = 384, overlap: int = 32, return_probabilities: bool = False,
-                  material: str | None = None, beam_energy_keV: float | None = None, runtime: str = "auto",
+                  device: str = "auto", tile: int = 384, overlap: int = 32,
+                  return_probabilities: bool = False, material: str | None = None,
+                  beam_energy_keV: float | None = None, runtime: str = "auto",
                   progress: Callable[[float, str], None] = lambda f, m: None,
                   cancelled: Callable[[], bool] = lambda: False) -> Segmentation:
     """Segment a HAADF image of any size.
