@@ -72,7 +72,8 @@ def _find_defects_output(viewer, widget):
                           "defect_class": ["V_X", "V_M", "V_XX"], "confidence": [0.93, 0.849, 0.71],
                           "area_A2": [1.9, 2.4, 2.0]})
     seg = SimpleNamespace(labels=np.zeros((200, 200), np.uint8), defects=table, probabilities=None,
-                          device="cpu", card=SimpleNamespace(architecture="unet", classes=dict(CLASS_NAMES)))
+                          device="cpu", runtime="torch",
+                          card=SimpleNamespace(architecture="unet", classes=dict(CLASS_NAMES)))
     widget._context = (image, 0.1)
     widget._on_done(seg)
     points = viewer.layers[-1]

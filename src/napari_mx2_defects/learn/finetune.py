@@ -30,6 +30,7 @@ from .evaluate import _add, instance_scores, match_instances
 from .inference import ModelScaleTiles, _predict_tiled, instances_from_labels
 from .models import ARCHITECTURES, build_model, pick_device
 from .preprocess import NORMALISATION, normalise, resample_to
+from .runtime import TorchRunner
 from .train import TrainConfig, _class_weights, fit
 
 __all__ = ["FINETUNE_FILES", "Correction", "FinetuneConfig", "correction_targets", "finetune", "read_corrections"]
@@ -156,9 +157,10 @@ def _split(image, labels, defects, pixel_size_A, fraction):
 
 
 def _instances(net, card, image: np.ndarray, pixel_size_A: float, device) -> pd.DataFrame:
-    labels, score, _ = _predict_tiled(net, ModelScaleTiles(np.asarray(image, np.float32), pixel_size_A,
-                                                            card.pixel_size_A), device, 256, 64, no_progress,
-                                      never, len(card.classes), False)
+    """The model being trained (PyTorch, in whatever mode the caller set) on one image, tiled as before."""
+    tiles = ModelScaleTiles(np.asarray(image, np.float32), pixel_size_A, card.pixel_size_A)
+    labels, score, _ = _predict_tiled(TorchRunner(net, device), tiles, 256, 64, no_progress, never,
+                                      len(card.classes), False)
     return instances_from_labels(labels, card.pixel_size_A, score)
 
 

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RUNTIMES", "calibration_tiles", "make_runner", "onnx_available", "resolve_runtime"]
+__all__ = ["RUNTIMES", "OnnxRunner", "TorchRunner", "calibration_tiles", "make_runner", "onnx_available",
+           "resolve_runtime"]
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 #: Bumped when the export or the quantisation changes, so older cached graphs are not reused.
