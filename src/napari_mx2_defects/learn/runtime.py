@@ -21,7 +21,8 @@ Runtimes
     ``torch`` on a GPU (CUDA or MPS); on the CPU ``onnx-int8`` when onnxruntime is installed, else
     ``torch``.
 
-Exported graphs are cached in ``<cache>/onnx/`` (``$MX2_DEFECTS_CACHE`` or the user cache folder)
+Exported graphs are built in a separate process (:func:`build_graphs`) and cached in ``<cache>/onnx/``
+(``$MX2_DEFECTS_ONNX_DIR``, else ``$MX2_DEFECTS_CACHE`` or the user cache folder)
 under the SHA-256 of the weights file and the torch/onnxruntime versions, written atomically; a
 cached graph is only ever one this code wrote for those exact weights. ONNX files are protocol
 buffers (no code runs when one is loaded).
@@ -31,13 +32,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RUNTIMES", "OnnxRunner", "TorchRunner", "calibration_tiles", "make_runner", "onnx_available",
-           "resolve_runtime"]
+__all__ = [
+    "RUNTIMES",
+    "OnnxRunner",
+    "TorchRunner",
+    "build_graphs",
+    "calibration_tiles",
+    "make_runner",
+    "onnx_available",
+    "resolve_runtime",
+]
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 #: Bumped when the export or the quantisation changes, so older cached graphs are not reused.
@@ -139,7 +149,8 @@ def _graph_path(weights: Path, precision: str) -> Path:
     from ..twin.calibration import cache_dir
 
     key = f"{_file_digest(weights)}-t{torch.__version__}-ort{ort.__version__}-v{EXPORT_VERSION}-{precision}"
-    return cache_dir() / "onnx" / f"{key.replace('+', '_')}.onnx"
+    folder = Path(os.environ.get("MX2_DEFECTS_ONNX_DIR") or cache_dir() / "onnx")
+    return folder / f"{key.replace('+', '_')}.onnx"
 
 
 def _export_fp32(net, path: Path) -> None:
@@ -251,20 +262,53 @@ def _quantise(fp32: Path, path: Path, pixel_size_A: float) -> None:
         pre.unlink(missing_ok=True)
 
 
-def _onnx_graph(
-    net, weights: Path, precision: str, pixel_size_A: float, progress: Callable[[float, str], None]
-) -> Path:
+def build_graphs(weights: str | Path, precision: str, pixel_size_A: float) -> Path:
+    """Export (and, for ``int8``, quantise) the checkpoint at ``weights`` into the cache; the graph's path.
+
+    Run by :func:`_onnx_graph` in a fresh Python process: the exporter imports torch's compiler stack,
+    which crashed (SIGSEGV) when imported into a process that already holds napari's Qt/OpenGL context.
+    """
+    from .checkpoint import load_checkpoint
+
+    weights = Path(weights)
     fp32 = _graph_path(weights, "fp32")
     if not fp32.is_file():
-        progress(0.0, "exporting the model to ONNX (once per model)")
+        net, _ = load_checkpoint(weights, "cpu")
         _export_fp32(net, fp32)
     if precision == "fp32":
         return fp32
     int8 = _graph_path(weights, precision)
     if not int8.is_file():
-        progress(0.0, "quantising the model to int8 (once per model, about a minute)")
         _quantise(fp32, int8, pixel_size_A)
     return int8
+
+
+def _onnx_graph(
+    weights: Path, precision: str, pixel_size_A: float, progress: Callable[[float, str], None]
+) -> Path:
+    """The cached graph, built first in a separate process when missing (:func:`build_graphs`)."""
+    import subprocess
+    import sys
+
+    graph = _graph_path(weights, precision)
+    if graph.is_file():
+        return graph
+    progress(0.0, f"preparing the model for ONNX Runtime ({precision}; once per model, about 10 s)")
+    code = ("import sys; from napari_mx2_defects.learn.runtime import build_graphs; "
+            "build_graphs(*sys.argv[1:3], float(sys.argv[3]))")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(weights), precision, repr(float(pixel_size_A))],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0 or not graph.is_file():
+        lines = (proc.stderr or proc.stdout or "").strip().splitlines()
+        raise RuntimeError(
+            f"exporting the model to ONNX failed ({lines[-1] if lines else proc.returncode}); "
+            f"use --runtime torch (the runtime field: torch)"
+        )
+    return graph
 
 
 _RUNNERS: dict = {}
@@ -285,7 +329,7 @@ def make_runner(
     name = resolve_runtime(runtime, device)
     if name == "torch":
         return TorchRunner(net, device)
-    graph = _onnx_graph(net, Path(weights), "int8" if name == "onnx-int8" else "fp32", pixel_size_A, progress)
+    graph = _onnx_graph(Path(weights), "int8" if name == "onnx-int8" else "fp32", pixel_size_A, progress)
     key = (str(graph), torch.get_num_threads())
     if key not in _RUNNERS:
         _RUNNERS[key] = OnnxRunner(graph, name)
