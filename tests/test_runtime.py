@@ -111,3 +111,15 @@ def test_segment_command_takes_the_runtime(twin, tmp_path):
     assert (tmp_path / "out" / "defects.csv").is_file()
     with pytest.raises(SystemExit):
         main(["segment", str(tmp_path / "twin.tif"), "--runtime", "fast", "--out", str(tmp_path / "o2")])
+
+
+def test_building_the_parser_does_not_import_the_learning_package():
+    """The learning package's guard against triton in GUI processes must run after napari is imported;
+    ``--runtime``'s choices must therefore not import it (the demo crashed under Xvfb when they did)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_mx2_defects.cli.main import build_parser; build_parser(); "
+            "print('napari_mx2_defects.learn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

@@ -51,11 +51,6 @@ def run_demo(out_dir: str | Path, material: str = _DEFAULT["material"], defects:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     twin = _simulate(out / "twin", material, defects, fov_A, dose, seed)
-    # the network's libraries before the first OpenGL context: importing torchvision pulls in triton,
-    # whose LLVM crashed (SIGSEGV) when first loaded into a process already rendering with Mesa's
-    # llvmpipe (Xvfb, the headless demo)
-    import segmentation_models_pytorch  # noqa: F401
-
     # the window must be shown for OpenGL to render the screenshot (under Xvfb nobody sees it)
     viewer = napari.Viewer(show=True, title="napari-mx2-defects demo")
     image_layer = _open_as_a_user_would(viewer, out / "twin", twin)

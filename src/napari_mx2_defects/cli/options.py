@@ -81,8 +81,10 @@ def command_line() -> str:
 
 
 def add_runtime_option(parser) -> None:
-    """``--runtime``: what runs the network (:mod:`..learn.runtime`)."""
-    from ..learn.runtime import RUNTIMES
+    """``--runtime``: what runs the network (:mod:`..learn.runtime`). The names come from
+    :data:`..core.parameters.RUNTIMES`: building the parser must not import the learning package,
+    whose guard against triton in GUI processes has to run after napari is imported."""
+    from ..core.parameters import RUNTIMES
 
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
                         help="what runs the network: auto (ONNX Runtime int8 on the CPU, PyTorch on a GPU), "

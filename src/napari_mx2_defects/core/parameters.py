@@ -228,6 +228,9 @@ PIXEL_OVERRIDE = _p("image_pixel_size_A", "pixel size", None, "--pixel-size",
                     "pixel size in Å; overrides the file's calibration (an uncalibrated image needs it)",
                     step=0.005, none="the file's")
 
+#: What may run the network (:mod:`..learn.runtime`): ``segment --runtime`` and the docks' runtime field.
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+
 #: What ``segment`` and the *Find defects* dock ask for besides the image and the model.
 SEGMENT_PARAMETERS: tuple[Parameter | Pair, ...] = (PIXEL_OVERRIDE,)
 

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.parameters import RUNTIMES
+
 __all__ = [
     "RUNTIMES",
     "OnnxRunner",
@@ -49,7 +51,6 @@ __all__ = [
     "resolve_runtime",
 ]
 
-RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 #: Bumped when the export or the quantisation changes, so older cached graphs are not reused.
 EXPORT_VERSION = 2
 #: Doses (e/Å²), contamination and seeds of the int8 calibration twins: MoS2 with the demo's vacancies
