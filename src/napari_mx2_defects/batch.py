@@ -73,9 +73,9 @@ SUMMARY_COLUMNS = [
 CLASS_FIELDS = ("count", "per_cm2", "ci_low_per_cm2", "ci_high_per_cm2")
 
 
-def _one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+#: The summary columns the ``batch`` command prints and the *Batch folder* dock shows (all are in
+#: summary.csv).
+SHOWN_COLUMNS = ("file", "status", "pixel_size_A", "a_A", "n_X_sites", "V_X_count", "V_X_per_cm2", "error")
 
 
 def find_inputs(paths: Iterable[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, str]]:
@@ -134,6 +134,8 @@ def _state(folder: Path, path: Path) -> str:
 
 
 def _row(name: str, folder: str, seconds: float, segmentation, result) -> dict:
+    from .cli.main import _one_line  # the commands' one-line text
+
     lat = result.lattice
     row = {
         "file": name,
@@ -242,9 +244,9 @@ def process_file_or_reason(*args, **kwargs) -> dict:
     try:
         return process_file(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - every failure of one file is a row of the summary
-        reason = _one_line(str(exc) or type(exc).__name__)
-        if not isinstance(exc, (ValueError, OSError, KeyError)):
-            reason = f"{type(exc).__name__}: {reason}"
+        from .cli.main import error_message
+
+        reason = error_message(exc)  # the commands' one-line message for the same error
         return {"file": Path(args[0]).name, "folder": Path(args[1]).name, "status": "failed", "error": reason}
 
 

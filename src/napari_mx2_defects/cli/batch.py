@@ -14,7 +14,7 @@ __all__ = ["add_batch_command"]
 def _cmd_batch(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ..batch import run_batch
+    from ..batch import SHOWN_COLUMNS, run_batch
 
     result = run_batch(
         args.inputs,
@@ -28,11 +28,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=progress_printer(args.quiet),
     )
-    shown = [
-        c
-        for c in ("file", "status", "pixel_size_A", "a_A", "n_X_sites", "V_X_count", "V_X_per_cm2", "error")
-        if c in result.summary
-    ]
+    shown = [c for c in SHOWN_COLUMNS if c in result.summary]
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
         print(result.summary[shown].to_string(index=False))
     print(result.describe())

@@ -17,16 +17,13 @@ from magicgui.widgets import (
     Table,
 )
 
-from ..core.parameters import ANALYSIS_PARAMETERS
-from ..learn.runtime import RUNTIMES
+from ..batch import SHOWN_COLUMNS
+from ..core.parameters import ANALYSIS_PARAMETERS, RUNTIMES
 from ..twin.parents import list_parents
 from ._worker import JobWidget
 from .fields import field_values, make_fields
 
 __all__ = ["BatchWidget"]
-
-#: Summary columns the dock's table shows (all of them are in summary.csv).
-SHOWN = ("file", "status", "pixel_size_A", "a_A", "n_X_sites", "V_X_count", "V_X_per_cm2", "error")
 
 
 class BatchWidget(JobWidget, Container):
@@ -48,7 +45,7 @@ class BatchWidget(JobWidget, Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
-        self.table = Table(value={c: [] for c in SHOWN}, label="summary")
+        self.table = Table(value={c: [] for c in SHOWN_COLUMNS}, label="summary")
         self.table.read_only = True
         self.extend(
             [
@@ -109,7 +106,7 @@ class BatchWidget(JobWidget, Container):
         summary = result.summary
         self.table.value = {
             c: ["" if pd.isna(v) else v for v in summary[c]] if c in summary else [""] * len(summary)
-            for c in SHOWN
+            for c in SHOWN_COLUMNS
         }
         self.status.value = result.describe()
         self.progress.value = 100

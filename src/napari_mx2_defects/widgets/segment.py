@@ -13,8 +13,7 @@ from magicgui.widgets import (
     PushButton,
 )
 
-from ..core.parameters import SEGMENT_PARAMETERS
-from ..learn.runtime import RUNTIMES
+from ..core.parameters import RUNTIMES, SEGMENT_PARAMETERS
 from ..twin.parents import list_parents
 from ._worker import JobWidget, layer_picker
 from .defect_editing import DefectEditingPanel
