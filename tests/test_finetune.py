@@ -104,5 +104,28 @@ def test_finetune_on_one_corrected_image_helps_on_another_of_the_same_optics(tmp
     card = read_card(path.with_suffix(".json"))
     assert card.training_data["corrections"][0]["image"] == "reviewed.tif"
     assert card.training_data["twins"]["n"] == 4
+    # the blur fitted on the reviewed image is recorded and the twins are imaged at it (its value is the
+    # analysis' to get right: tests/test_site_classes.py)
+    fitted = card.training_data["corrections"][0]["fitted"]
+    assert fitted["source_size_A"] is not None and fitted["moved_to_sites"] >= 0
+    twins_source = card.training_data["twins"]["microscope"]["source_size_A"]
+    assert twins_source == pytest.approx(fitted["source_size_A"])
     held = card.metrics["held_out_instances"]
     assert set(held) >= {"before", "after"} and report["mean_f1"]["after"] >= report["mean_f1"]["before"]
+
+
+def test_corrections_snap_to_the_fitted_sites_of_their_sublattice():
+    """Clicks up to 0.8 Å off a column land on it (a vacancy on its sublattice's site, never on the other
+    sublattice's nearer one); interstitials and far clicks stay where they were put."""
+    from napari_mx2_defects.learn.finetune import snap_to_sites
+
+    sites = pd.DataFrame({"x_A": [0.0, 1.82, 10.0], "y_A": [0.0, 0.0, 10.0], "sublattice": ["M", "X", "M"]})
+    clicks = pd.DataFrame({"x_A": [1.2, 1.2, 0.5, 5.0], "y_A": [0.3, 0.3, 0.2, 5.0],
+                           "defect_class": ["V_M", "V_X", "M_i", "V_M"]})
+    snapped, moved = snap_to_sites(clicks, sites)
+    np.testing.assert_allclose(snapped[["x_A", "y_A"]].to_numpy(),
+                               [[1.2, 0.3], [1.82, 0.0], [0.5, 0.2], [5.0, 5.0]])
+    assert moved == 1  # the V_M 1.24 Å from its M site is too far; the V_X 0.67 Å from its X site moves
+    snapped, moved = snap_to_sites(clicks.assign(x_A=[0.4, 1.5, 0.5, 5.0]), sites)
+    np.testing.assert_allclose(snapped[["x_A", "y_A"]].to_numpy()[:2], [[0.0, 0.0], [1.82, 0.0]])
+    assert moved == 2

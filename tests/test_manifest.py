@@ -18,7 +18,8 @@ def test_top_level_manifest_is_valid():
     assert "napari-mx2-defects.get_reader" in kinds
     assert len(manifest.contributions.writers) == 2
     assert {w.display_name for w in manifest.contributions.widgets} == {"Simulate digital twin", "Find defects",
-                                                                        "Defect statistics", "Batch folder"}
+                                                                        "Defect statistics", "Batch folder",
+                                                                        "Fine-tune on corrections"}
     assert manifest.contributions.sample_data
 
 

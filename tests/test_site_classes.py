@@ -143,3 +143,20 @@ def test_forward_model_fits_the_blur_and_the_noise_of_the_image():
         assert fitted["source_size_A"] == pytest.approx(sigma, abs=0.15)
         counts[sigma] = result.concentrations.set_index("defect_class")["count"].to_dict()
     assert counts[0.6] == counts[0.0] and counts[0.0]["V_X"] >= 5 and counts[0.0]["V_XX"] == 0
+
+
+def test_lattice_of_a_strongly_blurred_noisy_image_is_found_near_the_calibrated_constant():
+    """A 0.8 Å source at 0.2 Å/px and 1e6 e/Å² damps the first-order spots below the low-frequency power of
+    the noise and scan jitter: the whole-spectrum search took that for a 29 Å lattice. With a calibration
+    the search keeps to a factor two of the expected constant and finds the lattice."""
+    from napari_mx2_defects.analysis.api import analyze_image
+    from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
+    from napari_mx2_defects.twin.imperfections import Imperfections
+    from napari_mx2_defects.twin.microscope import Microscope
+
+    twin = simulate_twin(TwinRequest(material="MoS2", fov_A=100, pixel_size_A=0.2, seed=1, defects="V_X=3%",
+                                     microscope=Microscope(source_size_A=0.8),
+                                     imperfections=Imperfections(dose_e_per_A2=1e6, scan_jitter_A=0.03)))
+    result = analyze_image(twin.image, twin.pixel_size_A[0], "MoS2")
+    assert result.lattice["a_A"] == pytest.approx(3.184, rel=0.01)
+    assert not any("FFT lattice constant" in n for n in result.notes)

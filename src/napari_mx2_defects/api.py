@@ -43,7 +43,8 @@ _WHERE = {
     "evaluate_model_on_twins": "learn.evaluate", "instance_scores": "learn.evaluate",
     "match_instances": "learn.evaluate",
     "Correction": "learn.finetune", "FinetuneConfig": "learn.finetune", "finetune": "learn.finetune",
-    "read_corrections": "learn.finetune",
+    "read_corrections": "learn.finetune", "rank_uncertain_sites": "learn.uncertainty",
+    "corrections_from_layers": "layers",
     # the end-to-end demo
     "run_demo": "demo",
 }

@@ -9,9 +9,10 @@ import pandas as pd
 
 from .core.classes import CLASS_COLORS, CLASS_NAMES
 
-__all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "image_frame", "label_colormap", "label_colormap_layer",
-           "label_features", "napari_get_points_reader", "points_table", "read_points_csv", "science_positions",
-           "segmentation_layers", "sites_layer", "twin_layers"]
+__all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "corrections_from_layers", "image_frame",
+           "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader",
+           "points_table", "read_points_csv", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
+           "twin_layers", "uncertain_layer"]
 
 LayerData = tuple[Any, dict, str]
 
@@ -185,6 +186,59 @@ def points_table(points, image_layer, pixel_size_A: float | None) -> pd.DataFram
     table = pd.DataFrame({"x_A": yx[:, 1], "y_A": yx[:, 0]})
     features = points.features.reset_index(drop=True)
     return pd.concat([table, features], axis=1) if len(features) == len(table) else table
+
+
+def uncertain_layer(table: pd.DataFrame, image_layer, pixel_size_A: float,
+                    name: str | None = None) -> LayerData:
+    """Points layer of review candidates (:func:`~.learn.uncertainty.rank_uncertain_sites`) on top of
+    ``image_layer``: rings coloured by uncertainty (brighter = less certain), rank and classes as
+    features; the *Fine-tune* dock's "next uncertain site" walks it in rank order."""
+    coords = table[["y_A", "x_A"]].to_numpy(float) if len(table) else np.zeros((0, 2))
+    features = table.drop(columns=["x_A", "y_A"]).reset_index(drop=True)
+    kwargs = {"name": name or f"{image_layer.name} uncertain sites", "features": features,
+              "size": 1.6 * DEFECT_POINT_SIZE_A, "face_color": "transparent", "border_width": 0.12,
+              "border_width_is_relative": True, "units": ["angstrom", "angstrom"],
+              "metadata": {"pixel_size_A": float(pixel_size_A), "review": "uncertain sites"}}
+    if len(table):
+        kwargs.update(border_color="uncertainty", border_colormap="plasma",
+                      border_contrast_limits=(0.0, 0.5))  # 0.5: two classes equally likely
+    else:
+        kwargs["border_color"] = "yellow"
+    kwargs.update(image_frame(image_layer, pixel_size_A))
+    return coords, kwargs, "points"
+
+
+def reviewed_regions_A(shapes, image_layer, pixel_size_A: float) -> list[tuple[float, float, float, float]]:
+    """Each shape of a Shapes layer as the (x0, y0, x1, y1) box in Å from ``image_layer``'s origin
+    that bounds it: the regions a user marked as reviewed (every site inside not listed as a defect
+    is intact). A rectangle is its own box; any other shape counts by its bounding box."""
+    boxes = []
+    for vertices in shapes.data:
+        world = (np.asarray(vertices, float)[:, -2:] * np.asarray(shapes.scale[-2:])
+                 + np.asarray(shapes.translate[-2:]))
+        yx = science_positions(world, image_layer, pixel_size_A)
+        (y0, x0), (y1, x1) = yx.min(0), yx.max(0)
+        boxes.append((float(x0), float(y0), float(x1), float(y1)))
+    return boxes
+
+
+def corrections_from_layers(points, image_layer, pixel_size_A: float,
+                            shapes=None) -> tuple[pd.DataFrame, list]:
+    """A user's corrections from the layers: the defects of the Points layer (``x_A, y_A,
+    defect_class`` in Å from ``image_layer``'s origin; sites marked ``intact`` or ``lattice`` are left
+    out) and the reviewed regions of the Shapes layer ``shapes`` (``[None]``, the whole image less a
+    border, without one). What :func:`~.learn.finetune.finetune` takes, as ``finetune --labels
+    --region`` reads it from files."""
+    if "defect_class" not in points.features:
+        raise ValueError(f"the points layer {points.name!r} has no defect_class feature: choose a layer of "
+                         f"defects (Find defects' or Defect statistics' points)")
+    table = points_table(points, image_layer, pixel_size_A)
+    table = table[~table.defect_class.astype(str).isin(["intact", "lattice", ""])]
+    regions = reviewed_regions_A(shapes, image_layer, pixel_size_A) if shapes is not None else []
+    if shapes is not None and not regions:
+        raise ValueError(f"the shapes layer {shapes.name!r} holds no shape: draw a rectangle round the "
+                         f"region you reviewed, or choose no region")
+    return table[["x_A", "y_A", "defect_class"]].reset_index(drop=True), regions or [None]
 
 
 def _points_header(path) -> list[str] | None:

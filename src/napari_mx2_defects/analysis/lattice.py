@@ -75,10 +75,15 @@ class LatticeFit:
         return angle - 60 if angle > 30 else angle
 
 
-def fft_lattice_spacing_px(image: np.ndarray) -> tuple[float, np.ndarray]:
+def fft_lattice_spacing_px(image: np.ndarray, a_px_range: tuple[float, float] | None = None
+                           ) -> tuple[float, np.ndarray]:
     """Lattice constant (pixels) from the first-order ring of the power spectrum.
 
-    For a hexagonal lattice the first-order spots lie at |g| = 2 / (a √3).
+    For a hexagonal lattice the first-order spots lie at |g| = 2 / (a √3). ``a_px_range`` (from a
+    calibration, a factor of two either side of the expected constant) keeps the search to spots a
+    lattice of such a constant can give: a blurred probe damps the first-order spots until the
+    low-frequency power of scan noise and contamination is stronger (a 0.8 Å source at 0.2 Å/px
+    otherwise gives a = 137 px instead of 16).
 
     Returns
     -------
@@ -98,6 +103,9 @@ def fft_lattice_spacing_px(image: np.ndarray) -> tuple[float, np.ndarray]:
     # ignore the low-frequency background (contamination, gain) and everything beyond Nyquist/√2
     min_g = 4.0 / min(ny, nx)
     valid = (radius > min_g) & (radius < 0.45)
+    if a_px_range is not None:
+        lo, hi = (2.0 / (np.sqrt(3) * a) for a in (max(a_px_range), min(a_px_range)))
+        valid &= (radius >= lo) & (radius <= hi)
     smooth = gaussian_filter(power, 1.0)
     peaks = (smooth == maximum_filter(smooth, size=5)) & valid
     idx = np.flatnonzero(peaks.ravel())

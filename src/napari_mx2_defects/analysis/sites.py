@@ -76,7 +76,7 @@ def measure_sites(image: np.ndarray, a_px_hint: float | None, m_brighter: bool |
     """
     img = np.asarray(image, float)
     notes = []
-    fft_a, g = fft_lattice_spacing_px(img)
+    fft_a, g = fft_lattice_spacing_px(img, None if a_px_hint is None else (0.5 * a_px_hint, 2.0 * a_px_hint))
     a_px = fft_a
     if a_px_hint is not None and abs(fft_a - a_px_hint) > 0.15 * a_px_hint:
         notes.append(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..core.parameters import SEGMENT_PARAMETERS
+from ..core.parameters import FINETUNE_PARAMETERS, SEGMENT_PARAMETERS
 from ..core.validation import BOUNDS, check_allocation
 from .options import add_parameters, add_runtime_option, command_line, progress_printer
 from .options import bound_type as _t
@@ -123,6 +123,36 @@ def _parse_region(text: str | None):
     return tuple(values)
 
 
+def _cmd_uncertain(args):
+    from ..inputs import image_plane, pixel_size_A
+    from ..io.atomic import atomic_path, check_output_file
+    from ..io.formats import load_images
+    from ..learn.uncertainty import rank_uncertain_sites
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".csv":
+        raise ValueError(f"--out {out.name}: give a .csv file for the ranked sites")
+    check_output_file(out, overwrite=args.overwrite, option="--out")  # before any work
+    image = load_images(args.image)[0]
+    pixel = pixel_size_A(image.scale_A, image.calibrated, args.image_pixel_size_A, args.image.name)
+    if pixel is None:
+        raise ValueError(f"{args.image} has no calibration: pass --pixel-size in Å")
+    data, note = image_plane(image.data, args.image.name)
+    if note and not args.quiet:
+        print(f"note: {note}", file=sys.stderr)
+    table = rank_uncertain_sites(data, pixel, model=args.model, device=args.device, runtime=args.runtime,
+                                 progress=progress_printer(args.quiet))
+    if args.top is not None:
+        table = table.head(args.top)
+    with atomic_path(out) as staging:
+        table.to_csv(staging, index=False)
+    print(f"{len(table)} sites ranked by the model's uncertainty (8 orientations)" +
+          (f"; most uncertain: {table.uncertainty.iloc[0]:.2f} at x {table.x_A.iloc[0]:.1f} Å, "
+           f"y {table.y_A.iloc[0]:.1f} Å" if len(table) else ""))
+    print(f"  wrote {out}")
+    return 0
+
+
 def _cmd_finetune(args):
     import numpy as np
 
@@ -210,14 +240,26 @@ def add_learn_commands(sub) -> None:
     add_parameters(p, SEGMENT_PARAMETERS)
     p.add_argument("--energy", type=_t("energy_keV", "--energy"), help="beam energy of the twins in keV "
                    "(default: the images' recorded energy)")
-    p.add_argument("--minutes", type=float, default=10.0, help="time limit for training")
-    p.add_argument("--epochs", type=_t("epochs"), default=12)
-    p.add_argument("--twins", type=int, default=8, help="twins of the parent mixed in")
+    add_parameters(p, FINETUNE_PARAMETERS)
     p.add_argument("--seed", type=_t("seed"), default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace model.safetensors/model.json in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("uncertain",
+                       help="rank an image's sites by the model's uncertainty (what to review first)")
+    p.add_argument("image", type=Path)
+    p.add_argument("--model", default="default", help="'default' or a .safetensors checkpoint with its card")
+    p.add_argument("--out", type=Path, required=True,
+                   help="CSV of the ranked sites (x_A, y_A, uncertainty, …)")
+    p.add_argument("--top", type=_t("top"), help="keep only the N most uncertain sites")
+    add_parameters(p, SEGMENT_PARAMETERS)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_runtime_option(p)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_uncertain)
 
     p = sub.add_parser("segment", help="find defects in an image with a trained model")
     p.add_argument("image", type=Path)

@@ -251,6 +251,14 @@ ANALYSIS_PARAMETERS: tuple[Parameter | Pair, ...] = (
        "(e.g. Ti, W): reported as TM_D with dopant=…", kind=str),
 )
 
+#: What ``finetune`` and the *Fine-tune* dock ask for besides the images, their corrections and the parent.
+FINETUNE_PARAMETERS: tuple[Parameter | Pair, ...] = (
+    _p("minutes", "time limit", 10.0, "--minutes", "time limit for training in minutes", step=1.0),
+    _p("epochs", "epochs", 12, "--epochs", "most epochs of training", kind=int),
+    _p("twins", "twins mixed in", 8, "--twins", "twins of the parent (same optics) mixed in so the model "
+       "does not forget", kind=int),
+)
+
 #: Everything ``simulate`` and the *Simulate digital twin* dock ask for, in the order they show it.
 REQUEST_PARAMETERS = TWIN_PARAMETERS + SIMULATE_PARAMETERS + MICROSCOPE_PARAMETERS + IMPERFECTION_PARAMETERS
 

@@ -336,8 +336,11 @@ BOUNDS: dict[str, Bound] = {
     "steps_per_epoch": _b("steps per epoch", "", 1, 10_000_000, integer=True, option="--steps"),
     "learning_rate": _b("learning rate", "", 0.0, 10.0, lo_inc=False, option="--lr"),
     "patience": _b("early-stopping patience", "epochs", 1, 100_000, integer=True, option="--patience"),
+    "minutes": _b("training time limit", "min", 0.0, 1440.0, lo_inc=False, option="--minutes"),
+    "twins": _b("twins mixed in", "", 0, 1000, integer=True, option="--twins"),
     "validation_fraction": _b("validation fraction", "", 0.0, 1.0, lo_inc=False, hi_inc=False),
     "threads": _b("torch threads", "", 0, 1024, integer=True),
     # evaluation
+    "top": _b("number of sites", "", 1, 10_000_000, integer=True, option="--top"),
     "n_per": _b("images per material and dose", "", 1, 10_000, integer=True, option="--n"),
 }

@@ -1,7 +1,10 @@
 """Fine-tuning a segmentation model on a user's corrected defects, mixed with twins of the same parent.
 
 The user lists every defect in a reviewed region of their own image (``x_A, y_A, defect_class``, the
-columns of ``defects.csv``); inside that region every other site is intact.  Targets are the same
+columns of ``defects.csv``); inside that region every other site is intact.  The lattice is fitted on
+each reviewed image (the analysis' sites): every corrected defect of a lattice-site class is moved
+onto the nearest site of its sublattice within :data:`SNAP_A`, and the twins mixed in are imaged at
+the source size fitted there (the blur of the user's microscope).  Targets are the same
 discs of :data:`~napari_mx2_defects.twin.api.DEFECT_RADIUS_A` at each defect that twins carry, so the
 corrected image trains exactly like a twin.  The bottom ``holdout_fraction`` of each reviewed region
 is held out: the model is scored there (per-instance F1, as the papers report it) before and after,
@@ -33,13 +36,18 @@ from .preprocess import NORMALISATION, normalise, resample_to
 from .runtime import TorchRunner
 from .train import TrainConfig, _class_weights, fit
 
-__all__ = ["FINETUNE_FILES", "Correction", "FinetuneConfig", "correction_targets", "finetune", "read_corrections"]
+__all__ = ["FINETUNE_FILES", "Correction", "FinetuneConfig", "correction_targets", "finetune",
+           "read_corrections", "snap_to_sites"]
 
 #: What ``finetune`` writes into its output folder (the only names its ``--overwrite`` replaces).
 FINETUNE_FILES = ["model.safetensors", "model.json"]
 #: Default border left out of a reviewed image when no region is given (Å): a defect cut by the
 #: image edge cannot be labelled reliably.
 BORDER_A = 2.0
+#: A corrected defect of a lattice-site class is moved onto the nearest site of its sublattice fitted on
+#: the image when one lies this close (Å, under half the 1.8 Å M–X projected distance of MX2): a click
+#: lands anywhere on a column, the training disc belongs on its centre.
+SNAP_A = 0.8
 #: Columns a corrections table must have.
 CORRECTION_COLUMNS = ("x_A", "y_A", "defect_class")
 
@@ -73,14 +81,11 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     twin_defects: str = "V_X=2%,V_XX=0.5%,V_M=0.5%"
+    fit_lattice: bool = True  # snap corrections to the fitted sites; twins at the fitted source size
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.minutes) and 0 < self.minutes <= 24 * 60):
-            raise ValueError(f"--minutes must be between 0 and 1440, got {self.minutes}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed"):
+        for name in ("minutes", "twins", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed"):
             setattr(self, name, BOUNDS[name].check(getattr(self, name)))
-        if not (isinstance(self.twins, (int, np.integer)) and 0 <= self.twins <= 1000):
-            raise ValueError(f"--twins must be a whole number from 0 to 1000, got {self.twins}")
         if not 0.05 <= self.holdout_fraction <= 0.5:
             raise ValueError(f"the held-out fraction must be between 0.05 and 0.5, got {self.holdout_fraction}")
 
@@ -146,6 +151,59 @@ def correction_targets(correction: Correction) -> tuple[np.ndarray, np.ndarray, 
     kept["x_A"] -= j0 * px
     kept["y_A"] -= i0 * px
     return image[i0:i1, j0:j1], labels[i0:i1, j0:j1], kept.reset_index(drop=True)
+
+
+def snap_to_sites(defects: pd.DataFrame, sites: pd.DataFrame,
+                  radius_A: float = SNAP_A) -> tuple[pd.DataFrame, int]:
+    """``defects`` with each lattice-site class (its sublattice in :data:`~..core.classes.SUBLATTICE_OF`)
+    moved onto the nearest of ``sites`` (``x_A, y_A, sublattice``) of that sublattice within
+    ``radius_A``; interstitials and defects with no site near stay put. Returns the table and how many
+    moved."""
+    from scipy.spatial import cKDTree
+
+    from ..core.classes import SUBLATTICE_OF
+
+    out = defects.copy()
+    moved = 0
+    for sub in ("M", "X"):
+        mask = out.defect_class.map(SUBLATTICE_OF).eq(sub).to_numpy()
+        candidates = sites[sites.sublattice == sub][["x_A", "y_A"]].to_numpy(float)
+        if not mask.any() or not len(candidates):
+            continue
+        distance, nearest = cKDTree(candidates).query(out.loc[mask, ["x_A", "y_A"]].to_numpy(float))
+        near = distance <= radius_A
+        rows = out.index[mask][near]
+        out.loc[rows, "x_A"] = candidates[nearest[near], 0]
+        out.loc[rows, "y_A"] = candidates[nearest[near], 1]
+        moved += int(np.count_nonzero(distance[near] > 0.05))  # moved by more than a rounding
+    return out, moved
+
+
+def _fit_lattices(corrections: list[Correction], material: str, energy_keV: float | None,
+                  log: Callable[[str], None], cancelled: CancelFn) -> tuple[list[Correction], list[dict]]:
+    """Each correction snapped to the sites the analysis fits on its image, and what was fitted
+    (moved defects, source size); an image whose lattice cannot be fitted is used as it was placed."""
+    from dataclasses import replace
+
+    from ..analysis.api import analyze_image
+
+    snapped, fits = [], []
+    for corr in corrections:
+        if cancelled():
+            raise Cancelled("fine-tuning cancelled")
+        try:
+            result = analyze_image(np.asarray(corr.image, float), corr.pixel_size_A, material,
+                                   beam_energy_keV=energy_keV, cancelled=cancelled)
+        except ValueError as exc:
+            log(f"{corr.name}: no lattice fitted ({exc}); its corrections are used where they were placed")
+            snapped.append(corr)
+            fits.append({"moved_to_sites": 0, "source_size_A": None})
+            continue
+        defects, moved = snap_to_sites(corr.defects, result.sites)
+        snapped.append(replace(corr, defects=defects))
+        source = result.lattice.get("fitted_optics", {}).get("source_size_A")
+        fits.append({"moved_to_sites": moved, "source_size_A": None if source is None else float(source)})
+    return snapped, fits
 
 
 def _split(image, labels, defects, pixel_size_A, fraction):
@@ -220,11 +278,13 @@ def _twins(material: str, dopant: str | None, config: FinetuneConfig, pixel_size
 def finetune(corrections: list[Correction], material: str, out: str | Path, base_model: str | Path = "default",
              dopant: str | None = None, config: FinetuneConfig | None = None, microscope=None, command: str = "",
              progress: ProgressFn = no_progress, log: Callable[[str], None] = print, cancelled: CancelFn = never,
-             overwrite: bool = False) -> tuple[Path, dict]:
+             overwrite: bool = False,
+             on_step: Callable[[int, float], None] | None = None) -> tuple[Path, dict]:
     """Fine-tune ``base_model`` on reviewed images; write ``out/model.safetensors`` and its card.
 
     Nothing is written until training has finished (atomically, weights and card together); a
-    cancelled or interrupted run leaves any previous model in ``out`` as it was.
+    cancelled or interrupted run leaves any previous model in ``out`` as it was. ``on_step(step,
+    loss)`` gets each training step's loss.
 
     Returns
     -------
@@ -251,6 +311,21 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
     torch.manual_seed(config.seed)
 
     progress(0.0, "preparing the corrections")
+    fits = [{"moved_to_sites": 0, "source_size_A": None}] * len(corrections)
+    if config.fit_lattice:  # targets on the fitted sites; twins at the source size fitted on the images
+        progress(0.01, "fitting the lattice of the reviewed images")
+        energy = microscope.energy_keV if microscope is not None else None
+        corrections, fits = _fit_lattices(corrections, material, energy, log, cancelled)
+        sources = [f["source_size_A"] for f in fits if f["source_size_A"] is not None]
+        if sources:
+            from dataclasses import replace
+
+            from ..twin.microscope import Microscope
+
+            microscope = replace(microscope or Microscope(), source_size_A=float(np.median(sources)))
+        moved = sum(f["moved_to_sites"] for f in fits)
+        source = microscope.source_size_A if microscope is not None else 0.0
+        log(f"{moved} corrected defects moved onto fitted sites; twins at source size {source:.2f} Å")
     train_x, train_y, held, counts = _correction_sets(corrections, model_px, config.holdout_fraction)
     before = _held_out_scores(model, base_card, held, device, config.match_radius_A)
     log("held out before fine-tuning: " + ", ".join(f"{k} F1 {v['f1']:.3f}" if v["f1"] is not None else f"{k} –"
@@ -277,12 +352,13 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
     history, best = fit(model, xs_all, ys_all, train_idx, val_idx, train_config, device, class_weights,
                         score=lambda m: float(np.mean([v["f1"] for k, v in m.items() if k != "lattice"] or [0.0])),
                         sample_weights=weights, max_seconds=60 * config.minutes,
-                        progress=lambda f, m: progress(0.2 + 0.7 * f, m), log=log, cancelled=cancelled)
+                        progress=lambda f, m: progress(0.2 + 0.7 * f, m), log=log, cancelled=cancelled,
+                        on_step=on_step)
     after = _held_out_scores(model, base_card, held, device, config.match_radius_A)
     log("held out after fine-tuning: " + ", ".join(f"{k} F1 {v['f1']:.3f}" if v["f1"] is not None else f"{k} –"
                                                     for k, v in after.items()))
     card = _card(base_card, base_path, corrections, counts, len(twin_x), material, dopant, config, microscope,
-                 command, before, after, best, history)
+                 command, before, after, best, history, fits)
     if cancelled():
         raise Cancelled("fine-tuning cancelled")
     progress(0.95, "saving the model")
@@ -307,7 +383,7 @@ def _correction_sets(corrections: list[Correction], model_px: float, holdout_fra
 
 
 def _card(base_card, base_path, corrections, counts, n_twins, material, dopant, config, microscope, command,
-          before, after, best, history) -> ModelCard:
+          before, after, best, history, fits) -> ModelCard:
     """The fine-tuned model's card: what it started from, what it saw, the held-out scores before and after."""
     model_px = base_card.pixel_size_A
     return ModelCard(
@@ -319,7 +395,8 @@ def _card(base_card, base_path, corrections, counts, n_twins, material, dopant, 
         training_data={
             "corrections": [{"image": c.name, "sha256": c.sha256, "labels": c.labels_name,
                              "pixel_size_A": c.pixel_size_A, "region_A": list(c.region_A) if c.region_A else None,
-                             "defects_per_class": n} for c, n in zip(corrections, counts)],
+                             "defects_per_class": n, "fitted": fit}
+                            for c, n, fit in zip(corrections, counts, fits)],
             "twins": {"n": n_twins, "material": material, "dopant": dopant, "fov_A": config.twin_fov_A,
                       "defects": config.twin_defects, "microscope": None if microscope is None else asdict(microscope)},
             "initialised_from": {"checkpoint": str(base_path), "command": base_card.command,

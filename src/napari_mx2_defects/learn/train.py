@@ -229,7 +229,8 @@ def vacancy_f1(metrics: dict) -> float:
 def fit(model, xs, ys, train_idx, val_idx, config: TrainConfig, device, class_weights: torch.Tensor, *,
         score: Callable[[dict], float] = vacancy_f1, sample_weights: np.ndarray | None = None,
         max_seconds: float | None = None, progress: Callable[[float, str], None] = lambda f, m: None,
-        log: Callable[[str], None] = print, cancelled: Callable[[], bool] = lambda: False) -> tuple[list, float]:
+        log: Callable[[str], None] = print, cancelled: Callable[[], bool] = lambda: False,
+        on_step: Callable[[int, float], None] | None = None) -> tuple[list, float]:
     """The training loop shared by :func:`train` and fine-tuning; leaves ``model`` at its best epoch.
 
     AdamW with a one-cycle schedule, cross-entropy weighted by ``class_weights`` plus soft Dice, random
@@ -237,7 +238,8 @@ def fit(model, xs, ys, train_idx, val_idx, config: TrainConfig, device, class_we
     by ``score`` and the best state kept; early stop after ``config.patience`` epochs without gain.
     ``sample_weights`` (one per training image) set how often each is drawn; ``max_seconds`` ends
     training early (the last epoch is still validated); ``cancelled`` is polled every step and raises
-    :class:`~napari_mx2_defects.core.jobs.Cancelled`.
+    :class:`~napari_mx2_defects.core.jobs.Cancelled`; ``on_step(step, loss)`` (if given) gets each
+    optimiser step's training loss (the *Fine-tune* dock's live curve).
 
     Returns
     -------
@@ -275,6 +277,8 @@ def fit(model, xs, ys, train_idx, val_idx, config: TrainConfig, device, class_we
             optimiser.step()
             scheduler.step()
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(epoch * config.steps_per_epoch + len(losses), losses[-1])
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 out_of_time = True
