@@ -160,3 +160,22 @@ def test_lattice_of_a_strongly_blurred_noisy_image_is_found_near_the_calibrated_
     result = analyze_image(twin.image, twin.pixel_size_A[0], "MoS2")
     assert result.lattice["a_A"] == pytest.approx(3.184, rel=0.01)
     assert not any("FFT lattice constant" in n for n in result.notes)
+
+
+def test_a_few_empty_metal_sites_are_not_swallowed_by_the_intact_skirt():
+    """Eight V_M among 1,569 metal sites (120 Å MoS2, 1e6 e/Å²): dropping the V_M component looked
+    supported by BIC because the broad skirt meant for the intact peak's tail moved onto them as a
+    narrow peak of its own, and they were counted intact. A removal that needs the skirt to do that is
+    refused."""
+    from napari_mx2_defects.analysis.api import analyze_image
+    from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
+    from napari_mx2_defects.twin.imperfections import Imperfections
+
+    twin = simulate_twin(TwinRequest(material="MoS2", fov_A=120, pixel_size_A=0.2, seed=0,
+                                     defects="V_X=2%,V_XX=0.5%,V_M=0.5%",
+                                     imperfections=Imperfections(dose_e_per_A2=1e6, scan_jitter_A=0.02)))
+    result = analyze_image(twin.image, 0.2, "MoS2")
+    counts = result.concentrations.set_index("defect_class")["count"].to_dict()
+    truth = int((twin.defects.defect_class == "V_M").sum())
+    assert truth == 8 and counts["V_M"] == truth and counts["X_M"] == 0
+    assert "V_M" in result.lattice["mixture"]["M"]["classes"]
