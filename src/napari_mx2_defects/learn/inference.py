@@ -282,6 +282,21 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
     return out, changed
 
 
+def checked_image(image, pixel_size_A: float | None, doing: str) -> np.ndarray:
+    """``image`` as one 2-D numeric array with finite pixels and a positive pixel size, or a ValueError
+    that says what to do (``doing``: what the caller is about to do, for the message)."""
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"expected one 2-D image, got shape {img.shape}")
+    if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer)):
+        raise ValueError(f"expected a numeric image, got {img.dtype}")
+    if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
+        raise ValueError(f"the image holds NaN/inf pixels; crop or fill them before {doing}")
+    if pixel_size_A is None or not (pixel_size_A > 0):
+        raise ValueError("the image has no pixel size: give one in Å (or self-calibrate with the analysis)")
+    return img
+
+
 def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Path = "default",
                   device: str = "auto", tile: int = 384, overlap: int = 32,
                   return_probabilities: bool = False, material: str | None = None,
@@ -300,15 +315,7 @@ def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Pa
     the fitted lattice (:func:`assign_sublattices`). ``runtime`` chooses what runs the network
     (:mod:`.runtime`: ``auto`` is ONNX Runtime int8 on the CPU, PyTorch on a GPU).
     """
-    img = np.asarray(image)
-    if img.ndim != 2:
-        raise ValueError(f"expected one 2-D image, got shape {img.shape}")
-    if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer)):
-        raise ValueError(f"expected a numeric image, got {img.dtype}")
-    if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
-        raise ValueError("the image holds NaN/inf pixels; crop or fill them before segmenting")
-    if pixel_size_A is None or not (pixel_size_A > 0):
-        raise ValueError("the image has no pixel size: give one in Å (or self-calibrate with the analysis)")
+    img = checked_image(image, pixel_size_A, "segmenting")
     net, card = load_model(model, device)
     dev = next(net.parameters()).device
     runner = make_runner(net, model_path(model), card.pixel_size_A, dev, runtime, progress)

@@ -86,16 +86,10 @@ def rank_uncertain_sites(
     """
     from skimage.feature import peak_local_max
 
-    from .inference import ModelScaleTiles, _predict_tiled, load_model, model_path
+    from .inference import ModelScaleTiles, _predict_tiled, checked_image, load_model, model_path
     from .runtime import make_runner
 
-    img = np.asarray(image)
-    if img.ndim != 2:
-        raise ValueError(f"expected one 2-D image, got shape {img.shape}")
-    if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
-        raise ValueError("the image holds NaN/inf pixels; crop or fill them before ranking its sites")
-    if pixel_size_A is None or not (pixel_size_A > 0):
-        raise ValueError("the image has no pixel size: give one in Å")
+    img = checked_image(image, pixel_size_A, "ranking its sites")
     net, card = load_model(model, device)
     runner = make_runner(
         net, model_path(model), card.pixel_size_A, next(net.parameters()).device, runtime, progress

@@ -154,6 +154,30 @@ class JobWidget:
             show_info(note)
         return layer, plane, layer.metadata or {}
 
+    def _selected_image_and_pixel(self):
+        """(layer, 2-D data, metadata, pixel size in Å) of the chosen image, or None with a message: the
+        file's calibration unless the dock's pixel-size field (:data:`~..core.parameters.PIXEL_OVERRIDE`)
+        is set, by the one rule the commands use (:func:`~..inputs.pixel_size_A`)."""
+        from ..core.parameters import PIXEL_OVERRIDE
+        from ..inputs import pixel_size_A
+        from .fields import field_option, field_values
+
+        selected = self._selected_image()
+        if selected is None:
+            return None
+        layer, data, meta = selected
+        typed = field_values(self, (PIXEL_OVERRIDE,))[PIXEL_OVERRIDE.name]
+        try:
+            pixel = pixel_size_A(layer.scale, bool(meta.get("calibrated")), typed, name=layer.name,
+                                 option=field_option(self)(PIXEL_OVERRIDE))
+        except ValueError as exc:
+            self.status.value = f"⚠ {exc}"
+            return None
+        if pixel is None:
+            self.status.value = "⚠ this image has no calibration: enter its pixel size in Å"
+            return None
+        return layer, data, meta, pixel
+
     def _on_progress(self, fraction: float, message: str) -> None:
         self.progress.value = int(round(100 * fraction))
         self.status.value = message

@@ -24,7 +24,7 @@ from ..core.parameters import FINETUNE_PARAMETERS, RUNTIMES, SEGMENT_PARAMETERS
 from ..twin.parents import list_parents
 from ._worker import NO_LAYER, JobWidget, layer_picker
 from .defect_editing import DefectEditingPanel
-from .fields import field_option, field_values, make_fields
+from .fields import field_values, make_fields
 
 __all__ = ["FinetuneWidget"]
 
@@ -119,31 +119,6 @@ class FinetuneWidget(JobWidget, Container):
     def _model(self) -> str:
         return "default" if self.use_default.value else str(self.checkpoint.value)
 
-    def _image_and_pixel(self):
-        """(layer, 2-D data, metadata, pixel size in Å) of the chosen image, or None with a message."""
-        from ..inputs import pixel_size_A
-
-        selected = self._selected_image()
-        if selected is None:
-            return None
-        layer, data, meta = selected
-        typed = field_values(self, SEGMENT_PARAMETERS)["image_pixel_size_A"]
-        try:
-            pixel = pixel_size_A(
-                layer.scale,
-                bool(meta.get("calibrated")),
-                typed,
-                name=layer.name,
-                option=field_option(self)(SEGMENT_PARAMETERS[0]),
-            )
-        except ValueError as exc:
-            self.status.value = f"⚠ {exc}"
-            return None
-        if pixel is None:
-            self.status.value = "⚠ this image has no calibration: enter its pixel size in Å"
-            return None
-        return layer, data, meta, pixel
-
     def _start_job(self, kind: str, job):
         self._job = kind
         self.rank_button.enabled = False
@@ -161,7 +136,7 @@ class FinetuneWidget(JobWidget, Container):
         """Rank the image's sites by the model's uncertainty in a thread worker (returns the worker)."""
         from ..learn.uncertainty import rank_uncertain_sites
 
-        chosen = self._image_and_pixel()
+        chosen = self._selected_image_and_pixel()
         if chosen is None:
             return None
         layer, data, _, pixel = chosen
@@ -224,7 +199,7 @@ class FinetuneWidget(JobWidget, Container):
         from ..learn.finetune import Correction, FinetuneConfig, check_corrections, finetune
         from ..learn.inference import segment_image
 
-        chosen = self._image_and_pixel()
+        chosen = self._selected_image_and_pixel()
         if chosen is None:
             return None
         layer, data, meta, pixel = chosen

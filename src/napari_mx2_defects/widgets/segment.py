@@ -17,7 +17,7 @@ from ..core.parameters import RUNTIMES, SEGMENT_PARAMETERS
 from ..twin.parents import list_parents
 from ._worker import JobWidget, layer_picker
 from .defect_editing import DefectEditingPanel
-from .fields import field_option, field_values, make_fields
+from .fields import make_fields
 
 __all__ = ["SegmentWidget"]
 
@@ -55,23 +55,10 @@ class SegmentWidget(JobWidget, Container):
         """Start segmentation in a thread worker (returns the worker, or None with a message)."""
         from ..learn.inference import segment_image
 
-        selected = self._selected_image()
-        if selected is None:
+        chosen = self._selected_image_and_pixel()
+        if chosen is None:
             return None
-        layer, data, meta = selected
-        from ..inputs import pixel_size_A
-
-        calibrated = bool(meta.get("calibrated"))
-        typed = field_values(self, SEGMENT_PARAMETERS)["image_pixel_size_A"]
-        try:
-            pixel = pixel_size_A(layer.scale, calibrated, typed, name=layer.name,
-                                 option=field_option(self)(SEGMENT_PARAMETERS[0]))
-        except ValueError as exc:
-            self.status.value = f"⚠ {exc}"
-            return None
-        if pixel is None:
-            self.status.value = "⚠ this image has no calibration: enter its pixel size in Å"
-            return None
+        layer, data, meta, pixel = chosen
         model = "default" if self.use_default.value else str(self.checkpoint.value)
         device, runtime, want_probs = self.device.value, self.runtime.value, self.probabilities.value
         material = self.material.value if self.material.value != "(none)" else meta.get("material")
