@@ -36,6 +36,8 @@ _WHERE = {
     "get_parent": "twin.parents", "list_parents": "twin.parents",
     # analysis
     "AnalysisResult": "analysis.api", "analyze_image": "analysis.api",
+    "DefectObjects": "analysis.objects", "defect_objects": "analysis.objects",
+    "DefectStructure": "analysis.structure", "defect_structure": "analysis.structure",
     # learning
     "Segmentation": "learn.inference", "load_model": "learn.inference", "segment_image": "learn.inference",
     "DatasetSpec": "learn.dataset", "generate_dataset": "learn.dataset",

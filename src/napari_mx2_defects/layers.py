@@ -10,8 +10,8 @@ import pandas as pd
 from .core.classes import CLASS_COLORS, CLASS_NAMES
 
 __all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "corrections_from_layers", "image_frame",
-           "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader",
-           "points_table", "read_points_csv", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
+           "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader", "object_layers",
+           "points_table", "read_points_csv", "strain_layers", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
            "twin_layers", "uncertain_layer"]
 
 LayerData = tuple[Any, dict, str]
@@ -206,6 +206,51 @@ def uncertain_layer(table: pd.DataFrame, image_layer, pixel_size_A: float,
         kwargs["border_color"] = "yellow"
     kwargs.update(image_frame(image_layer, pixel_size_A))
     return coords, kwargs, "points"
+
+
+def object_layers(objects, image_layer, pixel_size_A: float, name: str | None = None) -> list[LayerData]:
+    """Two Shapes layers of :func:`~.analysis.objects.defect_objects` on top of ``image_layer``: the
+    contours (one polygon per defect, edged in its class colour; clusters in white) and the bounding
+    boxes (one rectangle per defect and per cluster). The objects table rides along as features, so
+    napari's layer controls and ``layer.features`` show class, cluster and area per shape."""
+    from .core.classes import CLASS_IDS
+
+    base = name or image_layer.name
+    table = objects.table.reset_index(drop=True)
+    colours = [CLASS_COLORS[CLASS_IDS[c]][:3] + (1.0,) if k == "defect" else (1.0, 1.0, 1.0, 1.0)
+               for k, c in zip(table.kind, table.defect_class)]
+    polygons = [np.asarray(ring, float)[:-1, ::-1] for ring in objects.contours_A]  # (y, x), open ring
+    boxes = [np.array([[r.y_min_A, r.x_min_A], [r.y_min_A, r.x_max_A], [r.y_max_A, r.x_max_A],
+                       [r.y_max_A, r.x_min_A]]) for r in table.itertuples()]
+    common = {"features": table, "face_color": "transparent", "units": ["angstrom", "angstrom"],
+              "metadata": {"pixel_size_A": float(pixel_size_A), "objects": "defect objects"},
+              **image_frame(image_layer, pixel_size_A)}
+    contours = (polygons, {**common, "name": f"{base} defect contours", "shape_type": "polygon",
+                           "edge_color": colours or "white", "edge_width": 0.15}, "shapes")
+    rectangles = (boxes, {**common, "name": f"{base} defect boxes", "shape_type": "rectangle",
+                          "edge_color": colours or "white", "edge_width": 0.1, "visible": False}, "shapes")
+    return [contours, rectangles]
+
+
+def strain_layers(strain, image_layer, pixel_size_A: float, name: str | None = None) -> list[LayerData]:
+    """Image layers of a :class:`~.analysis.structure.StrainMap` on top of ``image_layer``: ε_xx, ε_yy, ε_xy
+    (in %) and the rotation (degrees), each on a diverging colour map centred on zero, its grid cell
+    covering the image area it was fitted at."""
+    base = name or image_layer.name
+    frame = image_frame(image_layer, pixel_size_A)
+    scale = [s * strain.step_A for s in frame["scale"]]
+    translate = [t + o * s for t, o, s in zip(frame["translate"], strain.origin_A[::-1], frame["scale"])]
+    layers = []
+    for key, label, factor in (("e_xx", "strain εxx (%)", 100.0), ("e_yy", "strain εyy (%)", 100.0),
+                               ("e_xy", "strain εxy (%)", 100.0), ("rotation_deg", "rotation (°)", 1.0)):
+        values = strain.components[key] * factor
+        finite = values[np.isfinite(values)]
+        limit = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
+        layers.append((values, {"name": f"{base} {label}", "scale": scale, "translate": translate,
+                                "colormap": "PiYG", "contrast_limits": (-(limit or 1.0), limit or 1.0),
+                                "opacity": 0.6, "visible": key == "e_xx", "units": ["angstrom", "angstrom"],
+                                "metadata": {"strain_component": key, "window_A": strain.window_A}}, "image"))
+    return layers
 
 
 def reviewed_regions_A(shapes, image_layer, pixel_size_A: float) -> list[tuple[float, float, float, float]]:

@@ -161,6 +161,7 @@ def analyze_image(
     notes += meas.notes
     sites = meas.sites
     sites["x_A"], sites["y_A"] = sites.x_px * pixel_size_A, sites.y_px * pixel_size_A
+    sites["x_ideal_A"], sites["y_ideal_A"] = sites.x_ideal_px * pixel_size_A, sites.y_ideal_px * pixel_size_A
     step(0.6, "fitting the forward model's blur to the image's columns")
     forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, round(float(pixel_size_A), 4), microscope,
                                     dopant, relative_noise(img))

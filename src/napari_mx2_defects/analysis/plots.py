@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["concentration_figure", "draw_concentrations", "draw_histogram", "histogram_figure"]
+__all__ = ["class_average_figure", "concentration_figure", "draw_class_averages", "draw_concentrations",
+           "draw_histogram", "histogram_figure"]
 
 
 def draw_histogram(ax, result) -> None:
@@ -87,3 +88,31 @@ def concentration_figure(result) -> Figure:
     fig = Figure(figsize=(6, 3.6), tight_layout=True)
     draw_concentrations(fig.add_subplot(111), result)
     return fig
+
+
+def draw_class_averages(figure: Figure, structure, columns: int = 4) -> None:
+    """A gallery of class averages (:func:`~.structure.class_averages`) on ``figure``: one panel per
+    class with its count and a 1 Å scale bar, each panel on its own grey scale."""
+    averages = structure.averages
+    figure.clear()
+    if not averages:
+        figure.text(0.5, 0.5, "no site to average", ha="center", va="center")
+        return
+    columns = min(columns, len(averages))
+    rows = int(np.ceil(len(averages) / columns))
+    for k, average in enumerate(averages):
+        ax = figure.add_subplot(rows, columns, k + 1)
+        ax.imshow(average.image, cmap="gray", interpolation="nearest")
+        ax.set_title(f"{average.defect_class} (n = {average.n})", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        bar_px = 1.0 / average.pixel_size_A
+        n = average.image.shape[1]
+        ax.plot([0.06 * n, 0.06 * n + bar_px], [0.92 * n] * 2, color="yellow", lw=2)
+    figure.text(0.01, 0.01, "scale bar 1 Å", fontsize=7)
+
+
+def class_average_figure(structure) -> Figure:
+    figure = Figure(figsize=(8, 2.3 * int(np.ceil(max(1, len(structure.averages)) / 4))), tight_layout=True)
+    draw_class_averages(figure, structure)
+    return figure

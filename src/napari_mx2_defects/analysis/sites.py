@@ -46,7 +46,7 @@ SITE_CLASSES = {"X": ["V_XX", "V_X", "", "S_X", "M_X"], "M": ["V_M", "X_M", "", 
 class SiteMeasurement:
     """Sites of one image with their normalised intensities."""
 
-    sites: pd.DataFrame  # x_px, y_px, sublattice, intensity_raw, intensity, peak_found
+    sites: pd.DataFrame  # x_px, y_px, sublattice, intensity_raw, intensity, peak_found, x/y_ideal_px
     fit: LatticeFit
     a_px: float
     fft_a_px: float
@@ -114,6 +114,7 @@ def measure_sites(image: np.ndarray, a_px_hint: float | None, m_brighter: bool |
     sites = pd.DataFrame({
         "x_px": pos[:, 0], "y_px": pos[:, 1], "sublattice": sublattice,
         "intensity_raw": raw, "intensity": raw / norm, "peak_found": found,
+        "x_ideal_px": xy[:, 0], "y_ideal_px": xy[:, 1],  # on the fitted lattice (strain, displacements)
     })
     return SiteMeasurement(sites=sites, fit=fit, a_px=float(fit.a_px), fft_a_px=float(fft_a), notes=notes)
 

@@ -16,6 +16,9 @@ from .options import add_parameters, progress_printer, values_from_args
 
 __all__ = ["ANALYSIS_BYTES_PER_PIXEL", "add_analysis_commands"]
 
+#: The columns of the displacement table the command prints.
+DISPLACEMENT_SUMMARY = ["defect_class", "shell", "neighbour_sublattice", "n_defects", "radial_pm", "radial_sem_pm",
+                        "tangential_pm", "apparent_radial_pm"]
 #: Peak bytes per image pixel of the site analysis (float64 copies, filters, FFT), with margin.
 ANALYSIS_BYTES_PER_PIXEL = 96
 
@@ -29,7 +32,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from ..io.formats import load_images
     from ..twin.parents import get_parent
 
-    stage = StagedOutput(args.out, ANALYSIS_FILES, overwrite=args.overwrite)  # before any work
+    from ..analysis.structure import STRUCTURE_FILES
+
+    names = ANALYSIS_FILES + (STRUCTURE_FILES if args.structure else [])
+    # before any work; a new result without --structure removes an older result's structure files
+    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=STRUCTURE_FILES)
     get_parent(args.material)
     defects = _read_defects(args.defects) if args.defects else None
     images = load_images(args.image)
@@ -49,9 +56,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         beam_energy_keV=energy, dopant=values["dopant"] or None, optics=optics,
         progress=progress_printer(args.quiet),
     )
+    structure = None
+    if args.structure:
+        from ..analysis.structure import defect_structure
+
+        structure = defect_structure(data, result, progress=progress_printer(args.quiet))
     with stage as staging:
         result.save(staging)
-    paths = [Path(args.out) / n for n in ANALYSIS_FILES]
+        if structure is not None:
+            structure.write(staging)
+    paths = [Path(args.out) / n for n in names]
     lat = result.lattice
     print(f"a = {lat['a_A']:.4f} Å (parent {lat['parent_a_A']} Å), pixel {lat['pixel_size_A']:.5f} Å"
           f"{' (self-calibrated)' if lat['self_calibrated'] else ''}, "
@@ -60,6 +74,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(result.concentrations.drop(columns=["site_density_per_cm2"]).to_string(index=False))
+        if structure is not None:
+            print("neighbour displacements (pm; radial > 0 = away from the defect; less the imaging's own):")
+            print(structure.displacements[DISPLACEMENT_SUMMARY].to_string(index=False, float_format="%.2f"))
+            for note in structure.notes:
+                print(f"note: {note}")
     for p in paths:
         print(f"  wrote {p}")
     return 0
@@ -80,6 +99,9 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--material", default="MoS2")
     p.add_argument("--defects", type=Path, help="defects.csv from 'segment' (x_A,y_A,defect_class)")
     add_parameters(p, ANALYSIS_PARAMETERS)
+    p.add_argument("--structure", action="store_true",
+                   help="also class-average each defect class, measure its neighbours' displacements (pm) and map the "
+                        "strain: class_averages.tif/.png, displacements.csv, strain.tif")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -56,7 +56,11 @@ def _cmd_segment(args):
     from ..io.writer import LABELS_TITLE, write_calibrated_tiff
     from ..learn.inference import DEFECTS_COLUMNS, segment_image
 
-    stage = StagedOutput(args.out, SEGMENT_FILES, overwrite=args.overwrite)  # before any work
+    from ..analysis.objects import OBJECT_FILES
+
+    names = SEGMENT_FILES + (OBJECT_FILES if args.objects else [])
+    # before any work; a new result without --objects removes an older result's objects (they would not match)
+    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=OBJECT_FILES)
     from ..learn.checkpoint import card_path, default_model_path, read_card
 
     model = default_model_path() if args.model == "default" else Path(args.model)
@@ -83,10 +87,18 @@ def _cmd_segment(args):
     with stage as staging:
         write_calibrated_tiff(staging / "labels.tif", seg.labels, pixel, title=LABELS_TITLE)
         seg.defects[DEFECTS_COLUMNS[:4]].to_csv(staging / "defects.csv", index=False)
+        if args.objects:
+            from ..analysis.objects import defect_objects
+
+            objects = defect_objects(seg.labels, pixel)
+            objects.write(staging)
     out = Path(args.out)
     print(f"{len(seg.defects)} defects on {seg.device} ({seg.runtime}): " +
           ", ".join(f"{k} {v}" for k, v in seg.defects.defect_class.value_counts().items()))
-    print(f"  wrote {out / 'labels.tif'}\n  wrote {out / 'defects.csv'}")
+    if args.objects:
+        print("objects: " + ", ".join(f"{v} {k}" for k, v in objects.counts().items()))
+    for name in names:
+        print(f"  wrote {out / name}")
     return 0
 
 
@@ -269,6 +281,9 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     add_runtime_option(p)
     p.add_argument("--material", help="parent (e.g. MoSe2): checks each vacancy's sublattice against the lattice")
+    p.add_argument("--objects", action="store_true",
+                   help="also write each defect's and each cluster's contour and box: defect_objects.csv, "
+                        "defect_objects.geojson")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_segment)

@@ -178,6 +178,30 @@ class JobWidget:
             return None
         return layer, data, meta, pixel
 
+    def _export_to_folder(self, what: str, write) -> list | None:
+        """Ask for a folder and call ``write(folder, overwrite)``; when it refuses because the files exist,
+        ask before replacing them. Messages go to the dock's status; returns the paths written or None."""
+        from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+        folder = QFileDialog.getExistingDirectory(self.native, f"Folder for the {what}")
+        if not folder:
+            return None
+        try:
+            try:
+                paths = write(folder, False)
+            except FileExistsError:
+                answer = QMessageBox.question(self.native, "Replace files?",
+                                              f"{folder} already holds a {what}. Replace those files?")
+                if answer != QMessageBox.Yes:
+                    self.status.value = "nothing exported (the files exist)"
+                    return None
+                paths = write(folder, True)
+        except (OSError, ValueError) as exc:
+            self.status.value = f"⚠ {exc}"
+            return None
+        self.status.value = f"exported {', '.join(p.name for p in paths)} to {folder}"
+        return paths
+
     def _on_progress(self, fraction: float, message: str) -> None:
         self.progress.value = int(round(100 * fraction))
         self.status.value = message

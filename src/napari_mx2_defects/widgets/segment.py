@@ -39,14 +39,20 @@ class SegmentWidget(JobWidget, Container):
         self.runtime = ComboBox(label="runtime", choices=list(RUNTIMES), value="auto",
                                 tooltip="auto: ONNX Runtime int8 on the CPU, PyTorch on a GPU")
         self.probabilities = CheckBox(label="add probability image", value=False)
+        self.objects = CheckBox(label="add contours and boxes (Shapes)", value=False,
+                                tooltip="each defect and each cluster of adjacent defects as an object")
         self.run_button = PushButton(text="Find defects")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
+        self.export_objects_button = PushButton(text="Export objects (CSV, GeoJSON)…", enabled=False)
         self.editing = DefectEditingPanel(viewer)  # class legend, class for new points, undo / redo
         self.extend([self.image_layer, self.use_default, self.checkpoint, pixel, self.material, self.device,
-                     self.runtime, self.probabilities,
-                     self.run_button, self.cancel_button, self.progress, self.status])
+                     self.runtime, self.probabilities, self.objects,
+                     self.run_button, self.cancel_button, self.progress, self.status, self.export_objects_button])
+        self.defect_objects = None
+        self.export_objects_button.changed.connect(lambda *_: self._export_to_folder(
+            "defect objects", lambda folder, overwrite: self.defect_objects.save(folder, overwrite=overwrite)))
         self.native.layout().addWidget(self.editing.native)  # full width, under the job controls
         self._init_runner()
         self._track_layers()
@@ -63,15 +69,30 @@ class SegmentWidget(JobWidget, Container):
         device, runtime, want_probs = self.device.value, self.runtime.value, self.probabilities.value
         material = self.material.value if self.material.value != "(none)" else meta.get("material")
         energy = meta.get("beam_energy_keV")
+        want_objects = self.objects.value
         self._context = (layer, pixel)
-        return self._start(lambda progress, cancelled: segment_image(
-            data, pixel, model=model, device=device, return_probabilities=want_probs, material=material,
-            beam_energy_keV=energy, runtime=runtime, progress=progress, cancelled=cancelled))
 
-    def _on_done(self, seg) -> None:
-        from ..layers import add_layers, segmentation_layers
+        def job(progress, cancelled):
+            from ..analysis.objects import defect_objects
 
+            seg = segment_image(data, pixel, model=model, device=device, return_probabilities=want_probs,
+                                material=material, beam_energy_keV=energy, runtime=runtime, progress=progress,
+                                cancelled=cancelled)
+            return seg, (defect_objects(seg.labels, pixel) if want_objects else None)
+
+        return self._start(job)
+
+    def _on_done(self, result) -> None:
+        from ..layers import add_layers, object_layers, segmentation_layers
+
+        seg, objects = result
         layer, pixel = self._context
         labels, points, *probabilities = add_layers(self.viewer, segmentation_layers(seg, layer, pixel))
         self.editing.attach(points)  # hand edits with an explicit class, undo; borders in the legend's colours
         self.status.value = f"{len(seg.defects)} defects found on {seg.device} ({seg.runtime})"
+        self.defect_objects = objects
+        self.export_objects_button.enabled = objects is not None
+        if objects is not None:
+            add_layers(self.viewer, object_layers(objects, layer, pixel))
+            self.viewer.layers.selection.active = points  # editing stays on the defect points
+            self.status.value += "; " + ", ".join(f"{v} {k}" for k, v in objects.counts().items())

@@ -13,7 +13,7 @@ from ._worker import NO_LAYER, JobWidget, layer_picker
 from .defect_editing import DefectEditingPanel
 from .fields import field_option, field_values, make_fields
 
-__all__ = ["StatisticsWidget"]
+__all__ = ["StatisticsWidget", "displacement_table", "results_table"]
 
 #: What each export button writes.
 EXPORTS = {
@@ -36,6 +36,20 @@ def results_table(concentrations) -> dict[str, list]:
     return table
 
 
+def displacement_table(displacements) -> dict[str, list]:
+    """The neighbour displacements as the dock shows them: class, shell, defects, radial and tangential pm ± SE."""
+    table: dict[str, list] = {"class": [], "shell": [], "defects": [], "radial (pm)": [], "tangential (pm)": []}
+    for row in (displacements.itertuples() if displacements is not None else []):
+        table["class"].append(row.defect_class)
+        table["shell"].append(f"{row.shell} ({row.neighbour_sublattice})")
+        table["defects"].append(int(row.n_defects))
+        for part in ("radial", "tangential"):  # no bias twin for the class, or a single defect: "–"
+            value, sem = getattr(row, f"{part}_pm"), getattr(row, f"{part}_sem_pm")
+            table[f"{part} (pm)"].append("–" if not np.isfinite(value) else
+                                         f"{value:+.2f} ± {sem:.2f}" if np.isfinite(sem) else f"{value:+.2f}")
+    return table
+
+
 class StatisticsWidget(JobWidget, Container):
     """Measure every site of an image layer and count defects per cm², with plots."""
 
@@ -54,13 +68,19 @@ class StatisticsWidget(JobWidget, Container):
         self.table.read_only = True
         self.export_csv_button = PushButton(text="Export CSV…", enabled=False)
         self.export_png_button = PushButton(text="Export PNG…", enabled=False)
+        self.structure_button = PushButton(text="Class averages, displacements, strain", enabled=False,
+                                           tooltip="align and average each defect class, measure how far its "
+                                                   "neighbours moved (pm) and map the strain")
+        self.displacement_table = Table(value=displacement_table(None), label="displacements")
+        self.displacement_table.read_only = True
+        self.export_structure_button = PushButton(text="Export averages and strain…", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
         self.editing = DefectEditingPanel(viewer, picker=self.defects_layer)  # legend, hand edits, undo
         self.extend([self.image_layer, self.defects_layer, self.regions_layer, self.material, *fields,
                      self.run_button, self.cancel_button, self.progress, self.status, self.table,
-                     self.export_csv_button,
-                     self.export_png_button])
+                     self.export_csv_button, self.export_png_button, self.structure_button,
+                     self.displacement_table, self.export_structure_button])
         self.native.layout().addWidget(self.editing.native)  # full width, above the plots
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -69,8 +89,16 @@ class StatisticsWidget(JobWidget, Container):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(380)
         self.native.layout().addWidget(self.canvas)
-        self.result = None
+        self.gallery = Figure(figsize=(4, 2.4), tight_layout=True)  # class averages
+        self.gallery_canvas = FigureCanvasQTAgg(self.gallery)
+        self.gallery_canvas.setMinimumHeight(200)
+        self.native.layout().addWidget(self.gallery_canvas)
+        self.result = self.structure = None
+        self._job, self._analysed, self._pending = "analysis", None, None
         self._init_runner()
+        self.structure_button.changed.connect(self.run_structure)
+        self.export_structure_button.changed.connect(lambda *_: self._export_to_folder(
+            "class averages and strain", lambda folder, overwrite: self.structure.save(folder, overwrite=overwrite)))
         self.export_csv_button.changed.connect(lambda *_: self._ask_and_export("csv"))
         self.export_png_button.changed.connect(lambda *_: self._ask_and_export("png"))
         self._track_layers()
@@ -123,13 +151,51 @@ class StatisticsWidget(JobWidget, Container):
                                  cancelled=cancelled)
 
         self._source_name = layer.name
+        self._job, self._pending = "analysis", data  # becomes the analysed image when the job succeeds
         return self._start(job, message)
 
+    def run_structure(self, *_):
+        """Class averages, neighbour displacements and strain of the analysed image, in a thread worker."""
+        from ..analysis.structure import defect_structure
+
+        if self.result is None:
+            self.status.value = "⚠ analyse an image first"
+            return None
+        data, result = self._analysed, self.result
+        self._job = "structure"
+        self.structure_button.enabled = False
+        return self._start(lambda progress, cancelled: defect_structure(data, result, progress=progress,
+                                                                        cancelled=cancelled))
+
+    def _on_finished(self) -> None:
+        super()._on_finished()
+        self.structure_button.enabled = self.result is not None
+
     def _on_done(self, result) -> None:
+        (self._analysed_done if self._job == "analysis" else self._structured)(result)
+
+    def _structured(self, structure) -> None:
+        from ..analysis.plots import draw_class_averages
+        from ..layers import add_layers, strain_layers
+
+        self.structure = structure
+        draw_class_averages(self.gallery, structure)
+        self.gallery_canvas.draw_idle()
+        self.displacement_table.value = displacement_table(structure.displacements)
+        source = self.viewer.layers[self._source_name] if self._source_name in self.viewer.layers else None
+        if source is not None:
+            add_layers(self.viewer, strain_layers(structure.strain, source, self.result.lattice["pixel_size_A"]))
+        n = sum(a.n for a in structure.averages if not a.defect_class.startswith("intact"))
+        self.status.value = "\n".join([f"{n} defects averaged in {len(structure.averages)} classes (with intact "
+                                        f"references); strain on a {structure.strain.step_A:.2f} Å grid",
+                                        *(f"⚠ {note}" for note in structure.notes)])
+        self.export_structure_button.enabled = True
+
+    def _analysed_done(self, result) -> None:
         from ..analysis.plots import draw_concentrations, draw_histogram
         from ..layers import image_frame, sites_layer
 
-        self.result = result
+        self.result, self._analysed = result, self._pending
         self.figure.clear()
         draw_histogram(self.figure.add_subplot(211), result)
         draw_concentrations(self.figure.add_subplot(212), result)
@@ -152,6 +218,8 @@ class StatisticsWidget(JobWidget, Container):
                 show_warning(note)
         self.export_csv_button.enabled = True
         self.export_png_button.enabled = True
+        self.structure = None
+        self.export_structure_button.enabled = False
 
     def export(self, folder: str | Path, overwrite: bool = False, kind: str = "all") -> list[Path]:
         """Write the results into ``folder``: ``csv`` the tables (sites.csv, concentrations.csv,
@@ -175,26 +243,4 @@ class StatisticsWidget(JobWidget, Container):
         return paths
 
     def _ask_and_export(self, kind: str) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        folder = QFileDialog.getExistingDirectory(self.native, f"Folder for the {kind.upper()} export")
-        if folder:
-            try:
-                paths = self.export(folder, kind=kind)
-            except FileExistsError:
-                from qtpy.QtWidgets import QMessageBox
-
-                answer = QMessageBox.question(self.native, "Replace files?",
-                                              f"{folder} already holds results of this export. Replace them?")
-                if answer != QMessageBox.Yes:
-                    self.status.value = "nothing exported (the files exist)"
-                    return
-                try:
-                    paths = self.export(folder, kind=kind, overwrite=True)
-                except (OSError, ValueError) as exc:
-                    self.status.value = f"⚠ {exc}"
-                    return
-            except (OSError, ValueError) as exc:
-                self.status.value = f"⚠ {exc}"
-                return
-            self.status.value = f"exported {', '.join(p.name for p in paths)} to {folder}"
+        self._export_to_folder(f"{kind.upper()} export", lambda folder, overwrite: self.export(folder, overwrite, kind))
