@@ -19,7 +19,7 @@ def test_top_level_manifest_is_valid():
     assert len(manifest.contributions.writers) == 2
     assert {w.display_name for w in manifest.contributions.widgets} == {"Simulate digital twin", "Find defects",
                                                                         "Defect statistics", "Batch folder",
-                                                                        "Fine-tune on corrections"}
+                                                                        "Fine-tune on corrections", "Dose response"}
     assert manifest.contributions.sample_data
 
 

@@ -43,7 +43,7 @@ _WHERE = {
     "DatasetSpec": "learn.dataset", "generate_dataset": "learn.dataset",
     "TrainConfig": "learn.train", "train": "learn.train",
     "evaluate_model_on_twins": "learn.evaluate", "instance_scores": "learn.evaluate",
-    "match_instances": "learn.evaluate",
+    "match_instances": "learn.evaluate", "DoseResponse": "learn.dose_response", "dose_response": "learn.dose_response",
     "Correction": "learn.finetune", "FinetuneConfig": "learn.finetune", "finetune": "learn.finetune",
     "read_corrections": "learn.finetune", "rank_uncertain_sites": "learn.uncertainty",
     "corrections_from_layers": "layers",

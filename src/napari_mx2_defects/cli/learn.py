@@ -105,13 +105,11 @@ def _cmd_segment(args):
 def _cmd_evaluate(args):
     from ..learn.evaluate import evaluate_model_on_twins
 
-    doses = []
-    for text in args.doses.split(","):
-        try:
-            doses.append(BOUNDS["dose_e_per_A2"].with_option("--doses").check(float(text)))
-        except ValueError:
-            raise ValueError(f"--doses must list doses in e/Å² ({BOUNDS['dose_e_per_A2'].describe()}), "
-                             f"got {text[:40]!r}") from None
+    from ..core.validation import parse_doses
+
+    doses = parse_doses(args.doses)
+    if args.classes:
+        return _dose_response(args, doses)
     result = evaluate_model_on_twins(args.model, materials=args.materials.split(","), doses=doses, n_per=args.n,
                                      seed=args.seed, runtime=args.runtime,
                                      progress=progress_printer(args.quiet))
@@ -120,6 +118,32 @@ def _cmd_evaluate(args):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("\nall doses")
     print(result["overall"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _dose_response(args, doses) -> int:
+    """``evaluate --classes``: F1 and IoU per grouping, class and dose, eqn. 1 fitted, files in --out."""
+    from ..io.atomic import StagedOutput
+    from ..learn.dose_response import DOSE_FILES, dose_response
+
+    from ..core.validation import parse_class_groupings
+
+    classes = parse_class_groupings(args.classes)
+    if args.out is None:
+        raise ValueError("--classes writes dose_response.csv, dose_fit.csv and dose_response.png: give --out DIR")
+    if len(doses) < 3:
+        raise ValueError(f"--classes fits a curve to F1 against dose: give at least three --doses, got {len(doses)}")
+    stage = StagedOutput(args.out, DOSE_FILES, overwrite=args.overwrite)  # before any work
+    response = dose_response(args.model, materials=args.materials.split(","), doses=doses, n_per=args.n,
+                             seed=args.seed, classes=classes, runtime=args.runtime,
+                             progress=progress_printer(args.quiet))
+    with stage as staging:
+        response.write(staging)
+    print(response.points.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\ndose where the fitted F1 reaches 0.9 (eqn. 1; NaN: its plateau D0 stays below):")
+    print(response.enough_dose().to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    for name in DOSE_FILES:
+        print(f"  wrote {Path(args.out) / name}")
     return 0
 
 
@@ -294,6 +318,10 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--doses", default="1e6")
     p.add_argument("--n", type=_t("n_per"), default=3, help="images per material and dose")
     p.add_argument("--seed", type=_t("seed"), default=10_000)
+    p.add_argument("--classes", help="dose-response per class grouping: e.g. 1,3,all (1 binary, 3 by site, all "
+                                     "classes); fits F1 = D0 + A·exp(−dose/α) and writes its table and plot to --out")
+    p.add_argument("--out", type=Path, help="folder for --classes: dose_response.csv, dose_fit.csv, dose_response.png")
+    p.add_argument("--overwrite", action="store_true")
     add_runtime_option(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)

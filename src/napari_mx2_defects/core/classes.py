@@ -7,7 +7,7 @@ predict them, the analysis counts them and the front ends colour them with :data
 
 from __future__ import annotations
 
-__all__ = ["CLASS_COLORS", "CLASS_IDS", "CLASS_NAMES", "DEFECT_CLASSES", "SUBLATTICE_OF"]
+__all__ = ["CLASS_COLORS", "CLASS_IDS", "CLASS_NAMES", "DEFECT_CLASSES", "EVERY_CLASS", "SUBLATTICE_OF", "class_grouping"]
 
 #: id -> (name, meaning, sublattice the defect sits on)
 DEFECT_CLASSES: dict[int, tuple[str, str, str]] = {
@@ -42,3 +42,20 @@ CLASS_COLORS: dict[int, tuple[float, float, float, float]] = {
 }
 #: Class name → the sublattice it sits on (``M`` metal, ``X`` chalcogen column, ``H`` hollow site).
 SUBLATTICE_OF: dict[str, str] = {name: sub for name, _, sub in DEFECT_CLASSES.values()}
+
+#: The class grouping that keeps every defect class apart (see :func:`class_grouping`).
+EVERY_CLASS = len(DEFECT_CLASSES)
+_SITE_GROUP = {"X": "X-site defect", "M": "M-site defect", "H": "off-lattice defect"}
+
+
+def class_grouping(n_groups: int) -> dict[str, str]:
+    """Class name → group name for ``n_groups`` groups: 1 binary (any defect against the lattice), 3 by where
+    the defect sits (chalcogen site, metal site, off the lattice), :data:`EVERY_CLASS` every class."""
+    names = [name for name, _, _ in DEFECT_CLASSES.values()]
+    if n_groups == 1:
+        return {name: "defect" for name in names}
+    if n_groups == 3:
+        return {name: _SITE_GROUP[SUBLATTICE_OF[name]] for name in names}
+    if n_groups == EVERY_CLASS:
+        return {name: name for name in names}
+    raise ValueError(f"class groupings are 1 (binary), 3 (by site) or {EVERY_CLASS} (every class), got {n_groups}")

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, replace
 
 __all__ = [
+    "parse_class_groupings",
+    "parse_doses",
     "BOUNDS",
     "MAX_IMAGE_PIXELS",
     "SQUARE_PIXEL_TOLERANCE",
@@ -185,6 +187,35 @@ def _parse_int(text: str) -> int:
         if not math.isfinite(number) or number != int(number):
             raise
         return int(number)
+
+
+def parse_doses(text: str, option: str = "--doses") -> list[float]:
+    """A comma-separated list of doses in e/Å², each checked against the dose bound."""
+    doses = []
+    bound = BOUNDS["dose_e_per_A2"].with_option(option)
+    for item in str(text).split(","):
+        try:
+            doses.append(bound.check(float(item)))
+        except ValueError:
+            raise ValueError(f"{option} must list doses in e/Å² ({bound.describe()}), got {item[:40]!r}") from None
+    return doses
+
+
+def parse_class_groupings(text: str, option: str = "--classes") -> list[int]:
+    """A comma-separated list of class groupings (1, 3 or ``all``: :func:`~.classes.class_grouping`)."""
+    from .classes import EVERY_CLASS, class_grouping
+
+    out = []
+    for item in str(text).split(","):
+        item = item.strip().lower()
+        try:
+            n = EVERY_CLASS if item == "all" else int(item)
+            class_grouping(n)
+        except ValueError:
+            raise ValueError(f"{option} lists class groupings: 1 (binary), 3 (by site) or all (every class), "
+                             f"got {item[:40]!r}") from None
+        out.append(n)
+    return out
 
 
 def available_memory_bytes() -> int:

@@ -374,8 +374,14 @@ class StagedOutput:
         else:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.staging = self.out.parent / _temp_name(self.out.name)
-        self.staging.mkdir()
-        return self.staging
+        try:  # an interrupt between making the folder and entering the block would leave it behind
+            self.staging.mkdir()
+            staging = self.staging
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+            raise
+        return staging
 
     def __exit__(self, exc_type, exc, tb) -> None:
         staging, self.staging = self.staging, None

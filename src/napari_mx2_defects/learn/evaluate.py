@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["evaluate_model_on_twins", "instance_scores", "match_instances"]
+__all__ = ["evaluate_model_on_twins", "held_out_twins", "inside_border", "instance_scores", "match_instances"]
 
 
 def match_instances(pred: pd.DataFrame, truth: pd.DataFrame, radius_A: float = 1.0) -> dict[str, dict[str, int]]:
@@ -45,10 +45,49 @@ def _add(total: dict, counts: dict) -> None:
             slot[k] += c[k]
 
 
+def held_out_twins(materials=("MoSe2", "WS2"), doses=(1e6,), n_per: int = 3, seed: int = 10_000,
+                   fov_A: float = 60.0, defects: str = "V_X=2%,V_XX=1%,V_M=1%"):
+    """The held-out twins every evaluation scores on, checked and then made one at a time.
+
+    Twin ``j`` of the (dose, material, k) list has seed ``seed + j``, a pixel size drawn in 0.12–0.2 Å and
+    drawn scan jitter, contamination and probe-current variation, so a dose sweep sees the same
+    structures and conditions at every dose. Yields ``(index, count, dose, material, k, twin)``.
+    """
+    from ..core.validation import BOUNDS
+    from ..twin.api import TwinRequest, simulate_twin
+    from ..twin.imperfections import Imperfections
+    from ..twin.parents import get_parent
+
+    n_per = BOUNDS["n_per"].check(n_per)
+    seed = BOUNDS["seed"].check(seed)
+    fov_A = BOUNDS["fov_A"].with_option("field of view").check(fov_A)
+    doses = [BOUNDS["dose_e_per_A2"].with_option("--doses").check(d) for d in doses]
+    for material in materials:
+        get_parent(material)  # an unknown parent is refused before the first twin
+    jobs = [(dose, material, k) for dose in doses for material in materials for k in range(n_per)]
+    per_dose = len(materials) * n_per
+    for j, (dose, material, k) in enumerate(jobs):
+        structure = seed + j % per_dose  # the same structure and conditions at every dose
+        rng = np.random.default_rng(structure)
+        twin = simulate_twin(TwinRequest(
+            material=material, defects=defects, fov_A=fov_A, pixel_size_A=float(rng.uniform(0.12, 0.2)),
+            seed=structure, imperfections=Imperfections(
+                dose_e_per_A2=dose, scan_jitter_A=float(rng.uniform(0, 0.05)),
+                contamination=float(rng.uniform(0, 0.2)), probe_current_variation=float(rng.uniform(0, 0.03)))))
+        yield j, len(jobs), dose, material, k, twin
+
+
+def inside_border(table: pd.DataFrame, twin, border_A: float) -> pd.DataFrame:
+    """Rows of a defects table at least ``border_A`` from the twin's edges."""
+    ex, ey = twin.extent_xy_A
+    return table[(table.x_A > border_A) & (table.y_A > border_A) & (table.x_A < ex - border_A)
+                 & (table.y_A < ey - border_A)]
+
+
 def evaluate_model_on_twins(model: str = "default", materials=("MoSe2", "WS2"), doses=(1e6,), n_per: int = 3,
                             seed: int = 10_000, fov_A: float = 60.0, defects: str = "V_X=2%,V_XX=1%,V_M=1%",
                             border_A: float = 1.5, runtime: str = "auto", progress=lambda f, m: None) -> dict:
-    """Generate held-out twins (other seeds, given parents and imperfections) and score the model.
+    """Generate held-out twins (:func:`held_out_twins`) and score the model.
 
     Defects within ``border_A`` of the image edge are left out of both sides (a disc cut by the
     edge has no well-defined centroid). ``runtime`` is what runs the network (:mod:`.runtime`).
@@ -58,37 +97,15 @@ def evaluate_model_on_twins(model: str = "default", materials=("MoSe2", "WS2"), 
     dict
         ``{"by_dose": {dose: DataFrame}, "overall": DataFrame}``
     """
-    from ..core.validation import BOUNDS
-    from ..twin.api import TwinRequest, simulate_twin
-    from ..twin.imperfections import Imperfections
-    from ..twin.parents import get_parent
     from .inference import segment_image
 
-    n_per = BOUNDS["n_per"].check(n_per)
-    seed = BOUNDS["seed"].check(seed)
-    fov_A = BOUNDS["fov_A"].with_option("field of view").check(fov_A)
-    doses = [BOUNDS["dose_e_per_A2"].with_option("--doses").check(d) for d in doses]
-    for material in materials:
-        get_parent(material)  # an unknown parent is refused before the first twin
     by_dose = {}
     overall: dict = {}
-    jobs = [(dose, material, k) for dose in doses for material in materials for k in range(n_per)]
-    for j, (dose, material, k) in enumerate(jobs):
-        rng = np.random.default_rng(seed + j)
-        twin = simulate_twin(TwinRequest(
-            material=material, defects=defects, fov_A=fov_A, pixel_size_A=float(rng.uniform(0.12, 0.2)),
-            seed=seed + j, imperfections=Imperfections(
-                dose_e_per_A2=dose, scan_jitter_A=float(rng.uniform(0, 0.05)),
-                contamination=float(rng.uniform(0, 0.2)), probe_current_variation=float(rng.uniform(0, 0.03)))))
+    for j, n_jobs, dose, material, k, twin in held_out_twins(materials, doses, n_per, seed, fov_A, defects):
         seg = segment_image(twin.image, twin.pixel_size_A[1], model=model, material=material, runtime=runtime)
-        ex, ey = twin.extent_xy_A
-
-        def inside(table):
-            return table[(table.x_A > border_A) & (table.y_A > border_A) & (table.x_A < ex - border_A)
-                         & (table.y_A < ey - border_A)]
-
-        counts = match_instances(inside(seg.defects), inside(twin.truth_table()))
+        counts = match_instances(inside_border(seg.defects, twin, border_A),
+                                 inside_border(twin.truth_table(), twin, border_A))
         _add(by_dose.setdefault(dose, {}), counts)
         _add(overall, counts)
-        progress((j + 1) / len(jobs), f"{material} dose {dose:g}: {k + 1}/{n_per}")
+        progress((j + 1) / n_jobs, f"{material} dose {dose:g}: {k + 1}/{n_per}")
     return {"by_dose": {d: instance_scores(c) for d, c in by_dose.items()}, "overall": instance_scores(overall)}
