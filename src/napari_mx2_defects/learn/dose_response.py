@@ -125,6 +125,8 @@ def draw_dose_response(figure, response: DoseResponse) -> None:
         rows = response.points[response.points.classes == n]
         doses = np.geomspace(rows.dose_e_per_A2.min(), rows.dose_e_per_A2.max(), 200)
         for name, group in rows.groupby("defect_class"):
+            if int(group.tp.sum() + group.fn.sum()) == 0:
+                continue  # no true instance at any dose: its false positives are in the table
             line = ax.plot(group.dose_e_per_A2, group.f1, "o", ms=4, label=name)[0]
             fit = response.fits[(response.fits.classes == n) & (response.fits.defect_class == name)
                                 & (response.fits.metric == "f1")]
@@ -189,8 +191,10 @@ def dose_response(model: str = "default", materials=("MoSe2", "WS2"), doses=(1e3
                                          "n_images"])
     fits = []
     for (n, name), group in points.groupby(["classes", "defect_class"]):
+        present = int(group.tp.sum() + group.fn.sum()) > 0  # a class no twin holds: false positives only, no curve
         for metric in ("f1", "iou"):
-            d0, amplitude, alpha = fit_dose_curve(group.dose_e_per_A2.to_numpy(), group[metric].to_numpy())
+            d0, amplitude, alpha = (fit_dose_curve(group.dose_e_per_A2.to_numpy(), group[metric].to_numpy())
+                                    if present else (np.nan, np.nan, np.nan))
             fits.append({"classes": n, "defect_class": name, "metric": metric, "d0": d0, "amplitude": amplitude,
                          "alpha_e_per_A2": alpha,
                          "dose_for_f1_0_9_e_per_A2": dose_for(F1_ENOUGH, d0, amplitude, alpha) if metric == "f1"
