@@ -219,6 +219,7 @@ def process_file(
         beam_energy_keV=energy,
         dopant=dopant,
         optics=optics,
+        exclude_contamination=bool(values.get("exclude_contamination")),
     )
     if note:
         result.notes.insert(0, note)

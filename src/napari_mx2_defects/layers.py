@@ -9,7 +9,7 @@ import pandas as pd
 
 from .core.classes import CLASS_COLORS, CLASS_NAMES
 
-__all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "corrections_from_layers", "image_frame",
+__all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "contamination_layer", "corrections_from_layers", "image_frame",
            "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader", "object_layers",
            "points_table", "read_points_csv", "strain_layers", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
            "twin_layers", "uncertain_layer"]
@@ -251,6 +251,18 @@ def strain_layers(strain, image_layer, pixel_size_A: float, name: str | None = N
                                 "opacity": 0.6, "visible": key == "e_xx", "units": ["angstrom", "angstrom"],
                                 "metadata": {"strain_component": key, "window_A": strain.window_A}}, "image"))
     return layers
+
+
+def contamination_layer(result, image_layer, name: str | None = None) -> LayerData:
+    """Labels layer of an analysis's contamination map (1 = amorphous contamination, left out of the
+    counts) on top of ``image_layer``, pixel for pixel."""
+    frame = image_frame(image_layer, result.lattice["pixel_size_A"])
+    return (result.contamination.astype(np.uint8),
+            {"name": name or f"{image_layer.name} contamination", "opacity": 0.35,
+             "scale": [s * result.lattice["pixel_size_A"] for s in frame["scale"]], "translate": frame["translate"],
+             "units": ["angstrom", "angstrom"], "features": pd.DataFrame({"index": [0, 1],
+                                                                          "class": ["clean", "contaminated"]}),
+             "metadata": {"contamination": result.lattice.get("contamination", {})}}, "labels")
 
 
 def reviewed_regions_A(shapes, image_layer, pixel_size_A: float) -> list[tuple[float, float, float, float]]:

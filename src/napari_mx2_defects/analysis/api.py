@@ -41,6 +41,7 @@ class AnalysisResult:
     lattice: dict
     levels: dict
     notes: list[str] = field(default_factory=list)
+    contamination: np.ndarray | None = None  # (ny, nx) bool, when mapped (exclude_contamination)
 
     def save(self, out_dir: str | Path, overwrite: bool = False, files: Sequence[str] = ANALYSIS_FILES) -> list[Path]:
         """Write ``files`` (by default all of sites.csv, concentrations.csv, lattice.json,
@@ -58,7 +59,7 @@ class AnalysisResult:
             raise ValueError(f"the analysis writes {', '.join(ANALYSIS_FILES)}; cannot write {unknown or 'nothing'}")
         files = [n for n in ANALYSIS_FILES if n in files]
         stage = StagedOutput(out_dir, files, overwrite=overwrite)
-        columns = SITES_COLUMNS + [c for c in ("region", "in_hole", "model_class", "reported_class")
+        columns = SITES_COLUMNS + [c for c in ("region", "in_hole", "in_contamination", "model_class", "reported_class")
                                    if c in self.sites]
         writers = {
             "sites.csv": lambda path: self.sites[columns].to_csv(path, index=False),
@@ -110,6 +111,7 @@ def analyze_image(
     dopant: str | None = None,
     optics: dict | None = None,
     border_A: float = 2.0,
+    exclude_contamination: bool = False,
     progress: Callable[[float, str], None] = lambda f, m: None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> AnalysisResult:
@@ -141,6 +143,9 @@ def analyze_image(
         ADF); the image's own M/X2 ratio then fits the remaining Z contrast.
     border_A : float
         Sites within this distance of the image edge are not analysed.
+    exclude_contamination : bool
+        Map amorphous contamination (:mod:`.contamination`) and leave its sites out of the counts
+        and the area (``sites.in_contamination``; ``contaminated_area_nm2`` beside each concentration).
     progress, cancelled : callables, optional
         The job protocol: ``progress(fraction, message)``; ``cancelled()`` is polled between
         steps and a True return raises :class:`~napari_mx2_defects.core.jobs.Cancelled`.
@@ -162,6 +167,7 @@ def analyze_image(
     sites = meas.sites
     sites["x_A"], sites["y_A"] = sites.x_px * pixel_size_A, sites.y_px * pixel_size_A
     sites["x_ideal_A"], sites["y_ideal_A"] = sites.x_ideal_px * pixel_size_A, sites.y_ideal_px * pixel_size_A
+    contamination, contamination_record = _contamination(img, meas, sites, exclude_contamination, notes)
     step(0.6, "fitting the forward model's blur to the image's columns")
     forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, round(float(pixel_size_A), 4), microscope,
                                     dopant, relative_noise(img))
@@ -176,8 +182,36 @@ def analyze_image(
     concentrations = _concentrations(sites, region_masks, levels, cell_area, notes)
     lattice = _lattice_record(meas, sites, parent, pixel_size_A, self_calibrated, cell_area, energy)
     _record_fits(lattice, sites, z_contrast, microscope, blur, site_classes)
+    if contamination is not None:
+        dirty_m = (sites.sublattice == "M") & sites.in_contamination & ~sites.in_hole
+        lattice["contamination"] = {**contamination_record,  # area as the concentrations count it: metal sites
+                                    "area_nm2": float(dirty_m.sum() * cell_area / 100)}
     progress(1.0, "done")
-    return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes)
+    return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes,
+                          contamination=contamination)
+
+
+def _contamination(img, meas, sites: pd.DataFrame, wanted: bool, notes: list[str]):
+    """The contamination map and its record when ``wanted`` (each site's ``in_contamination``), else None."""
+    sites["in_contamination"] = False
+    if not wanted:
+        return None, {}
+    from .contamination import contamination_mask
+
+    mask, record = contamination_mask(img, meas.fit.a1, meas.fit.a2, meas.a_px)
+    rows = np.clip(np.rint(sites.y_px.to_numpy()).astype(int), 0, mask.shape[0] - 1)
+    cols = np.clip(np.rint(sites.x_px.to_numpy()).astype(int), 0, mask.shape[1] - 1)
+    sites["in_contamination"] = mask[rows, cols]
+    clean_x = (sites.sublattice == "X").to_numpy() & ~sites.in_contamination.to_numpy()
+    if clean_x.sum() >= 10:  # the median chalcogen column of the clean area is 1, as in a clean image
+        sites["intensity"] = sites.intensity_raw / float(np.median(sites.intensity_raw[clean_x]))
+    if record["fraction"] > 0:
+        notes.append(f"amorphous contamination covers {100 * record['fraction']:.0f} % of the image; its sites are "
+                     f"left out of the counts and the area")
+    if record["fraction"] > 0.45:
+        notes.append("more than 45 % of the image looks contaminated: the map takes the commoner level as clean, "
+                     "so check it on the image")
+    return mask, record
 
 
 def _stepper(progress, cancelled):
@@ -206,14 +240,18 @@ def _pixel_size(img, pixel_size_A, parent, microscope, dopant, border_A, notes: 
 
 def _classify_sites(sites: pd.DataFrame, levels, dopant, a_px: float, defects, notes: list[str]):
     """Site classes from the per-sublattice mixture, holes blanked, the model's detections matched (in place)."""
-    site_classes = fit_site_classes(sites, levels, dopant)
+    dirty = sites.in_contamination.to_numpy(bool)  # carbon on a column lifts its intensity: fit without them
+    site_classes = fit_site_classes(sites[~dirty].reset_index(drop=True), levels, dopant)
     notes += site_classes.notes
-    classes = site_classes.classes
+    classes = np.full(len(sites), "", dtype=object)
+    p_class = np.full(len(sites), np.nan)
+    flagged = np.zeros(len(sites), bool)
+    classes[~dirty], p_class[~dirty], flagged[~dirty] = site_classes.classes, site_classes.p_class, site_classes.flagged
     in_hole = find_holes(sites, classes, a_px)
     classes[in_hole] = ""
     sites["defect_class"] = classes
-    sites["p_class"] = site_classes.p_class
-    sites["flagged"] = site_classes.flagged & ~in_hole
+    sites["p_class"] = p_class
+    sites["flagged"] = flagged & ~in_hole
     sites["dopant"] = np.where(classes == "TM_D", dopant or "", "")
     sites["in_hole"] = in_hole
     if defects is not None and len(defects):
@@ -246,7 +284,8 @@ def _record_fits(lattice: dict, sites: pd.DataFrame, z_contrast: dict, microscop
 
 def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str]) -> tuple[dict, dict]:
     """The forward model's levels re-scaled to the image's Z contrast (intact M/X2), with what to say."""
-    m_over_x2 = float(np.median(sites.intensity[sites.sublattice == "M"]))  # X columns: median 1 by construction
+    clean = ~sites.in_contamination.to_numpy(bool)
+    m_over_x2 = float(np.median(sites.intensity[(sites.sublattice == "M") & clean]))  # X: median 1 by construction
     levels, z_contrast = z_contrast_levels(forward.levels, forward.compositions, m_over_x2)
     if z_contrast["applied"] and abs(m_over_x2 / z_contrast["m_over_x2_forward_model"] - 1) > 0.05:
         notes.append(f"intact M/X2 = {m_over_x2:.2f} here, {z_contrast['m_over_x2_forward_model']:.2f} in the "
@@ -343,9 +382,10 @@ def _concentrations(sites: pd.DataFrame, region_masks: list[np.ndarray], levels:
     sublattice_of = {DEFECT_CLASSES[c][0]: ("X" if DEFECT_CLASSES[c][2] == "X" else "M") for c in DEFECT_CLASSES}
     count_column = "reported_class" if "reported_class" in sites else "defect_class"
     in_hole = sites.in_hole.to_numpy()
+    dirty = sites.in_contamination.to_numpy(bool) if "in_contamination" in sites else np.zeros(len(sites), bool)
     tables = []
     for r, mask in enumerate(region_masks):
-        use = mask & ~in_hole
+        use = mask & ~in_hole & ~dirty
         n_sites = {"M": int((use & (sites.sublattice == "M")).sum()), "X": int((use & (sites.sublattice == "X")).sum())}
         area = n_sites["M"] * cell_area_A2
         names = [n for n in levels["X"] if n] + [n for n in levels["M"] if n]
@@ -355,14 +395,18 @@ def _concentrations(sites: pd.DataFrame, region_masks: list[np.ndarray], levels:
         if area <= 0:
             notes.append(f"region {r}: no lattice site inside; skipped")
             continue
-        tables.append(concentration_table(counts, n_sites, area, sublattice_of, region=r))
-    return pd.concat(tables, ignore_index=True) if tables else concentration_table({}, {}, 1.0, {})
+        table = concentration_table(counts, n_sites, area, sublattice_of, region=r)
+        excluded_m = int((mask & ~in_hole & dirty & (sites.sublattice == "M").to_numpy()).sum())
+        tables.append(table.assign(contaminated_area_nm2=excluded_m * cell_area_A2 / 100))
+    if not tables:
+        return concentration_table({}, {}, 1.0, {}).assign(contaminated_area_nm2=0.0)
+    return pd.concat(tables, ignore_index=True)
 
 
 def _lattice_record(meas, sites: pd.DataFrame, parent, pixel_size_A: float, self_calibrated: bool,
                     cell_area_A2: float, energy_keV: float) -> dict:
     """What ``lattice.json`` records: the fitted lattice in Å, the calibration and the analysed area."""
-    intact_m = (sites.sublattice == "M") & ~sites.in_hole
+    intact_m = (sites.sublattice == "M") & ~sites.in_hole & ~sites.in_contamination
     return {
         "a_A": float(meas.a_px * pixel_size_A),
         "a_fft_A": float(meas.fft_a_px * pixel_size_A),
@@ -376,7 +420,7 @@ def _lattice_record(meas, sites: pd.DataFrame, parent, pixel_size_A: float, self
         "angle_deg": meas.fit.angle_deg,
         "fit_rms_A": meas.fit.rms_residual_px * pixel_size_A,
         "n_M_sites": int(intact_m.sum()),
-        "n_X_sites": int(((sites.sublattice == "X") & ~sites.in_hole).sum()),
+        "n_X_sites": int(((sites.sublattice == "X") & ~sites.in_hole & ~sites.in_contamination).sum()),
         "analysed_area_nm2": float(intact_m.sum() * cell_area_A2 / 100),
         "beam_energy_keV_for_levels": energy_keV,
     }

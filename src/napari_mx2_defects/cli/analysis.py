@@ -16,6 +16,8 @@ from .options import add_parameters, progress_printer, values_from_args
 
 __all__ = ["ANALYSIS_BYTES_PER_PIXEL", "add_analysis_commands"]
 
+#: The contamination map ``--exclude-contamination`` writes beside the results.
+CONTAMINATION_FILE = "contamination.tif"
 #: The columns of the displacement table the command prints.
 DISPLACEMENT_SUMMARY = ["defect_class", "shell", "neighbour_sublattice", "n_defects", "radial_pm", "radial_sem_pm",
                         "tangential_pm", "apparent_radial_pm"]
@@ -24,6 +26,7 @@ ANALYSIS_BYTES_PER_PIXEL = 96
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    import numpy as np
     import pandas as pd
 
     from ..analysis.api import ANALYSIS_FILES, analyze_image
@@ -34,9 +37,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     from ..analysis.structure import STRUCTURE_FILES
 
-    names = ANALYSIS_FILES + (STRUCTURE_FILES if args.structure else [])
+    names = ANALYSIS_FILES + (STRUCTURE_FILES if args.structure else []) + (
+        [CONTAMINATION_FILE] if args.exclude_contamination else [])
     # before any work; a new result without --structure removes an older result's structure files
-    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=STRUCTURE_FILES)
+    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=[*STRUCTURE_FILES, CONTAMINATION_FILE])
     get_parent(args.material)
     defects = _read_defects(args.defects) if args.defects else None
     images = load_images(args.image)
@@ -54,7 +58,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     result = analyze_image(
         data, pixel, material=args.material, defects=defects,
         beam_energy_keV=energy, dopant=values["dopant"] or None, optics=optics,
-        progress=progress_printer(args.quiet),
+        exclude_contamination=bool(values["exclude_contamination"]), progress=progress_printer(args.quiet),
     )
     structure = None
     if args.structure:
@@ -65,6 +69,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         result.save(staging)
         if structure is not None:
             structure.write(staging)
+        if result.contamination is not None:
+            from ..io.writer import write_calibrated_tiff
+
+            write_calibrated_tiff(staging / CONTAMINATION_FILE, result.contamination.astype(np.uint8),
+                                  result.lattice["pixel_size_A"], title="contamination map (1 = contaminated)")
     paths = [Path(args.out) / n for n in names]
     lat = result.lattice
     print(f"a = {lat['a_A']:.4f} Å (parent {lat['parent_a_A']} Å), pixel {lat['pixel_size_A']:.5f} Å"

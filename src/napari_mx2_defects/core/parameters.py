@@ -249,6 +249,8 @@ ANALYSIS_PARAMETERS: tuple[Parameter | Pair, ...] = (
          optional=True, ordered=True),
     _p("dopant", "dopant", "", "--dopant", "dopant element on metal sites, lighter or heavier than the host "
        "(e.g. Ti, W): reported as TM_D with dopant=…", kind=str),
+    _p("exclude_contamination", "exclude contamination (amorphous carbon)", False, "--exclude-contamination",
+       "map amorphous contamination on the layer and count defects per cm² over the clean area only", kind=bool),
 )
 
 #: What ``finetune`` and the *Fine-tune* dock ask for besides the images, their corrections and the parent.

@@ -164,6 +164,7 @@ class Twin:
     sites: pd.DataFrame  # x_A, y_A, sublattice, defect_class (image frame)
     settings: dict
     lattice: Lattice
+    contamination_mask: np.ndarray | None = None  # (ny, nx) bool: amorphous carbon patches, when simulated
 
     @property
     def extent_xy_A(self) -> tuple[float, float]:
@@ -317,6 +318,10 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
     ny = max(8, int(round(extent[1] / request.pixel_size_A)))
     pixel = (extent[1] / ny, extent[0] / nx)
     clean, calibration = _render(request, lattice, parent, (ny, nx), pixel, progress, cancelled)
+    carbon = None
+    if request.imperfections.amorphous_carbon_coverage > 0:
+        carbon, image_of_carbon = _amorphous_carbon(request, lattice, parent, calibration, (ny, nx), pixel, rng)
+        clean = clean + image_of_carbon
     progress(0.9, "imperfections")
     state = apply_imperfections(clean, pixel, lattice.periodic, request.imperfections, rng)
     sites, defects, atoms_table, labels = _ground_truth(lattice, placed, state, (ny, nx), pixel)
@@ -345,7 +350,36 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
         sites=sites,
         settings=settings,
         lattice=lattice,
+        contamination_mask=carbon,
     )
+
+
+def _amorphous_carbon(request: TwinRequest, lattice: Lattice, parent: Parent, calibration, shape, pixel, rng):
+    """The patch mask and the fast-mode image of the carbon atoms in it.
+
+    A carbon atom's kernel is the calibrated single-chalcogen column's, scaled by (Z_C / Z_X)^γ with γ
+    the Z exponent the same calibration gives between the host metal and one chalcogen (abTEM at
+    these optics; no extra reference run).
+    """
+    from ase.data import atomic_numbers
+
+    from .imperfections import amorphous_carbon, patch_mask
+
+    if calibration is None:
+        raise ValueError("amorphous carbon patches need the fast mode (method 'fast')")
+    single_x, metal = signature([parent.chalcogen]), signature([parent.metal])
+    kernels = calibration.kernels_A2
+    if single_x not in kernels or metal not in kernels:
+        raise ValueError("amorphous carbon patches need a twin built from a parent (not a structure file)")
+    z_x, z_m = atomic_numbers[parent.chalcogen], atomic_numbers[parent.metal]
+    gamma = np.log(sum(kernels[metal]) / sum(kernels[single_x])) / np.log(z_m / z_x)
+    weight = np.asarray(kernels[single_x], float) * (atomic_numbers["C"] / z_x) ** gamma
+    imp = request.imperfections
+    mask = patch_mask(shape, pixel, imp.amorphous_carbon_coverage, imp.contamination_length_A, lattice.periodic, rng)
+    x, y = amorphous_carbon(mask, pixel, imp.amorphous_carbon_atoms_per_A2, rng)
+    image = render_columns(x, y, np.tile(weight, (len(x), 1)), shape, lattice.extent_xy_A, request.microscope,
+                           lattice.periodic)
+    return mask, image
 
 
 def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple[int, int],

@@ -287,6 +287,12 @@ class Imperfections:
     nonlinear_drift_A: float = 0.0
     contamination: float = 0.0
     contamination_length_A: float = 20.0
+    #: Fraction of the field covered by patches of amorphous carbon on the layer (0: none), and the
+    #: carbon atoms per Å² in a patch (1.0 ≈ 1 nm at 2 g/cm³: 2.0 / 12.011 g/mol · N_A = 0.10 atoms/Å³).
+    #: Patches have the correlation length ``contamination_length_A``; their atoms are imaged by the
+    #: fast mode (see :func:`amorphous_carbon`).
+    amorphous_carbon_coverage: float = 0.0
+    amorphous_carbon_atoms_per_A2: float = 1.0
     probe_current_variation: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -339,3 +345,25 @@ def distorted_positions(state: ImageState, x_A: np.ndarray, y_A: np.ndarray, ite
         if converged:
             break
     return u, v
+
+
+def patch_mask(shape: tuple[int, int], pixel_size_A: tuple[float, float], coverage: float, length_A: float,
+               periodic: bool, rng: np.random.Generator) -> np.ndarray:
+    """Random blobs covering ``coverage`` of the field: smooth Gaussian noise of correlation length
+    ``length_A`` above its (1 − coverage) quantile."""
+    field_ = gaussian_filter(rng.normal(size=shape), (length_A / pixel_size_A[0], length_A / pixel_size_A[1]),
+                             mode="wrap" if periodic else "reflect")
+    return field_ > np.quantile(field_, 1.0 - coverage)
+
+
+def amorphous_carbon(mask: np.ndarray, pixel_size_A: tuple[float, float], atoms_per_A2: float,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (x, y in Å) of carbon atoms scattered uniformly over the ``mask`` pixels: a Poisson number
+    with mean ``atoms_per_A2`` × the masked area; no order, as in amorphous carbon."""
+    py, px = pixel_size_A
+    rows, cols = np.nonzero(mask)
+    n = rng.poisson(atoms_per_A2 * len(rows) * py * px)
+    pick = rng.integers(0, len(rows), n) if len(rows) else np.zeros(0, int)
+    x = (cols[pick] + rng.uniform(-0.5, 0.5, n)) * px
+    y = (rows[pick] + rng.uniform(-0.5, 0.5, n)) * py
+    return x, y

@@ -143,12 +143,13 @@ class StatisticsWidget(JobWidget, Container):
 
                 regions = [science_positions(r, layer, pixel) for r in regions]
         material, dopant = self.material.value, (values["dopant"] or None)
+        exclude = bool(values["exclude_contamination"])
         message = "running…" if pixel is not None else "no calibration: self-calibrating from the parent"
 
         def job(progress, cancelled):
             return analyze_image(data, pixel, material=material, defects=defects, regions=regions,
-                                 beam_energy_keV=energy, dopant=dopant, optics=optics, progress=progress,
-                                 cancelled=cancelled)
+                                 beam_energy_keV=energy, dopant=dopant, optics=optics,
+                                 exclude_contamination=exclude, progress=progress, cancelled=cancelled)
 
         self._source_name = layer.name
         self._job, self._pending = "analysis", data  # becomes the analysed image when the job succeeds
@@ -206,9 +207,15 @@ class StatisticsWidget(JobWidget, Container):
         if source is not None:  # on top of the image, whatever its scale and origin
             kwargs.update(image_frame(source, result.lattice["pixel_size_A"]))
         self.viewer.add_points(data, **kwargs)
+        if result.contamination is not None and source is not None:
+            from ..layers import add_layers, contamination_layer
+
+            add_layers(self.viewer, [contamination_layer(result, source)])
         lat = result.lattice
         summary = (f"a = {lat['a_A']:.3f} Å{' (self-calibrated)' if lat['self_calibrated'] else ''}; "
-                   f"{lat['n_M_sites']} M / {lat['n_X_sites']} X sites; {lat['analysed_area_nm2']:.1f} nm²")
+                   f"{lat['n_M_sites']} M / {lat['n_X_sites']} X sites; {lat['analysed_area_nm2']:.1f} nm²"
+                   + (f" (contamination: {lat['contamination']['area_nm2']:.1f} nm² left out)"
+                      if "contamination" in lat else ""))
         # every note the CLI prints is shown here too: in the dock and as a notification
         self.status.value = "\n".join([summary, *(f"⚠ {note}" for note in result.notes)])
         if result.notes:
