@@ -25,11 +25,14 @@ from .classes import fit_site_classes, z_contrast_levels
 from .sites import find_holes, fit_source_size, forward_model, measure_sites, microscope_for, relative_noise
 from .statistics import concentration_table
 
-__all__ = ["ANALYSIS_FILES", "SITES_COLUMNS", "AnalysisResult", "analyze_image", "model_physics_agreement"]
+__all__ = ["ANALYSIS_FILES", "CONTAMINATION_FILE", "SITES_COLUMNS", "AnalysisResult", "analyze_image", "model_physics_agreement"]
 
-SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class", "p_class", "flagged", "dopant"]
+SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class", "p_class", "flagged", "dopant",
+                 "x_ideal_A", "y_ideal_A", "peak_found"]  # the fitted lattice's site and whether a column was found
 #: What :meth:`AnalysisResult.save` writes: the only names its ``overwrite`` replaces.
 ANALYSIS_FILES = ["sites.csv", "concentrations.csv", "lattice.json", "histogram.png", "concentrations.png"]
+#: Written beside them when contamination was mapped (``exclude_contamination``): 1 = contaminated.
+CONTAMINATION_FILE = "contamination.tif"
 
 
 @dataclass
@@ -43,9 +46,10 @@ class AnalysisResult:
     notes: list[str] = field(default_factory=list)
     contamination: np.ndarray | None = None  # (ny, nx) bool, when mapped (exclude_contamination)
 
-    def save(self, out_dir: str | Path, overwrite: bool = False, files: Sequence[str] = ANALYSIS_FILES) -> list[Path]:
+    def save(self, out_dir: str | Path, overwrite: bool = False, files: Sequence[str] | None = None) -> list[Path]:
         """Write ``files`` (by default all of sites.csv, concentrations.csv, lattice.json,
-        histogram.png and concentrations.png) into ``out_dir``.
+        histogram.png and concentrations.png, and contamination.tif when the analysis mapped
+        contamination) into ``out_dir``.
 
         The files are written into a staging folder and moved into ``out_dir`` together when all
         are complete (:class:`~..io.atomic.StagedOutput`): a failure or an interrupt leaves the
@@ -54,10 +58,12 @@ class AnalysisResult:
         from ..io.atomic import StagedOutput
         from .plots import concentration_figure, histogram_figure
 
-        unknown = sorted(set(files) - set(ANALYSIS_FILES))
+        known = ANALYSIS_FILES + ([CONTAMINATION_FILE] if self.contamination is not None else [])
+        files = known if files is None else files
+        unknown = sorted(set(files) - set(known))
         if unknown or not files:
-            raise ValueError(f"the analysis writes {', '.join(ANALYSIS_FILES)}; cannot write {unknown or 'nothing'}")
-        files = [n for n in ANALYSIS_FILES if n in files]
+            raise ValueError(f"the analysis writes {', '.join(known)}; cannot write {unknown or 'nothing'}")
+        files = [n for n in known if n in files]
         stage = StagedOutput(out_dir, files, overwrite=overwrite)
         columns = SITES_COLUMNS + [c for c in ("region", "in_hole", "in_contamination", "model_class", "reported_class")
                                    if c in self.sites]
@@ -68,11 +74,19 @@ class AnalysisResult:
                                                                      "notes": self.notes}, indent=2)),
             "histogram.png": lambda path: histogram_figure(self).savefig(path, dpi=120),
             "concentrations.png": lambda path: concentration_figure(self).savefig(path, dpi=120),
+            CONTAMINATION_FILE: self._write_contamination,
         }
         with stage as staging:
             for name in files:
                 writers[name](staging / name)
         return [Path(out_dir) / n for n in files]
+
+
+    def _write_contamination(self, path: Path) -> None:
+        from ..io.writer import write_calibrated_tiff
+
+        write_calibrated_tiff(path, self.contamination.astype(np.uint8), self.lattice["pixel_size_A"],
+                              title="contamination map (1 = contaminated)")
 
 
 def _validate(image: np.ndarray) -> np.ndarray:

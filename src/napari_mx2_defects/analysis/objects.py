@@ -3,7 +3,8 @@
 A class map (the model's Labels, or a twin's ground truth) is turned into objects, so that clusters
 and extended defects (a line of chalcogen vacancies, a pore's rim) are counted as objects, as Yang et
 al. and Paduri et al. report them.  One *defect* object is one connected region of one class
-(skimage's connected-component labelling: neighbouring pixels of the same value, 8-connected); a
+(skimage's connected-component labelling: neighbouring pixels of the same value, 4-connected as the
+defects table counts them); a
 *cluster* is a group of at least two defect objects whose regions come within
 :data:`CLUSTER_GAP_A` of each other.  Contours are skimage's marching squares at the half level of
 each object's mask, so they run on the pixel edge of the region.
@@ -28,9 +29,10 @@ from ..core.classes import CLASS_NAMES
 __all__ = ["CLUSTER_GAP_A", "OBJECT_COLUMNS", "OBJECT_FILES", "DefectObjects", "defect_objects"]
 
 #: Defect regions closer than this (Å, edge to edge) belong to one cluster. The ground-truth disc of
-#: a defect has radius 0.95 Å; two defects on neighbouring sites of one sublattice (MoS2 a = 3.16 Å)
-#: leave a gap of 3.16 − 1.9 = 1.26 Å, on neighbouring M and X sites (a/√3 = 1.83 Å) they touch; on
-#: second-neighbour sites (a√3 = 5.5 Å) the gap is 3.6 Å. 1.5 Å joins neighbours and nothing further.
+#: a defect has radius 0.95 Å; on MoS2 (a = 3.16 Å) neighbouring M and X sites (a/√3 = 1.83 Å) touch,
+#: neighbouring sites of one sublattice (a) leave a gap of 1.26 Å, second M–X neighbours (2a/√3 = 3.65 Å)
+#: 1.75 Å. 1.5 Å joins the first two and not the third; the gap is measured by growing each region by
+#: half of it on the pixel grid, so it holds to about one pixel.
 CLUSTER_GAP_A = 1.5
 #: The columns of the objects table (``defect_objects.csv``).
 OBJECT_COLUMNS = [
@@ -160,7 +162,7 @@ def defect_objects(
         raise ValueError(
             f"the class map holds ids {unknown[:5]} that are no defect class (0–{max(CLASS_NAMES)})"
         )
-    regions = label(labels, background=0, connectivity=2)  # one region per connected patch of one class
+    regions = label(labels, background=0, connectivity=1)  # 4-connected, as learn.inference counts defects
     props = [p for p in regionprops(regions) if p.area * pixel_size_A**2 >= min_area_A2]
     kept = np.zeros(regions.max() + 1, bool)
     kept[[p.label for p in props]] = True

@@ -17,7 +17,10 @@ def draw_histogram(ax, result) -> None:
     """Histogram of normalised site intensities per sublattice with the mixture the classes come from:
     each fitted component (class, mean, width), the thresholds where the class changes, and the sites
     flagged for review (posterior below 0.9)."""
-    sites = result.sites[~result.sites.in_hole]
+    keep = ~result.sites.in_hole
+    if "in_contamination" in result.sites:  # the classes were fitted without them
+        keep &= ~result.sites.in_contamination
+    sites = result.sites[keep]
     values = sites.intensity.to_numpy()
     bins = np.linspace(min(-0.1, values.min()), max(values.max(), 2.0) * 1.02, 90)
     width = bins[1] - bins[0]

@@ -13,7 +13,8 @@ measured column position):
   (other sublattice, a/√3) and second (same sublattice, a) neighbour shells relative to their sites
   on the fitted lattice, less the local drift of the lattice around it (median over intact columns
   2a–4a away), resolved into radial (positive = away from the defect) and tangential components;
-  mean and standard error over defects, in pm.  The same measurement around intact sites is the
+  mean and standard error over defects, in pm (tangential > 0 turns from +x towards +y: clockwise on
+  screen, where y points down).  The same measurement around intact sites is the
   null: it says what the image's noise and scan distortion leave.
 * :func:`strain_map` — the gradient of the displacement field of intact columns relative to the
   fitted lattice, by a Gaussian-weighted local linear fit on a grid: ε_xx, ε_yy, ε_xy and the
@@ -147,13 +148,12 @@ def _patch_grid(half_px: int) -> np.ndarray:
     return np.stack(np.meshgrid(offsets, offsets, indexing="ij"))  # (2, n, n): dy, dx
 
 
-def _cut(image: np.ndarray, centres_px: np.ndarray, half_px: int) -> np.ndarray:
-    """Patches (k, n, n) of ``image`` centred on sub-pixel (x, y) centres, cubic spline interpolation
-    (the image's spline coefficients computed once, every patch sampled in one call)."""
+def _cut(coefficients: np.ndarray, centres_px: np.ndarray, half_px: int) -> np.ndarray:
+    """Patches (k, n, n) centred on sub-pixel (x, y) centres by cubic spline interpolation from the image's
+    spline ``coefficients`` (``ndimage.spline_filter``, computed once per image); all in one call."""
     grid = _patch_grid(half_px)
     centres_px = np.asarray(centres_px, float).reshape(-1, 2)
     coords = [grid[0][None] + centres_px[:, 1, None, None], grid[1][None] + centres_px[:, 0, None, None]]
-    coefficients = ndimage.spline_filter(image, order=3, mode="nearest")
     return ndimage.map_coordinates(coefficients, coords, order=3, mode="nearest", prefilter=False)
 
 
@@ -181,9 +181,17 @@ def _classes(sites: pd.DataFrame) -> pd.Series:
     return sites[column].fillna("").astype(str)
 
 
+def _usable(sites: pd.DataFrame) -> np.ndarray:
+    """Sites outside holes and contamination (an analysis that mapped none has no such sites)."""
+    usable = np.ones(len(sites), bool)
+    for column in ("in_hole", "in_contamination"):
+        if column in sites:
+            usable &= ~sites[column].to_numpy(bool)
+    return usable
+
+
 def _defect_sites(sites: pd.DataFrame) -> np.ndarray:
-    usable = ~sites.in_hole.to_numpy(bool) if "in_hole" in sites else np.ones(len(sites), bool)
-    return (_classes(sites) != "").to_numpy() & usable
+    return (_classes(sites) != "").to_numpy() & _usable(sites)
 
 
 def _instances(sites: pd.DataFrame, name: str) -> np.ndarray:
@@ -200,8 +208,8 @@ def _instances(sites: pd.DataFrame, name: str) -> np.ndarray:
 
 def _intact(sites: pd.DataFrame) -> np.ndarray:
     """Intact sites the physics is sure of, outside holes, with a column found: the references."""
-    ok = (_classes(sites) == "").to_numpy().copy()
-    for column, good in (("in_hole", False), ("flagged", False), ("peak_found", True)):
+    ok = (_classes(sites) == "").to_numpy() & _usable(sites)
+    for column, good in (("flagged", False), ("peak_found", True)):
         if column in sites:
             ok &= sites[column].to_numpy(bool) == good
     return ok
@@ -267,12 +275,13 @@ def class_averages(
         for sub in ("M", "X")
     ]
     out = []
+    coefficients = ndimage.spline_filter(img, order=3, mode="nearest")
     for name, idx, cap in groups:
         if not len(idx):
             continue
         if len(idx) > cap:  # evenly through the table, so through the image
             idx = idx[np.linspace(0, len(idx) - 1, cap).astype(int)]
-        patches = _cut(img, centres[idx], half_px)
+        patches = _cut(coefficients, centres[idx], half_px)
         mean, rms_px = _align_and_average(patches, max_shift_px=0.25 * a_A / pixel_size_A)
         out.append(ClassAverage(name, int(len(idx)), mean, float(pixel_size_A), 100 * rms_px * pixel_size_A))
     return out
@@ -466,7 +475,7 @@ def apparent_displacements(
     metal_xy = truth.loc[truth.sublattice == "M", ["x_A", "y_A"]].to_numpy() / px
     meas = measure_sites(twin.image, parent.a_A / px, None, border_px=2.0 / px, true_metal_xy=metal_xy)
     sites = meas.sites
-    d, idx = cKDTree(truth[["x_A", "y_A"]].to_numpy() / px).query(sites[["x_px", "y_px"]].to_numpy())
+    d, idx = cKDTree(truth[["x_A", "y_A"]].to_numpy() / px).query(sites[["x_ideal_px", "y_ideal_px"]].to_numpy())
     table = pd.DataFrame(
         {
             "x_A": sites.x_px * px,
@@ -475,7 +484,8 @@ def apparent_displacements(
             "y_ideal_A": sites.y_ideal_px * px,
             "sublattice": sites.sublattice,
             "peak_found": sites.peak_found,
-            "defect_class": np.where(d < 0.5, truth.defect_class.to_numpy()[idx], ""),
+            # a quarter of the M–X bond: the site of the fitted lattice, whatever the pixel size
+            "defect_class": np.where(d < 0.25 * meas.a_px / np.sqrt(3), truth.defect_class.to_numpy()[idx], ""),
         }
     )
     return neighbour_displacements(table, meas.a_px * px)

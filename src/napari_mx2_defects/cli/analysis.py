@@ -16,8 +16,6 @@ from .options import add_parameters, progress_printer, values_from_args
 
 __all__ = ["ANALYSIS_BYTES_PER_PIXEL", "add_analysis_commands"]
 
-#: The contamination map ``--exclude-contamination`` writes beside the results.
-CONTAMINATION_FILE = "contamination.tif"
 #: The columns of the displacement table the command prints.
 DISPLACEMENT_SUMMARY = ["defect_class", "shell", "neighbour_sublattice", "n_defects", "radial_pm", "radial_sem_pm",
                         "tangential_pm", "apparent_radial_pm"]
@@ -26,10 +24,9 @@ ANALYSIS_BYTES_PER_PIXEL = 96
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    import numpy as np
     import pandas as pd
 
-    from ..analysis.api import ANALYSIS_FILES, analyze_image
+    from ..analysis.api import ANALYSIS_FILES, CONTAMINATION_FILE, analyze_image
     from ..inputs import analysis_settings, image_plane
     from ..io.atomic import StagedOutput
     from ..io.formats import load_images
@@ -69,11 +66,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         result.save(staging)
         if structure is not None:
             structure.write(staging)
-        if result.contamination is not None:
-            from ..io.writer import write_calibrated_tiff
 
-            write_calibrated_tiff(staging / CONTAMINATION_FILE, result.contamination.astype(np.uint8),
-                                  result.lattice["pixel_size_A"], title="contamination map (1 = contaminated)")
     paths = [Path(args.out) / n for n in names]
     lat = result.lattice
     print(f"a = {lat['a_A']:.4f} Å (parent {lat['parent_a_A']} Å), pixel {lat['pixel_size_A']:.5f} Å"

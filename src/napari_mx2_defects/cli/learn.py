@@ -102,6 +102,11 @@ def _cmd_segment(args):
     return 0
 
 
+def _materials(text: str) -> list[str]:
+    """``--materials`` as a list, spaces around the commas allowed (as the dock takes it)."""
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
 def _cmd_evaluate(args):
     from ..learn.evaluate import evaluate_model_on_twins
 
@@ -110,7 +115,10 @@ def _cmd_evaluate(args):
     doses = parse_doses(args.doses)
     if args.classes:
         return _dose_response(args, doses)
-    result = evaluate_model_on_twins(args.model, materials=args.materials.split(","), doses=doses, n_per=args.n,
+    if args.out is not None or args.overwrite:
+        raise ValueError("--out and --overwrite go with --classes (the dose-response files); without it evaluate "
+                         "prints its tables and writes nothing")
+    result = evaluate_model_on_twins(args.model, materials=_materials(args.materials), doses=doses, n_per=args.n,
                                      seed=args.seed, runtime=args.runtime,
                                      progress=progress_printer(args.quiet))
     for dose, table in result["by_dose"].items():
@@ -134,7 +142,7 @@ def _dose_response(args, doses) -> int:
     if len(doses) < 3:
         raise ValueError(f"--classes fits a curve to F1 against dose: give at least three --doses, got {len(doses)}")
     stage = StagedOutput(args.out, DOSE_FILES, overwrite=args.overwrite)  # before any work
-    response = dose_response(args.model, materials=args.materials.split(","), doses=doses, n_per=args.n,
+    response = dose_response(args.model, materials=_materials(args.materials), doses=doses, n_per=args.n,
                              seed=args.seed, classes=classes, runtime=args.runtime,
                              progress=progress_printer(args.quiet))
     with stage as staging:

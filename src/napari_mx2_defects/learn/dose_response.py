@@ -43,6 +43,13 @@ def _pixel_iou(pred_labels: np.ndarray, true_labels: np.ndarray, grouping: dict[
             for k, g in enumerate(groups)}
 
 
+def _inner(twin, border_A: float) -> tuple[slice, slice]:
+    """The pixels at least ``border_A`` from the edges (where :func:`~.evaluate.inside_border` keeps defects)."""
+    py, px = twin.pixel_size_A
+    by, bx = int(np.ceil(border_A / py)), int(np.ceil(border_A / px))
+    return slice(by, twin.labels.shape[0] - by), slice(bx, twin.labels.shape[1] - bx)
+
+
 def dose_curve(dose, d0, amplitude, alpha):
     """Fuhr et al. eqn. 1: D(B) = D0 + A·exp(−B/α)."""
     return d0 + amplitude * np.exp(-np.asarray(dose, float) / alpha)
@@ -174,7 +181,8 @@ def dose_response(model: str = "default", materials=("MoSe2", "WS2"), doses=(1e3
         pred, truth = inside_border(seg.defects, twin, border_A), inside_border(twin.truth_table(), twin, border_A)
         for n, grouping in groupings.items():
             _add(counts.setdefault((n, dose), {}), match_instances(_grouped(pred, grouping), _grouped(truth, grouping)))
-            for group, (inter, union) in _pixel_iou(seg.labels, twin.labels, grouping).items():
+            inner = _inner(twin, border_A)  # the same area as the instance scores
+            for group, (inter, union) in _pixel_iou(seg.labels[inner], twin.labels[inner], grouping).items():
                 slot = overlaps.setdefault((n, dose, group), [0, 0])
                 slot[0] += inter
                 slot[1] += union

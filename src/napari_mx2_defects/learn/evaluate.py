@@ -49,9 +49,10 @@ def held_out_twins(materials=("MoSe2", "WS2"), doses=(1e6,), n_per: int = 3, see
                    fov_A: float = 60.0, defects: str = "V_X=2%,V_XX=1%,V_M=1%"):
     """The held-out twins every evaluation scores on, checked and then made one at a time.
 
-    Twin ``j`` of the (dose, material, k) list has seed ``seed + j``, a pixel size drawn in 0.12–0.2 Å and
-    drawn scan jitter, contamination and probe-current variation, so a dose sweep sees the same
-    structures and conditions at every dose. Yields ``(index, count, dose, material, k, twin)``.
+    Twin ``j`` of the (dose, material, k) list has seed ``seed + j mod (materials × n_per)``, a pixel size
+    drawn in 0.12–0.2 Å and drawn scan jitter, contamination and probe-current variation: a dose sweep
+    sees the same structures and conditions at every dose (only the shot noise changes), so its doses
+    compare like with like. At a single dose this is the earlier ``seed + j``. Yields ``(index, count, dose, material, k, twin)``.
     """
     from ..core.validation import BOUNDS
     from ..twin.api import TwinRequest, simulate_twin

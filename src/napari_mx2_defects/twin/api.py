@@ -102,6 +102,12 @@ class TwinRequest:
                 "rotations and grain boundaries make a non-periodic field of view; abTEM needs a periodic "
                 "cell, so use method 'fast' for them (or give a periodic --structure)."
             )
+        carbon = self.imperfections.amorphous_carbon_coverage
+        if not 0 <= carbon < 1:
+            raise ValueError(f"amorphous carbon coverage is a fraction of the field in [0, 1), got {carbon}")
+        if carbon and (self.method != "fast" or self.structure_path):
+            raise ValueError("amorphous carbon patches are imaged by the fast mode of a parent-built twin: use "
+                             "method 'fast' and a material, not a structure file")
 
     @property
     def phonons(self) -> FrozenPhononSettings:
@@ -324,6 +330,13 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
         clean = clean + image_of_carbon
     progress(0.9, "imperfections")
     state = apply_imperfections(clean, pixel, lattice.periodic, request.imperfections, rng)
+    if carbon is not None and state.distorted:  # the truth mask moves with the scan as the labels do
+        from scipy.ndimage import map_coordinates
+
+        rows, cols = np.mgrid[0:ny, 0:nx].astype(float)
+        at = [rows + state.offset_y_A / pixel[0], cols + state.offset_x_A / pixel[1]]
+        carbon = map_coordinates(carbon.astype(np.uint8), at, order=0,
+                                 mode="grid-wrap" if lattice.periodic else "nearest").astype(bool)
     sites, defects, atoms_table, labels = _ground_truth(lattice, placed, state, (ny, nx), pixel)
     settings = {
         "request": request.as_dict(),

@@ -94,7 +94,7 @@ class StatisticsWidget(JobWidget, Container):
         self.gallery_canvas.setMinimumHeight(200)
         self.native.layout().addWidget(self.gallery_canvas)
         self.result = self.structure = None
-        self._job, self._analysed, self._pending = "analysis", None, None
+        self._analysed, self._source_name = None, None
         self._init_runner()
         self.structure_button.changed.connect(self.run_structure)
         self.export_structure_button.changed.connect(lambda *_: self._export_to_folder(
@@ -146,34 +146,43 @@ class StatisticsWidget(JobWidget, Container):
         exclude = bool(values["exclude_contamination"])
         message = "running…" if pixel is not None else "no calibration: self-calibrating from the parent"
 
-        def job(progress, cancelled):
-            return analyze_image(data, pixel, material=material, defects=defects, regions=regions,
-                                 beam_energy_keV=energy, dopant=dopant, optics=optics,
-                                 exclude_contamination=exclude, progress=progress, cancelled=cancelled)
+        name = layer.name
 
-        self._source_name = layer.name
-        self._job, self._pending = "analysis", data  # becomes the analysed image when the job succeeds
+        def job(progress, cancelled):  # each job says what it was, so its answer goes to the right place
+            return "analysis", (analyze_image(data, pixel, material=material, defects=defects, regions=regions,
+                                              beam_energy_keV=energy, dopant=dopant, optics=optics,
+                                              exclude_contamination=exclude, progress=progress,
+                                              cancelled=cancelled), data, name)
+
+        self.structure_button.enabled = False
         return self._start(job, message)
 
     def run_structure(self, *_):
         """Class averages, neighbour displacements and strain of the analysed image, in a thread worker."""
         from ..analysis.structure import defect_structure
 
+        if self.runner.running:
+            self.status.value = "⚠ a job is running: wait for it or cancel it"
+            return None
         if self.result is None:
             self.status.value = "⚠ analyse an image first"
             return None
         data, result = self._analysed, self.result
-        self._job = "structure"
         self.structure_button.enabled = False
-        return self._start(lambda progress, cancelled: defect_structure(data, result, progress=progress,
-                                                                        cancelled=cancelled))
+        return self._start(lambda progress, cancelled: ("structure", defect_structure(
+            data, result, progress=progress, cancelled=cancelled)))
 
     def _on_finished(self) -> None:
         super()._on_finished()
         self.structure_button.enabled = self.result is not None
 
-    def _on_done(self, result) -> None:
-        (self._analysed_done if self._job == "analysis" else self._structured)(result)
+    def _on_done(self, tagged) -> None:
+        kind, answer = tagged
+        if kind == "analysis":
+            result, self._analysed, self._source_name = answer
+            self._analysed_done(result)
+        else:
+            self._structured(answer)
 
     def _structured(self, structure) -> None:
         from ..analysis.plots import draw_class_averages
@@ -196,7 +205,7 @@ class StatisticsWidget(JobWidget, Container):
         from ..analysis.plots import draw_concentrations, draw_histogram
         from ..layers import image_frame, sites_layer
 
-        self.result, self._analysed = result, self._pending
+        self.result = result
         self.figure.clear()
         draw_histogram(self.figure.add_subplot(211), result)
         draw_concentrations(self.figure.add_subplot(212), result)
@@ -242,7 +251,12 @@ class StatisticsWidget(JobWidget, Container):
         panel = Path(folder) / "statistics_panel.png"
         if "statistics_panel.png" in names:
             check_output_file(panel, overwrite=overwrite, option="export folder")
-        paths = self.result.save(folder, overwrite=overwrite, files=[n for n in names if n != panel.name])
+        from ..analysis.api import CONTAMINATION_FILE
+
+        files = [n for n in names if n != panel.name]
+        if self.result.contamination is not None and kind in ("csv", "all"):
+            files.append(CONTAMINATION_FILE)  # the map the counts left out, as the command writes it
+        paths = self.result.save(folder, overwrite=overwrite, files=files)
         if "statistics_panel.png" in names:
             with atomic_path(panel) as tmp:
                 self.figure.savefig(tmp, dpi=120)
