@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.path import Path as PolygonPath
 from scipy.spatial import cKDTree
 
+from ..core.jobs import stepper
 from ..core.parameters import DEFAULTS
 from ..core.validation import BOUNDS
 from ..core.classes import DEFECT_CLASSES
@@ -164,7 +165,7 @@ def analyze_image(
         The job protocol: ``progress(fraction, message)``; ``cancelled()`` is polled between
         steps and a True return raises :class:`~napari_mx2_defects.core.jobs.Cancelled`.
     """
-    step = _stepper(progress, cancelled)
+    step = stepper(progress, cancelled, "analysis")
     img = _validate(image)
     parent = get_parent(material)
     notes: list[str] = []
@@ -226,18 +227,6 @@ def _contamination(img, meas, sites: pd.DataFrame, wanted: bool, notes: list[str
         notes.append("more than 45 % of the image looks contaminated: the map takes the commoner level as clean, "
                      "so check it on the image")
     return mask, record
-
-
-def _stepper(progress, cancelled):
-    """``step(fraction, message)``: raise Cancelled if the job was cancelled, else report progress."""
-    from ..core.jobs import Cancelled
-
-    def step(fraction: float, message: str) -> None:
-        if cancelled():
-            raise Cancelled("analysis cancelled")
-        progress(fraction, message)
-
-    return step
 
 
 def _pixel_size(img, pixel_size_A, parent, microscope, dopant, border_A, notes: list[str]) -> float:

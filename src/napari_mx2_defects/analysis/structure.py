@@ -520,7 +520,7 @@ def defect_structure(
     (:func:`apparent_displacements`); both are in the table. What the *Defect statistics* dock's
     "Class averages, displacements, strain" button, ``analyze --structure`` and the API call.
     """
-    from ..core.jobs import Cancelled
+    from ..core.jobs import stepper
     from ..twin.microscope import Microscope
 
     sites = result.sites
@@ -532,10 +532,7 @@ def defect_structure(
     img = np.asarray(image, float)
     notes = []
 
-    def step(fraction, message):
-        if cancelled():
-            raise Cancelled("structure analysis cancelled")
-        progress(fraction, message)
+    step = stepper(progress, cancelled, "structure analysis")
 
     step(0.05, "class averages")
     averages = class_averages(img, sites, pixel, a_A)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["CancelFn", "Cancelled", "ProgressFn", "never", "no_progress"]
+__all__ = ["CancelFn", "Cancelled", "ProgressFn", "never", "no_progress", "stepper"]
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -27,3 +27,15 @@ def no_progress(fraction: float, message: str) -> None:
 def never() -> bool:
     """A cancel callback that never cancels."""
     return False
+
+
+def stepper(progress: ProgressFn, cancelled: CancelFn, what: str) -> ProgressFn:
+    """``step(fraction, message)``: raise :class:`Cancelled` ("``what`` cancelled") if the job was
+    cancelled, else report progress — the check between the steps of a job."""
+
+    def step(fraction: float, message: str) -> None:
+        if cancelled():
+            raise Cancelled(f"{what} cancelled")
+        progress(fraction, message)
+
+    return step
