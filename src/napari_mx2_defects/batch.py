@@ -156,6 +156,10 @@ def _row(name: str, folder: str, seconds: float, segmentation, result) -> dict:
     for rec in result.concentrations.itertuples():
         for key in CLASS_FIELDS:
             row[f"{rec.defect_class}_{key}"] = getattr(rec, key)
+    if result.composition is not None:  # alloy species named: each element's fraction of the whole image
+        for rec in result.composition[result.composition.region == 0].itertuples():
+            row[f"{rec.element}_fraction"] = rec.fraction
+            row[f"{rec.element}_fraction_ci"] = f"{rec.ci_low:.4f}-{rec.ci_high:.4f}"
     return row
 
 
@@ -220,6 +224,7 @@ def process_file(
         dopant=dopant,
         optics=optics,
         exclude_contamination=bool(values.get("exclude_contamination")),
+        alloy_species=values.get("alloy_species") or None,
     )
     if note:
         result.notes.insert(0, note)

@@ -90,17 +90,21 @@ def label_colormap_layer():
 def sites_layer(result, name: str = "sites") -> LayerData:
     """Points layer of analysed sites with sublattice, intensity and class as features."""
     cols = ["x_A", "y_A", "sublattice", "intensity", "defect_class", "region", "in_hole"]
-    cols += [c for c in ("p_class", "flagged", "dopant", "model_class", "reported_class") if c in result.sites]
+    cols += [c for c in ("p_class", "flagged", "dopant", "species", "model_class", "reported_class")
+             if c in result.sites]
     table = result.sites[cols].copy()
     table["defect_class"] = table.defect_class.replace("", "intact")
     coords = table[["y_A", "x_A"]].to_numpy(float)
     features = table.drop(columns=["x_A", "y_A"]).reset_index(drop=True)
+    if "species" in features:  # an alloy: the per-site species map
+        features["species"] = features.species.replace("", "empty")
     kwargs = {
         "name": name,
         "features": features,
         "size": 0.6,
-        "face_color": "sublattice",
-        "face_color_cycle": ["#1f77b4", "#ff7f0e"],
+        "face_color": "species" if "species" in features else "sublattice",
+        "face_color_cycle": (["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                              "#bcbd22", "#17becf"] if "species" in features else ["#1f77b4", "#ff7f0e"]),
         "border_color": "defect_class",
         "border_color_cycle": ["#00000000", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"],
         "units": ["angstrom", "angstrom"],

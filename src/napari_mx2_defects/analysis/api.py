@@ -26,7 +26,7 @@ from .classes import fit_site_classes, z_contrast_levels
 from .sites import find_holes, fit_source_size, forward_model, measure_sites, microscope_for, relative_noise
 from .statistics import concentration_table
 
-__all__ = ["ANALYSIS_FILES", "CONTAMINATION_FILE", "SITES_COLUMNS", "AnalysisResult", "analyze_image", "model_physics_agreement"]
+__all__ = ["ANALYSIS_FILES", "COMPOSITION_FILE", "CONTAMINATION_FILE", "SITES_COLUMNS", "AnalysisResult", "analyze_image", "model_physics_agreement"]
 
 SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class", "p_class", "flagged", "dopant",
                  "x_ideal_A", "y_ideal_A", "peak_found"]  # the fitted lattice's site and whether a column was found
@@ -34,6 +34,8 @@ SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class", "p_cla
 ANALYSIS_FILES = ["sites.csv", "concentrations.csv", "lattice.json", "histogram.png", "concentrations.png"]
 #: Written beside them when contamination was mapped (``exclude_contamination``): 1 = contaminated.
 CONTAMINATION_FILE = "contamination.tif"
+#: Written beside them when the analysis named alloy species: each element's fraction per region.
+COMPOSITION_FILE = "composition.csv"
 
 
 @dataclass
@@ -46,11 +48,18 @@ class AnalysisResult:
     levels: dict
     notes: list[str] = field(default_factory=list)
     contamination: np.ndarray | None = None  # (ny, nx) bool, when mapped (exclude_contamination)
+    composition: pd.DataFrame | None = None  # per region and element, when alloy species were named
+
+    @property
+    def optional_files(self) -> list[str]:
+        """The files beside :data:`ANALYSIS_FILES` this result also writes (contamination map, composition)."""
+        return ([CONTAMINATION_FILE] if self.contamination is not None else []) + \
+            ([COMPOSITION_FILE] if self.composition is not None else [])
 
     def save(self, out_dir: str | Path, overwrite: bool = False, files: Sequence[str] | None = None) -> list[Path]:
         """Write ``files`` (by default all of sites.csv, concentrations.csv, lattice.json,
-        histogram.png and concentrations.png, and contamination.tif when the analysis mapped
-        contamination) into ``out_dir``.
+        histogram.png and concentrations.png, contamination.tif when the analysis mapped
+        contamination and composition.csv when it named alloy species) into ``out_dir``.
 
         The files are written into a staging folder and moved into ``out_dir`` together when all
         are complete (:class:`~..io.atomic.StagedOutput`): a failure or an interrupt leaves the
@@ -59,14 +68,14 @@ class AnalysisResult:
         from ..io.atomic import StagedOutput
         from .plots import concentration_figure, histogram_figure
 
-        known = ANALYSIS_FILES + ([CONTAMINATION_FILE] if self.contamination is not None else [])
+        known = ANALYSIS_FILES + self.optional_files
         files = known if files is None else files
         unknown = sorted(set(files) - set(known))
         if unknown or not files:
             raise ValueError(f"the analysis writes {', '.join(known)}; cannot write {unknown or 'nothing'}")
         files = [n for n in known if n in files]
         stage = StagedOutput(out_dir, files, overwrite=overwrite)
-        columns = SITES_COLUMNS + [c for c in ("region", "in_hole", "in_contamination", "model_class", "reported_class")
+        columns = SITES_COLUMNS + [c for c in ("species", "intensity_corrected", "region", "in_hole", "in_contamination", "model_class", "reported_class")
                                    if c in self.sites]
         writers = {
             "sites.csv": lambda path: self.sites[columns].to_csv(path, index=False),
@@ -76,6 +85,7 @@ class AnalysisResult:
             "histogram.png": lambda path: histogram_figure(self).savefig(path, dpi=120),
             "concentrations.png": lambda path: concentration_figure(self).savefig(path, dpi=120),
             CONTAMINATION_FILE: self._write_contamination,
+            COMPOSITION_FILE: lambda path: self.composition.to_csv(path, index=False),
         }
         with stage as staging:
             for name in files:
@@ -127,6 +137,7 @@ def analyze_image(
     optics: dict | None = None,
     border_A: float = 2.0,
     exclude_contamination: bool = False,
+    alloy_species: str | None = None,
     progress: Callable[[float, str], None] = lambda f, m: None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> AnalysisResult:
@@ -161,6 +172,11 @@ def analyze_image(
     exclude_contamination : bool
         Map amorphous contamination (:mod:`.contamination`) and leave its sites out of the counts
         and the area (``sites.in_contamination``; ``contaminated_area_nm2`` beside each concentration).
+    alloy_species : str, optional
+        ``"Mo,W:S,Se"``: the metals and chalcogens of an alloy or Janus layer on ``material``'s
+        lattice.  Every column is then named by its species (``sites.species``, :mod:`.alloy`),
+        vacancies are told from light columns, and ``composition`` holds each element's fraction
+        per region.
     progress, cancelled : callables, optional
         The job protocol: ``progress(fraction, message)``; ``cancelled()`` is polled between
         steps and a True return raises :class:`~napari_mx2_defects.core.jobs.Cancelled`.
@@ -168,6 +184,13 @@ def analyze_image(
     step = stepper(progress, cancelled, "analysis")
     img = _validate(image)
     parent = get_parent(material)
+    alloy = None
+    if alloy_species:
+        from .alloy import parse_alloy_species
+
+        alloy = parse_alloy_species(alloy_species, parent)
+        if dopant:
+            raise ValueError("name the dopant among the alloy species (e.g. Mo,W,Ti:S,Se) rather than as a dopant")
     notes: list[str] = []
     step(0.05, "measuring the lattice")
     self_calibrated = pixel_size_A is None
@@ -187,9 +210,13 @@ def analyze_image(
     forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, round(float(pixel_size_A), 4), microscope,
                                     dopant, relative_noise(img))
     step(0.7, "classifying sites")
-    levels, z_contrast = _image_levels(sites, forward, microscope, notes)
+    if alloy is None:
+        levels, z_contrast = _image_levels(sites, forward, microscope, notes)
+        site_classes = _classify_sites(sites, levels, dopant, meas.a_px, defects, notes)
+    else:
+        levels, z_contrast, site_classes = _classify_alloy(img, sites, parent, round(float(pixel_size_A), 4),
+                                                           microscope, blur, alloy, meas.a_px, defects, notes)
     z_contrast.update(blur)
-    site_classes = _classify_sites(sites, levels, dopant, meas.a_px, defects, notes)
     a_A = meas.a_px * pixel_size_A
     _check_scale(a_A, parent, pixel_size_A, self_calibrated, "model_class" in sites, notes)
     region_masks = _assign_regions(sites, list(regions or []))
@@ -201,9 +228,12 @@ def analyze_image(
         dirty_m = (sites.sublattice == "M") & sites.in_contamination & ~sites.in_hole
         lattice["contamination"] = {**contamination_record,  # area as the concentrations count it: metal sites
                                     "area_nm2": float(dirty_m.sum() * cell_area / 100)}
+    composition = None
+    if alloy is not None:
+        composition = _alloy_record(lattice, sites, region_masks, alloy, site_classes)
     progress(1.0, "done")
     return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes,
-                          contamination=contamination)
+                          contamination=contamination, composition=composition)
 
 
 def _contamination(img, meas, sites: pd.DataFrame, wanted: bool, notes: list[str]):
@@ -246,10 +276,91 @@ def _classify_sites(sites: pd.DataFrame, levels, dopant, a_px: float, defects, n
     dirty = sites.in_contamination.to_numpy(bool)  # carbon on a column lifts its intensity: fit without them
     site_classes = fit_site_classes(sites[~dirty].reset_index(drop=True), levels, dopant)
     notes += site_classes.notes
-    classes = np.full(len(sites), "", dtype=object)
-    p_class = np.full(len(sites), np.nan)
-    flagged = np.zeros(len(sites), bool)
-    classes[~dirty], p_class[~dirty], flagged[~dirty] = site_classes.classes, site_classes.p_class, site_classes.flagged
+    _set_classes(sites, site_classes.classes, site_classes.p_class, site_classes.flagged, dopant, a_px, defects)
+    return site_classes
+
+
+def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, microscope, blur: dict, alloy,
+                    a_px: float, defects, notes: list[str]):
+    """Column types of an alloy (:mod:`.alloy`): ``sites.species`` and the vacancy classes they imply (in
+    place); returns the levels as the concentrations count them, the optics record and the fit."""
+    from dataclasses import replace
+
+    from .alloy import EMPTY, alloy_levels, defect_class_of, fit_alloy, forward_shares
+
+    metals, chalcogens = alloy
+    optics = replace(microscope, source_size_A=blur.get("source_size_A") or 0.0)
+    noise = relative_noise(img)
+
+    def levels_for(composition, crosstalk):
+        return alloy_levels(parent.key, pixel_size_A, optics, metals, chalcogens, noise,
+                            forward_shares(metals, chalcogens, composition), crosstalk)
+
+    dirty = sites.in_contamination.to_numpy(bool)
+    fit = fit_alloy(sites, ~dirty, levels_for)
+    if fit.swapped:  # the alloy's chalcogen columns outshine its metal: the brighter sublattice is X
+        sites["sublattice"] = np.where(sites.sublattice == "M", "X", "M")
+        sites["intensity"] = sites.intensity_raw / float(np.median(sites.intensity_raw[(sites.sublattice == "X")
+                                                                                       & ~dirty]))
+        notes.append("the chalcogen columns are brighter than the metal columns here: the sublattices were "
+                     "assigned by the alloy's column types")
+    notes += fit.notes
+    sites["intensity_corrected"] = np.nan  # what the alloy's mixture was fitted on (the histogram shows it)
+    sites.loc[~dirty, "intensity_corrected"] = fit.corrected
+    sub = sites.sublattice.to_numpy()[~dirty]
+    columns = np.full(len(sites), "", dtype=object)
+    columns[~dirty] = fit.columns
+    defect = np.array([defect_class_of(s, c) for s, c in zip(sub, fit.columns)], dtype=object)
+    _set_classes(sites, defect, fit.p_class, fit.flagged, None, a_px, defects, dirty=dirty)
+    sites["species"] = np.where((columns == EMPTY) | sites.in_hole.to_numpy(bool), "", columns)
+    scaled = {s: {n: fit.scale * v for n, v in lv.items()} for s, lv in fit.levels.items()}
+    # the levels the concentrations count: the vacancy classes (their column types' lowest level)
+    levels = {"M": {"": scaled["M"].get(metals[0], 1.0)}, "X": {"": scaled["X"].get(signature_of(chalcogens[0]),
+                                                                                      1.0)}}
+    for s, lv in scaled.items():
+        for name, value in lv.items():
+            cls = defect_class_of(s, name)
+            if cls:
+                levels[s][cls] = min(levels[s].get(cls, np.inf), value)
+    for s, name in (("M", "V_M"), ("X", "V_X")) + ((("X", "V_XX"),) if parent.phase == "2H" else ()):
+        levels[s].setdefault(name, None)  # counted (0) even where the data hold no such level
+    record = {"z_exponent": None, "applied": False,
+              "note": "alloy: level ratios are the forward model's at these optics (no Z-contrast fit)"}
+    return levels, record, fit
+
+
+def signature_of(chalcogen: str) -> str:
+    """The intact column of one chalcogen species (two atoms in projection)."""
+    from ..twin.columns import signature
+
+    return signature([chalcogen, chalcogen])
+
+
+def _alloy_record(lattice: dict, sites: pd.DataFrame, region_masks, alloy, fit) -> pd.DataFrame:
+    """The composition table, and what ``lattice.json`` records of the alloy fit."""
+    from .alloy import composition_table, formula
+
+    composition = composition_table(sites, region_masks, *alloy)
+    use = ~sites.in_hole.to_numpy(bool) & ~sites.in_contamination.to_numpy(bool)
+    counts = sites[use].groupby(["sublattice", "species"]).size()
+    lattice["alloy"] = {
+        "metals": list(alloy[0]), "chalcogens": list(alloy[1]), "scale": fit.scale,
+        "crosstalk": fit.crosstalk, "levels": fit.levels, "sublattices_swapped": fit.swapped,
+        "formula": {int(r): formula(composition, int(r)) for r in sorted(set(composition.region))},
+        "columns": {f"{s}:{c or 'empty'}": int(n) for (s, c), n in counts.items()},
+    }
+    return composition
+
+
+def _set_classes(sites: pd.DataFrame, classes, p_class, flagged, dopant, a_px: float, defects,
+                 dirty: np.ndarray | None = None) -> None:
+    """Classes of the clean sites (``dirty``: contaminated, left '') with holes blanked and the model's
+    detections matched, into ``sites`` (in place)."""
+    dirty = sites.in_contamination.to_numpy(bool) if dirty is None else dirty
+    n = len(sites)
+    all_classes, all_p, all_flagged = np.full(n, "", dtype=object), np.full(n, np.nan), np.zeros(n, bool)
+    all_classes[~dirty], all_p[~dirty], all_flagged[~dirty] = classes, p_class, flagged
+    classes, p_class, flagged = all_classes, all_p, all_flagged
     in_hole = find_holes(sites, classes, a_px)
     classes[in_hole] = ""
     sites["defect_class"] = classes
@@ -260,7 +371,6 @@ def _classify_sites(sites: pd.DataFrame, levels, dopant, a_px: float, defects, n
     if defects is not None and len(defects):
         sites["model_class"] = _match_to_sites(sites, defects)
         sites["reported_class"] = one_answer_per_site(sites)
-    return site_classes
 
 
 def _check_scale(a_A: float, parent, pixel_size_A: float, self_calibrated: bool, from_model: bool,

@@ -21,6 +21,8 @@ def draw_histogram(ax, result) -> None:
     if "in_contamination" in result.sites:  # the classes were fitted without them
         keep &= ~result.sites.in_contamination
     sites = result.sites[keep]
+    column = "intensity_corrected" if "intensity_corrected" in sites else "intensity"  # an alloy's fit
+    sites = sites.assign(intensity=sites[column])
     values = sites.intensity.to_numpy()
     bins = np.linspace(min(-0.1, values.min()), max(values.max(), 2.0) * 1.02, 90)
     width = bins[1] - bins[0]
@@ -49,7 +51,8 @@ def draw_histogram(ax, result) -> None:
     ax.plot([], [], color="k", lw=0.8, ls="--", label="class thresholds")
     for sub, levels in result.levels.items():
         for name, level in levels.items():
-            ax.axvline(level, color="grey", lw=0.5, ls=":")
+            if level is not None and np.isfinite(level):  # an alloy's vacancy class may have no level
+                ax.axvline(level, color="grey", lw=0.5, ls=":")
     if "flagged" in sites and sites.flagged.any():
         flagged = sites[sites.flagged.to_numpy(bool)]
         ax.plot(flagged.intensity, np.full(len(flagged), 0.6), "|", color="k", ms=8,
@@ -60,7 +63,8 @@ def draw_histogram(ax, result) -> None:
             ax.plot(detected.intensity, np.full(len(detected), 0.3), "v", color="red", ms=5,
                     label=f"model defects ({len(detected)})")
     ax.set_yscale("symlog", linthresh=5)
-    ax.set_xlabel("site intensity (median X column = 1); dotted: forward-model levels")
+    ax.set_xlabel("site intensity (median X column = 1" + (", less the neighbours' crosstalk" if column !=
+                  "intensity" else "") + "); dotted: forward-model levels")
     ax.set_ylabel("sites")
     ax.legend(fontsize=7, loc="upper right")
 

@@ -34,6 +34,7 @@ __all__ = [
     "SiteMeasurement",
     "find_holes",
     "measure_sites",
+    "measure_twin_sites",
     "reference_levels",
 ]
 
@@ -281,27 +282,9 @@ def forward_model(parent_key: str, pixel_size_A: float, microscope, dopant: str 
     twin = simulate_twin(TwinRequest(material=parent_key, defects=",".join(pieces), fov_A=45.0,
                                      pixel_size_A=float(pixel_size_A),
                                      microscope=microscope, seed=7))
-    px = twin.pixel_size_A[1]
+    meas, labels, pooled, pooled_labels = measure_twin_sites(twin, parent.a_A, noise_rel, ("defect_class",))
+    cls, pooled_cls = labels["defect_class"], pooled_labels["defect_class"]
     truth = twin.sites
-    metal_xy = truth.loc[truth.sublattice == "M", ["x_A", "y_A"]].to_numpy() / px
-    meas = measure_sites(twin.image, parent.a_A / px, None, border_px=2.0 / px, true_metal_xy=metal_xy)
-    tree = cKDTree(truth[["x_A", "y_A"]].to_numpy() / px)
-    d, idx = tree.query(meas.sites[["x_px", "y_px"]].to_numpy())
-    cls = np.where(d < 0.3 * _nn_px(parent.a_A / px), truth.defect_class.to_numpy()[idx], "?")
-    measured = [(meas.sites, cls)]
-    if noise_rel > 0:
-        rng = np.random.default_rng(11)
-        clean_image = np.clip(twin.image, 0, None)
-        scale = np.sqrt(clean_image * clean_image.mean()) * noise_rel
-        measured = []
-        for _ in range(NOISE_REALIZATIONS):
-            noisy = measure_sites(clean_image + rng.normal(size=clean_image.shape) * scale, parent.a_A / px, None,
-                                  border_px=2.0 / px, true_metal_xy=metal_xy).sites
-            d, idx = tree.query(noisy[["x_px", "y_px"]].to_numpy())
-            measured.append((noisy, np.where(d < 0.3 * _nn_px(parent.a_A / px), truth.defect_class.to_numpy()[idx],
-                                             "?")))
-    pooled = pd.concat([m for m, _ in measured], ignore_index=True)
-    pooled_cls = np.concatenate([c for _, c in measured])
     atoms = cKDTree(twin.atoms[["x_A", "y_A"]].to_numpy())
     elements = twin.atoms.element.to_numpy()
     levels: dict[str, dict[str, float]] = {}
@@ -332,6 +315,43 @@ def forward_model(parent_key: str, pixel_size_A: float, microscope, dopant: str 
     clean = (cls == "") & ~near
     profiles = {sub: column_profile(twin.image, meas.sites, meas.a_px, sub, intact=clean) for sub in ("M", "X")}
     return ForwardModel(levels, m_median > x_median, compositions, profiles)
+
+
+def measure_twin_sites(twin, a_A: float, noise_rel: float, truth_columns: tuple[str, ...]):
+    """A forward-model twin's sites measured as an image's are, each labelled with the truth.
+
+    The sites of the noise-free twin, or, with ``noise_rel`` > 0, of :data:`NOISE_REALIZATIONS` noisy
+    copies pooled (the minimum-filter background of a noisy image is biased low and lifts every level
+    with it).  Each site is labelled, per name in ``truth_columns``, with that column of ``twin.sites``
+    ("?" where no truth site lies within 0.3 of the M–X distance).  Returns ``(measurement, labels,
+    pooled, pooled_labels)``: the noise-free measurement and its labels, and the pooled sites the levels
+    are taken from (``realization`` says which copy each came from) with theirs.
+    """
+    px = twin.pixel_size_A[1]
+    truth = twin.sites
+    a_px = a_A / px
+    metal_xy = truth.loc[truth.sublattice == "M", ["x_A", "y_A"]].to_numpy() / px
+    tree = cKDTree(truth[["x_A", "y_A"]].to_numpy() / px)
+
+    def measure(image):
+        sites = measure_sites(image, a_px, None, border_px=2.0 / px, true_metal_xy=metal_xy)
+        d, idx = tree.query(sites.sites[["x_px", "y_px"]].to_numpy())
+        near = d < 0.3 * _nn_px(a_px)
+        return sites, {c: np.where(near, truth[c].to_numpy()[idx], "?") for c in truth_columns}
+
+    meas, labels = measure(twin.image)
+    measured = [(meas.sites, labels)]
+    if noise_rel > 0:
+        rng = np.random.default_rng(11)
+        clean_image = np.clip(twin.image, 0, None)
+        scale = np.sqrt(clean_image * clean_image.mean()) * noise_rel
+        measured = []
+        for _ in range(NOISE_REALIZATIONS):
+            noisy, noisy_labels = measure(clean_image + rng.normal(size=clean_image.shape) * scale)
+            measured.append((noisy.sites, noisy_labels))
+    pooled = pd.concat([m.assign(realization=k) for k, (m, _) in enumerate(measured)], ignore_index=True)
+    pooled_labels = {c: np.concatenate([lab[c] for _, lab in measured]) for c in truth_columns}
+    return meas, labels, pooled, pooled_labels
 
 
 #: Noisy copies of the forward-model twin its levels are measured on when the image is noisy.

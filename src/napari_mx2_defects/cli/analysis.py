@@ -26,7 +26,7 @@ ANALYSIS_BYTES_PER_PIXEL = 96
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ..analysis.api import ANALYSIS_FILES, CONTAMINATION_FILE, analyze_image
+    from ..analysis.api import ANALYSIS_FILES, COMPOSITION_FILE, CONTAMINATION_FILE, analyze_image
     from ..inputs import analysis_settings, image_plane
     from ..io.atomic import StagedOutput
     from ..io.formats import load_images
@@ -35,9 +35,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from ..analysis.structure import STRUCTURE_FILES
 
     names = ANALYSIS_FILES + (STRUCTURE_FILES if args.structure else []) + (
-        [CONTAMINATION_FILE] if args.exclude_contamination else [])
+        [CONTAMINATION_FILE] if args.exclude_contamination else []) + ([COMPOSITION_FILE] if args.alloy_species else [])
     # before any work; a new result without --structure removes an older result's structure files
-    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=[*STRUCTURE_FILES, CONTAMINATION_FILE])
+    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=[*STRUCTURE_FILES, CONTAMINATION_FILE,
+                                                                                  COMPOSITION_FILE])
     get_parent(args.material)
     defects = _read_defects(args.defects) if args.defects else None
     images = load_images(args.image)
@@ -55,7 +56,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     result = analyze_image(
         data, pixel, material=args.material, defects=defects,
         beam_energy_keV=energy, dopant=values["dopant"] or None, optics=optics,
-        exclude_contamination=bool(values["exclude_contamination"]), progress=progress_printer(args.quiet),
+        exclude_contamination=bool(values["exclude_contamination"]), alloy_species=values["alloy_species"] or None,
+        progress=progress_printer(args.quiet),
     )
     structure = None
     if args.structure:
@@ -76,6 +78,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(result.concentrations.drop(columns=["site_density_per_cm2"]).to_string(index=False))
+        if result.composition is not None:
+            print("composition (fraction of the metal sites / of the chalcogen atoms, 95 % interval): "
+                  + "; ".join(f"region {r}: {f}" for r, f in result.lattice["alloy"]["formula"].items()))
+            print(result.composition.to_string(index=False, float_format="%.4f"))
         if structure is not None:
             print("neighbour displacements (pm; radial > 0 = away from the defect; less the imaging's own):")
             print(structure.displacements[DISPLACEMENT_SUMMARY].to_string(index=False, float_format="%.2f"))

@@ -170,6 +170,8 @@ def _p(name: str, label: str, default, flag: str, help: str = "", **kw) -> Param
 TWIN_PARAMETERS: tuple[Parameter | Pair, ...] = (
     _p("material", "parent", "MoS2", "--material", "parent, e.g. MoS2, WSe2, 1T-TiS2", kind=str),
     _p("defects", "defects", "", "--defects", "e.g. V_X=6,V_XX=2,TM_D(Re)=1%,V_X:pairs=4", kind=str),
+    _p("alloy", "alloy", "", "--alloy", "species replacing the parent's: e.g. W=30%,Se=40% (random alloy) or "
+       "Se=top (Janus layer)", kind=str),
     _p("fov_A", "field of view", 40.0, "--fov", "field of view in Å", step=5.0),
     _p("pixel_size_A", "pixel size", 0.1, "--pixel-size", "pixel size in Å", step=0.01),
     _p("dose_e_per_A2", "electron dose", None, "--dose", "electron dose in e/Å² (default: noise-free)", step=1e5),
@@ -251,6 +253,9 @@ ANALYSIS_PARAMETERS: tuple[Parameter | Pair, ...] = (
        "(e.g. Ti, W): reported as TM_D with dopant=…", kind=str),
     _p("exclude_contamination", "exclude contamination (amorphous carbon)", False, "--exclude-contamination",
        "map amorphous contamination on the layer and count defects per cm² over the clean area only", kind=bool),
+    _p("alloy_species", "alloy species (metals:chalcogens)", "", "--alloy", "species of an alloy or Janus layer on "
+       "the parent's lattice, metals:chalcogens, e.g. Mo,W:S,Se: each column is named by its species and the "
+       "composition is given per region", kind=str),
 )
 
 #: What ``finetune`` and the *Fine-tune* dock ask for besides the images, their corrections and the parent.

@@ -53,6 +53,10 @@ class TwinRequest:
         Parent formula or key (``"MoS2"``, ``"1T-TiS2"``).
     defects : str or list of DefectRequest
         e.g. ``"V_X=6,V_XX=2"`` (see :func:`~.defects.parse_defects`).
+    alloy : str
+        Species replacing the parent's before the defects go in, e.g. ``"W=30%,Se=40%"`` or
+        ``"Se=top"`` for a Janus layer (see :func:`~.alloys.parse_alloy`); the truth sites then carry
+        each column's ``species``.
     fov_A : float
         Field of view (square) in Å.
     pixel_size_A : float
@@ -69,6 +73,7 @@ class TwinRequest:
 
     material: str = "MoS2"
     defects: str | list = ""
+    alloy: str = ""
     fov_A: float = 40.0
     pixel_size_A: float = 0.1
     method: str = "fast"
@@ -102,6 +107,10 @@ class TwinRequest:
                 "rotations and grain boundaries make a non-periodic field of view; abTEM needs a periodic "
                 "cell, so use method 'fast' for them (or give a periodic --structure)."
             )
+        if self.alloy:
+            if self.structure_path:
+                raise ValueError("an alloy is built on a parent's lattice; a structure file brings its own species")
+            self.alloy_spec()  # validates the alloy against the parent
         carbon = self.imperfections.amorphous_carbon_coverage
         if not 0 <= carbon < 1:
             raise ValueError(f"amorphous carbon coverage is a fraction of the field in [0, 1), got {carbon}")
@@ -113,6 +122,12 @@ class TwinRequest:
     def phonons(self) -> FrozenPhononSettings:
         """Frozen phonons of the abTEM runs (the image for multislice/PRISM, the calibration for fast)."""
         return FrozenPhononSettings(int(self.frozen_phonons), float(self.phonon_sigma_A), int(self.seed))
+
+    def alloy_spec(self):
+        """The parsed :attr:`alloy` (:class:`~.alloys.AlloySpec`) for this request's parent."""
+        from .alloys import parse_alloy
+
+        return parse_alloy(self.alloy, get_parent(self.material))
 
     def defect_requests(self) -> list[DefectRequest]:
         if isinstance(self.defects, str):
@@ -148,7 +163,7 @@ class TwinRequest:
         gb = v["grain_boundary"]
         structure = v.get("structure_path")
         return cls(
-            material=v["material"], defects=v["defects"], fov_A=v["fov_A"], pixel_size_A=v["pixel_size_A"],
+            material=v["material"], defects=v["defects"], alloy=v.get("alloy") or "", fov_A=v["fov_A"], pixel_size_A=v["pixel_size_A"],
             method=v["method"], seed=v["seed"], structure_path=str(structure) if structure else None,
             rotation_deg=v["rotation_deg"],
             grain_boundary=GrainBoundary(rotation_deg=gb[0], separation_A=gb[1]) if gb is not None else None,
@@ -221,6 +236,13 @@ def check_twin_values(values: Mapping[str, Any], option_of=lambda p: p.flag, str
                         option_pixel=names["pixel_size_A"])
         parent = get_parent(checked["material"])
         parse_defects(checked["defects"])
+        if checked.get("alloy"):
+            from .alloys import parse_alloy
+
+            try:
+                parse_alloy(checked["alloy"], parent)
+            except ValueError as exc:
+                raise ValueError(f"{names['alloy']}: {str(exc).removeprefix('alloy: ')}") from None
         check_holes(checked["n_holes"], checked["fov_A"], parent.a_A, option=names["n_holes"])
     return checked
 
@@ -315,6 +337,11 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
     rng = np.random.default_rng(request.seed)
     progress(0.0, "building the structure")
     lattice, parent = _lattice_for(request, rng)
+    alloyed = {}
+    if request.alloy:  # its own random stream: twins without an alloy stay as they were
+        from .alloys import apply_alloy
+
+        alloyed = apply_alloy(lattice, request.alloy_spec(), np.random.default_rng([request.seed, 7331]))
     placed = place_defects(lattice, [] if request.structure_path else request.defect_requests(), seed=request.seed)
     lattice.finalise()
     if cancelled():
@@ -347,6 +374,7 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
         "periodic": lattice.periodic,
         "messy": {**lattice.messy, "holes": lattice.holes},
         "notes": placed.notes,
+        "alloy_atoms": alloyed,
         "image_units": "counts (detected electrons)" if state.counts else "fraction of incident beam",
         "calibration": None if calibration is None else calibration.to_json(),
         "class_ids": {name: cid for name, cid in CLASS_IDS.items()},
@@ -410,6 +438,10 @@ def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple
                                progress=lambda f, msg: progress(0.05 + 0.8 * f, msg), cancelled=cancelled)
         return apply_source_size(clean, pixel, m, lattice.periodic), None
     examples = _standard_examples(parent, lattice.z_metal_A) if not request.structure_path else {}
+    if request.alloy:  # every column the alloy's species make, so its forward model shares the calibration
+        from .alloys import alloy_examples
+
+        examples.update(alloy_examples(*request.alloy_spec().species(parent), lattice.z_metal_A, parent.thickness_A))
     for sig, example in column_examples(atoms, columns).items():
         examples.setdefault(sig, example)
     calibration = calibrate_column_weights(
@@ -425,10 +457,15 @@ def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple
 
 
 def _ground_truth(lattice: Lattice, placed, state, shape: tuple[int, int], pixel: tuple[float, float]):
-    """Sites, defects, atoms and label mask in the (possibly distorted) image frame."""
+    """Sites, defects, atoms and label mask in the (possibly distorted) image frame; each site's column
+    signature (``""`` for an emptied or hollow site) in ``sites.species``."""
     atoms = lattice.atoms
     sites = lattice.sites.copy()
     sites["defect_class"] = ""
+    symbols = np.asarray(atoms.get_chemical_symbols(), dtype=object)
+    names: dict[tuple, str] = {}  # one signature per distinct occupancy (a million-atom twin has a handful)
+    sites["species"] = [names.setdefault(key, signature(list(key))) for key in
+                        (tuple(symbols[g]) for g in lattice.site_atoms)]
     if len(placed.table):
         sites.loc[placed.table.site.to_numpy(), "defect_class"] = placed.table.defect_class.to_numpy()
     sx, sy = distorted_positions(state, sites.x_A.to_numpy(), sites.y_A.to_numpy())

@@ -13,7 +13,7 @@ from ._worker import NO_LAYER, JobWidget, layer_picker
 from .defect_editing import DefectEditingPanel
 from .fields import field_option, field_values, make_fields
 
-__all__ = ["StatisticsWidget", "displacement_table", "results_table"]
+__all__ = ["StatisticsWidget", "composition_view", "displacement_table", "results_table"]
 
 #: What each export button writes.
 EXPORTS = {
@@ -33,6 +33,20 @@ def results_table(concentrations) -> dict[str, list]:
         table["count"].append(int(row.count))
         table["per cm²"].append(f"{row.per_cm2:.3g}")
         table["95 % interval"].append(f"{row.ci_low_per_cm2:.3g} – {row.ci_high_per_cm2:.3g}")
+    return table
+
+
+def composition_view(composition) -> dict[str, list]:
+    """The alloy composition as the dock shows it: element (and region), sublattice, fraction, 95 % interval."""
+    table: dict[str, list] = {"element": [], "of": [], "fraction": [], "95 % interval": []}
+    if composition is None or not len(composition):
+        return table
+    several = composition.region.nunique() > 1
+    for row in composition.itertuples():
+        table["element"].append(f"{row.element} (region {row.region})" if several else row.element)
+        table["of"].append(f"{row.of_atoms} {'metal sites' if row.sublattice == 'M' else 'chalcogen atoms'}")
+        table["fraction"].append(f"{row.fraction:.4f}")
+        table["95 % interval"].append(f"{row.ci_low:.4f} – {row.ci_high:.4f}")
     return table
 
 
@@ -66,6 +80,8 @@ class StatisticsWidget(JobWidget, Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.table = Table(value={"class": [], "count": [], "per cm²": [], "95 % interval": []}, label="results")
         self.table.read_only = True
+        self.composition_table = Table(value=composition_view(None), label="alloy composition")
+        self.composition_table.read_only = True
         self.export_csv_button = PushButton(text="Export CSV…", enabled=False)
         self.export_png_button = PushButton(text="Export PNG…", enabled=False)
         self.structure_button = PushButton(text="Class averages, displacements, strain", enabled=False,
@@ -78,7 +94,7 @@ class StatisticsWidget(JobWidget, Container):
         self.status = Label(value="")
         self.editing = DefectEditingPanel(viewer, picker=self.defects_layer)  # legend, hand edits, undo
         self.extend([self.image_layer, self.defects_layer, self.regions_layer, self.material, *fields,
-                     self.run_button, self.cancel_button, self.progress, self.status, self.table,
+                     self.run_button, self.cancel_button, self.progress, self.status, self.table, self.composition_table,
                      self.export_csv_button, self.export_png_button, self.structure_button,
                      self.displacement_table, self.export_structure_button])
         self.native.layout().addWidget(self.editing.native)  # full width, above the plots
@@ -144,6 +160,7 @@ class StatisticsWidget(JobWidget, Container):
                 regions = [science_positions(r, layer, pixel) for r in regions]
         material, dopant = self.material.value, (values["dopant"] or None)
         exclude = bool(values["exclude_contamination"])
+        alloy = values["alloy_species"] or None
         message = "running…" if pixel is not None else "no calibration: self-calibrating from the parent"
 
         name = layer.name
@@ -151,7 +168,8 @@ class StatisticsWidget(JobWidget, Container):
         def job(progress, cancelled):  # each job says what it was, so its answer goes to the right place
             return "analysis", (analyze_image(data, pixel, material=material, defects=defects, regions=regions,
                                               beam_energy_keV=energy, dopant=dopant, optics=optics,
-                                              exclude_contamination=exclude, progress=progress,
+                                              exclude_contamination=exclude, alloy_species=alloy,
+                                              progress=progress,
                                               cancelled=cancelled), data, name)
 
         self.structure_button.enabled = False
@@ -211,6 +229,7 @@ class StatisticsWidget(JobWidget, Container):
         draw_concentrations(self.figure.add_subplot(212), result)
         self.canvas.draw_idle()
         self.table.value = results_table(result.concentrations)
+        self.composition_table.value = composition_view(result.composition)
         data, kwargs, _ = sites_layer(result, name=f"{self._source_name} sites")
         source = self.viewer.layers[self._source_name] if self._source_name in self.viewer.layers else None
         if source is not None:  # on top of the image, whatever its scale and origin
@@ -224,7 +243,8 @@ class StatisticsWidget(JobWidget, Container):
         summary = (f"a = {lat['a_A']:.3f} Å{' (self-calibrated)' if lat['self_calibrated'] else ''}; "
                    f"{lat['n_M_sites']} M / {lat['n_X_sites']} X sites; {lat['analysed_area_nm2']:.1f} nm²"
                    + (f" (contamination: {lat['contamination']['area_nm2']:.1f} nm² left out)"
-                      if "contamination" in lat else ""))
+                      if "contamination" in lat else "")
+                   + (f"; composition {', '.join(lat['alloy']['formula'].values())}" if "alloy" in lat else ""))
         # every note the CLI prints is shown here too: in the dock and as a notification
         self.status.value = "\n".join([summary, *(f"⚠ {note}" for note in result.notes)])
         if result.notes:
@@ -251,11 +271,9 @@ class StatisticsWidget(JobWidget, Container):
         panel = Path(folder) / "statistics_panel.png"
         if "statistics_panel.png" in names:
             check_output_file(panel, overwrite=overwrite, option="export folder")
-        from ..analysis.api import CONTAMINATION_FILE
-
         files = [n for n in names if n != panel.name]
-        if self.result.contamination is not None and kind in ("csv", "all"):
-            files.append(CONTAMINATION_FILE)  # the map the counts left out, as the command writes it
+        if kind in ("csv", "all"):  # the contamination map and the composition, as the command writes them
+            files += self.result.optional_files
         paths = self.result.save(folder, overwrite=overwrite, files=files)
         if "statistics_panel.png" in names:
             with atomic_path(panel) as tmp:
