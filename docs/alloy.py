@@ -9,12 +9,11 @@ Run under a display (or xvfb-run):
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import napari
+from _viewer import settle, wait
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QApplication
 
 shared = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
 out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parent
@@ -31,16 +30,11 @@ dock.alloy_species.value = "Mo,V:S"
 if not layer.metadata.get("beam_energy_keV"):
     dock.beam_energy_keV.value = 60.0  # the sidecar's voltage
 dock.run()
-t0 = time.time()
-while dock.runner.worker is not None and time.time() - t0 < 1800:
-    QApplication.processEvents()
-    time.sleep(0.05)
+wait(dock)
 points = viewer.layers[f"{layer.name} sites"]
 points.size = 1.2
 viewer.camera.zoom *= 2.5  # a corner of the field, so each site's colour shows
-for _ in range(30):
-    QApplication.processEvents()
-    time.sleep(0.02)
+settle()
 print(dock.status.value)
 print(dock.result.composition.to_string(index=False))
 viewer.screenshot(str(out / "real_alloy.png"), canvas_only=False)

@@ -8,12 +8,11 @@ Run under a display (or xvfb-run):
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import napari
+from _viewer import settle, wait
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QApplication
 
 shared = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
 out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parent
@@ -29,15 +28,10 @@ dock.material.value = "2H-MoS2"
 dock.exclude_contamination.value = True
 dock.image_pixel_size_A.value = 0.1290  # the file's is 36 % off (docs/site_classes.md: self-calibrated value)
 dock.run()
-t0 = time.time()
-while dock.runner.worker is not None and time.time() - t0 < 1800:
-    QApplication.processEvents()
-    time.sleep(0.05)
+wait(dock)
 viewer.layers[f"{layer.name} sites"].visible = False
 viewer.reset_view()
-for _ in range(30):
-    QApplication.processEvents()
-    time.sleep(0.02)
+settle()
 print(dock.status.value)
 print(dock.result.concentrations.to_string(index=False))
 viewer.screenshot(str(out / "real_contamination.png"), canvas_only=False)

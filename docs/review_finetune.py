@@ -37,21 +37,9 @@ layer = viewer.open(path, plugin="napari-mx2-defects")[0]
 pixel = float(layer.scale[-1])  # this file's calibration is right (a = 3.16 Å: docs/site_classes.md)
 dock_widget, dock = viewer.window.add_plugin_dock_widget("napari-mx2-defects", "Fine-tune on corrections")
 from qtpy.QtCore import Qt
+from _viewer import wait
 
 viewer.window._qt_window.resizeDocks([dock_widget], [760], Qt.Orientation.Horizontal)  # room for every field
-
-
-def wait(seconds: float = 1800) -> None:
-    from qtpy.QtWidgets import QApplication
-    import time
-
-    t0 = time.time()
-    while dock.runner.worker is not None and time.time() - t0 < seconds:
-        QApplication.processEvents()
-        time.sleep(0.05)
-    for _ in range(20):  # let the docks lay out and the canvas draw before a screenshot
-        QApplication.processEvents()
-        time.sleep(0.02)
 
 
 image = np.asarray(layer.data, float)
@@ -59,7 +47,7 @@ seg = segment_image(image, pixel, material="MoS2")  # what Find defects gives
 _, model_points = add_layers(viewer, segmentation_layers(seg, layer, pixel, name="shipped model"))
 dock.image_layer.value = layer.name
 dock.rank()
-wait()
+wait(dock, settle_steps=20)
 ranked = points_table(viewer.layers[f"{layer.name} uncertain sites"], layer, pixel)  # Å from the image origin
 box_A = (5.0, 5.0, 50.0, 50.0)  # x0, y0, x1, y1: the reviewed rectangle
 if given is not None:
@@ -96,7 +84,7 @@ viewer.add_shapes(
 dock.corrections_layer.value = corrected.name
 dock.region_layer.value = "reviewed"
 dock.next_site()
-wait(0)
+wait(dock, 0, settle_steps=20)
 viewer.screenshot(str(out / "finetune_review.png"), canvas_only=True, flash=False)  # the view it centred
 print(f"first uncertain site: {dock.review_status.value}")
 
@@ -105,7 +93,7 @@ dock.minutes.value, dock.epochs.value, dock.twins.value = 3.0, 4, 2
 folder = Path(tempfile.mkdtemp()) / "tuned"
 dock.out.value = folder
 dock.run()
-wait()
+wait(dock, settle_steps=20)
 viewer.reset_view()
 for name in ("shipped model defects", f"{layer.name} uncertain sites"):
     viewer.layers[name].visible = False

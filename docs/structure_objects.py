@@ -12,13 +12,12 @@ Run under a display (or xvfb-run):
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import napari
 import pandas as pd
+from _viewer import wait
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QApplication
 
 shared = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
 out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parent
@@ -26,16 +25,6 @@ out.mkdir(parents=True, exist_ok=True)
 path = (
     shared / "real" / "scilink_mos2" / "MoS2_stem_Exp-000-2.npy"
 )  # its calibration is right (site_classes.md)
-
-
-def wait(dock, seconds: float = 1800) -> None:
-    t0 = time.time()
-    while dock.runner.worker is not None and time.time() - t0 < seconds:
-        QApplication.processEvents()
-        time.sleep(0.05)
-    for _ in range(30):  # let the docks lay out and the canvas draw before a screenshot
-        QApplication.processEvents()
-        time.sleep(0.02)
 
 
 viewer = napari.Viewer(show=True)

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from ..twin.columns import signature
-from .classes import MIN_POSTERIOR, SublatticeMixture
+from .classes import MIN_POSTERIOR, RESOLVABLE_SD, SublatticeMixture
 
 __all__ = ["COMPOSITION_COLUMNS", "EMPTY", "AlloyFit", "alloy_levels", "composition_table", "corrected_intensity",
            "defect_class_of", "fit_alloy", "fit_alloy_sites", "formula", "forward_shares", "neighbour_intensity",
@@ -281,7 +281,7 @@ def _unresolvable_vacancy(levels: dict, scale: float, sds: dict, weights: dict,
             for j, other in enumerate(names):
                 if defect_class_of(sub, other) or weights[sub][j] * n_sites[sub] < 1.0:
                     continue
-                if abs(lv[name] - lv[other]) * scale < 2.0 * sds[sub][j]:
+                if abs(lv[name] - lv[other]) * scale < RESOLVABLE_SD * sds[sub][j]:
                     return sub, name, other
     return None
 
@@ -382,7 +382,7 @@ def fit_alloy_sites(sites: pd.DataFrame, levels: dict[str, dict[str, float]], cr
         order = np.argsort(mix.means)
         for a, b in zip(order[:-1], order[1:]):
             gap = mix.means[b] - mix.means[a]
-            if gap < 2.0 * max(mix.sds[a], mix.sds[b]) and not ({mix.classes[a], mix.classes[b]} & set(mix.dropped)):
+            if gap < RESOLVABLE_SD * max(mix.sds[a], mix.sds[b]) and not ({mix.classes[a], mix.classes[b]} & set(mix.dropped)):
                 notes.append(f"{sub} sites: {mix.classes[a]} and {mix.classes[b]} lie within two widths of each "
                              f"other here; their sites are flagged where the posterior is below {min_posterior:g}")
     flagged = np.nan_to_num(p_class, nan=1.0) < min_posterior
@@ -448,7 +448,10 @@ def fit_alloy(sites: pd.DataFrame, clean: np.ndarray, levels_for) -> AlloyFit:
               if t in levels.get(s, {}) and not defect_class_of(s, t) and levels[s][t] > 0
               and np.isfinite(corrected[i])]
     if crosstalk and ratios:
-        refined = fit_alloy_sites(trial, levels, crosstalk, start_scale=float(np.median(ratios)), prune=False)
+        # the corrected intensities once: fitted as they are, the crosstalk they were corrected by recorded
+        refined = fit_alloy_sites(trial.assign(intensity=corrected), levels, start_scale=float(np.median(ratios)),
+                                  prune=False)
+        refined.crosstalk = dict(crosstalk)
         border = ~np.isfinite(corrected)  # no neighbourhood to correct by: the uncorrected fit's answer
         refined.columns[border] = fit.columns[border]
         refined.p_class[border] = fit.p_class[border]

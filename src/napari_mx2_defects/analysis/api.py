@@ -286,6 +286,7 @@ def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, micro
     place); returns the levels as the concentrations count them, the optics record and the fit."""
     from dataclasses import replace
 
+    from ..twin.columns import signature
     from .alloy import EMPTY, alloy_levels, defect_class_of, fit_alloy, forward_shares
 
     metals, chalcogens = alloy
@@ -315,8 +316,8 @@ def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, micro
     sites["species"] = np.where((columns == EMPTY) | sites.in_hole.to_numpy(bool), "", columns)
     scaled = {s: {n: fit.scale * v for n, v in lv.items()} for s, lv in fit.levels.items()}
     # the levels the concentrations count: the vacancy classes (their column types' lowest level)
-    levels = {"M": {"": scaled["M"].get(metals[0], 1.0)}, "X": {"": scaled["X"].get(signature_of(chalcogens[0]),
-                                                                                      1.0)}}
+    levels = {"M": {"": scaled["M"].get(metals[0], 1.0)},
+              "X": {"": scaled["X"].get(signature([chalcogens[0]] * 2), 1.0)}}  # the parent's intact X2
     for s, lv in scaled.items():
         for name, value in lv.items():
             cls = defect_class_of(s, name)
@@ -327,13 +328,6 @@ def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, micro
     record = {"z_exponent": None, "applied": False,
               "note": "alloy: level ratios are the forward model's at these optics (no Z-contrast fit)"}
     return levels, record, fit
-
-
-def signature_of(chalcogen: str) -> str:
-    """The intact column of one chalcogen species (two atoms in projection)."""
-    from ..twin.columns import signature
-
-    return signature([chalcogen, chalcogen])
 
 
 def _alloy_record(lattice: dict, sites: pd.DataFrame, region_masks, alloy, fit) -> pd.DataFrame:
