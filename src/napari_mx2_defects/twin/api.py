@@ -437,23 +437,39 @@ def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple
         clean = simulate_abtem(atoms, m, request.method, (ny, nx), phonons=request.phonons,
                                progress=lambda f, msg: progress(0.05 + 0.8 * f, msg), cancelled=cancelled)
         return apply_source_size(clean, pixel, m, lattice.periodic), None
-    examples = _standard_examples(parent, lattice.z_metal_A) if not request.structure_path else {}
+    standard = _standard_examples(parent, lattice.z_metal_A) if not request.structure_path else {}
+    examples = dict(standard)
     if request.alloy:  # every column the alloy's species make, so its forward model shares the calibration
         from .alloys import alloy_examples
 
         examples.update(alloy_examples(*request.alloy_spec().species(parent), lattice.z_metal_A, parent.thickness_A))
     for sig, example in column_examples(atoms, columns).items():
         examples.setdefault(sig, example)
-    calibration = calibrate_column_weights(
-        parent, m, examples, method=request.calibration_method, phonons=request.phonons,
-        progress=lambda f, msg: progress(0.05 + 0.6 * f, msg), cancelled=cancelled,
-    )
+    calibration = _calibration(request, parent, standard, examples, progress, cancelled)
     if cancelled():
         raise Cancelled("simulation cancelled")
     progress(0.7, "rendering (fast incoherent mode)")
     clean = render_columns(columns.x_A, columns.y_A, calibration.column_weights(columns.signature), (ny, nx),
                            extent, m, lattice.periodic)  # the source size is applied while rendering
     return clean, calibration
+
+
+def _calibration(request: TwinRequest, parent: Parent, standard: dict, examples: dict, progress: ProgressFn,
+                 cancelled: CancelFn):
+    """The parent's standard kernels at these optics, and the kernels of any other column this twin holds
+    from a calibration cell with those columns planted: every twin of a parent and optics shares the
+    standard kernels, and no twin depends on what was calibrated before it."""
+    def calibrate(wanted, start, span):
+        return calibrate_column_weights(parent, request.microscope, wanted, method=request.calibration_method,
+                                        phonons=request.phonons, cancelled=cancelled,
+                                        progress=lambda f, msg: progress(start + span * f, msg))
+
+    if not standard:
+        return calibrate(examples, 0.05, 0.6)
+    calibration = calibrate(standard, 0.05, 0.3)
+    if set(examples) - set(standard):
+        calibration = calibration.extended(calibrate(examples, 0.35, 0.3))
+    return calibration
 
 
 def _ground_truth(lattice: Lattice, placed, state, shape: tuple[int, int], pixel: tuple[float, float]):
