@@ -104,6 +104,27 @@ def test_vacancies_in_an_alloy_are_counted_and_left_out_of_the_composition():
     assert comp.loc["W", "of_atoms"] == int(((result.sites.sublattice == "M") & (result.sites.species != "")).sum())
 
 
+def test_a_chalcogen_on_a_metal_site_is_x_m_not_the_light_metal():
+    """V-alloyed MoS2 with S on some Mo sites (X_M) at 1e5 e/Å²: both are dimmer than Mo, and each is named
+    by its own level (measured: every X_M and every V right at 1e5 and 1e6); the X_M sites are counted as
+    defects and left out of the metal composition."""
+    twin = _twin("V=10%", defects="X_M=2%,V_X=2%", dose=1e5)
+    result = analyze_image(twin.image, 0.1, material="MoS2", alloy_species="Mo,V:S")
+    truth = _truth_of(twin, result)
+    sub = result.sites.sublattice.to_numpy()
+    found = result.sites.defect_class.to_numpy()
+    x_m = (truth == "S") & (sub == "M")
+    assert x_m.sum() >= 10 and (found[x_m] == "X_M").mean() >= 0.9
+    assert ((found == "X_M") & ~x_m).sum() <= 1
+    v = (truth == "V") & (sub == "M")
+    assert (result.sites.species.to_numpy()[v] == "V").mean() >= 0.95
+    comp = result.composition.set_index("element")
+    assert comp.loc["V", "fraction"] == pytest.approx(v.sum() / ((sub == "M") & ~x_m & (truth != "?")).sum(),
+                                                      abs=0.01)
+    assert comp.loc["V", "of_atoms"] == int(((sub == "M") & (found != "X_M") & (found != "V_M")).sum())
+    assert result.concentrations.set_index("defect_class").loc["X_M", "count"] == (found == "X_M").sum()
+
+
 def test_a_plain_parent_reads_as_its_own_species():
     twin = _twin("", defects="V_X=10", seed=5)
     result = analyze_image(twin.image, 0.1, material="MoS2", alloy_species="Mo,W:S,Se")

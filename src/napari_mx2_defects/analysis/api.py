@@ -286,8 +286,7 @@ def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, micro
     place); returns the levels as the concentrations count them, the optics record and the fit."""
     from dataclasses import replace
 
-    from ..twin.columns import signature
-    from .alloy import EMPTY, alloy_levels, defect_class_of, fit_alloy, forward_shares
+    from .alloy import EMPTY, alloy_levels, counted_levels, defect_class_of, fit_alloy, forward_shares
 
     metals, chalcogens = alloy
     optics = replace(microscope, source_size_A=blur.get("source_size_A") or 0.0)
@@ -314,17 +313,7 @@ def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, micro
     defect = np.array([defect_class_of(s, c) for s, c in zip(sub, fit.columns)], dtype=object)
     _set_classes(sites, defect, fit.p_class, fit.flagged, None, a_px, defects, dirty=dirty)
     sites["species"] = np.where((columns == EMPTY) | sites.in_hole.to_numpy(bool), "", columns)
-    scaled = {s: {n: fit.scale * v for n, v in lv.items()} for s, lv in fit.levels.items()}
-    # the levels the concentrations count: the vacancy classes (their column types' lowest level)
-    levels = {"M": {"": scaled["M"].get(metals[0], 1.0)},
-              "X": {"": scaled["X"].get(signature([chalcogens[0]] * 2), 1.0)}}  # the parent's intact X2
-    for s, lv in scaled.items():
-        for name, value in lv.items():
-            cls = defect_class_of(s, name)
-            if cls:
-                levels[s][cls] = min(levels[s].get(cls, np.inf), value)
-    for s, name in (("M", "V_M"), ("X", "V_X")) + ((("X", "V_XX"),) if parent.phase == "2H" else ()):
-        levels[s].setdefault(name, None)  # counted (0) even where the data hold no such level
+    levels = counted_levels(fit, metals, chalcogens, parent.phase)
     record = {"z_exponent": None, "applied": False,
               "note": "alloy: level ratios are the forward model's at these optics (no Z-contrast fit)"}
     return levels, record, fit
