@@ -279,8 +279,8 @@ def _em(xs: dict, levels: dict, scale: float, n_iter: int = 400) -> tuple[float,
     return loglik, scale, w, sd
 
 
-def _unresolvable_vacancy(levels: dict, scale: float, sds: dict, weights: dict,
-                          n_sites: dict) -> tuple[str, str, str] | None:
+def _unresolvable_defect(levels: dict, scale: float, sds: dict, weights: dict,
+                         n_sites: dict) -> tuple[str, str, str] | None:
     """(sublattice, defect type, other type) of the first defect column type whose fitted level lies
     within two widths of a supported intact column type's (one holding at least a site), or None.  A
     chalcogen on a metal site (X_M) is also dropped where it lies that close to an empty metal site's level:
@@ -355,7 +355,7 @@ def fit_alloy_sites(sites: pd.DataFrame, levels: dict[str, dict[str, float]], cr
         loglik, scale, weights, sds = max((_em(xs, levels, s) for s in starts), key=lambda fit: fit[0])
         # a vacancy type as bright as an intact column at this noise (one Se ≈ S2) cannot be told from it:
         # it is dropped, and the sites go to the intact column (vacancies are rare, intact columns are not)
-        clash = _unresolvable_vacancy(levels, scale, sds, weights, {sub: len(x) for sub, x in xs.items()})
+        clash = _unresolvable_defect(levels, scale, sds, weights, {sub: len(x) for sub, x in xs.items()})
         if clash is not None:
             sub, name, other = clash
             dropped[sub][name] = (f"level {scale * levels[sub][name]:.2f} within two widths of {other} "

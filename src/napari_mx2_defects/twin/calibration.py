@@ -216,19 +216,18 @@ def _context(parent, microscope: Microscope, method: str, phonons: FrozenPhononS
             "phonons": phonons.key(), "basis": list(BASIS_SIGMAS_A), "v": CACHE_VERSION}
 
 
-_MEMO: dict[str, list[Calibration]] = {}
+_MEMO: dict[str, Calibration] = {}  # (cache folder, _key(context, signatures)) -> calibration
 
 
 def _cached(context: dict, signatures: set[str]) -> Calibration | None:
     """The cached calibration of exactly ``signatures`` for this context (this process's memory first,
     then the cache folder)."""
-    memo_key = json.dumps(context, sort_keys=True, default=str) + str(cache_dir())
-    for known in _MEMO.get(memo_key, []):
-        if signatures == set(known.kernels_A2):
-            return known
+    memo_key = f"{cache_dir()}:{_key(context, signatures)}"
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
     found = _cached_on_disk(context, signatures)
     if found is not None:
-        _MEMO.setdefault(memo_key, []).append(found)
+        _MEMO[memo_key] = found
     return found
 
 
