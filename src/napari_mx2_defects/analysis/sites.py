@@ -250,16 +250,11 @@ def neighbour_centres_px(sites: pd.DataFrame) -> np.ndarray:
         donors = np.flatnonzero(mine & found)
         if len(donors) < 8:
             continue
-        _, near = cKDTree(ideal[donors]).query(ideal[mine], k=7)
         targets = np.flatnonzero(mine)
-        own = donors[near] == targets[:, None]  # a site with its own peak among the seven leaves it out
-        near_idx = donors[near]
-        # the six nearest that are not the site itself (the seventh stands in where it is)
-        keep = ~own
-        keep[:, -1] &= own.any(axis=1)
-        shifts = displacement[near_idx]  # (n, 7, 2)
-        shifts = np.where(keep[..., None], shifts, np.nan)
-        centres[targets] = ideal[targets] + np.nanmedian(shifts, axis=1)
+        near = donors[cKDTree(ideal[donors]).query(ideal[targets], k=7)[1]]
+        # a site with a peak of its own is its own nearest donor: skip it; otherwise the first six
+        six = np.where((near[:, 0] == targets)[:, None], near[:, 1:], near[:, :6])
+        centres[targets] = ideal[targets] + np.median(displacement[six], axis=1)
     return centres
 
 
