@@ -215,7 +215,7 @@ def analyze_image(
         site_classes = _classify_sites(sites, levels, dopant, meas.a_px, defects, notes)
     else:
         levels, z_contrast, site_classes = _classify_alloy(img, sites, parent, round(float(pixel_size_A), 4),
-                                                           microscope, blur, alloy, meas.a_px, defects, notes)
+                                                           forward, alloy, meas.a_px, defects, notes)
     z_contrast.update(blur)
     a_A = meas.a_px * pixel_size_A
     _check_scale(a_A, parent, pixel_size_A, self_calibrated, "model_class" in sites, notes)
@@ -223,7 +223,7 @@ def analyze_image(
     cell_area = a_A**2 * np.sqrt(3) / 2
     concentrations = _concentrations(sites, region_masks, levels, cell_area, notes)
     lattice = _lattice_record(meas, sites, parent, pixel_size_A, self_calibrated, cell_area, energy)
-    _record_fits(lattice, sites, z_contrast, microscope, blur, site_classes)
+    _record_fits(lattice, sites, z_contrast, forward, site_classes)
     if contamination is not None:
         dirty_m = (sites.sublattice == "M") & sites.in_contamination & ~sites.in_hole
         lattice["contamination"] = {**contamination_record,  # area as the concentrations count it: metal sites
@@ -280,20 +280,18 @@ def _classify_sites(sites: pd.DataFrame, levels, dopant, a_px: float, defects, n
     return site_classes
 
 
-def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, microscope, blur: dict, alloy,
+def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, forward, alloy,
                     a_px: float, defects, notes: list[str]):
     """Column types of an alloy (:mod:`.alloy`): ``sites.species`` and the vacancy classes they imply (in
-    place); returns the levels as the concentrations count them, the optics record and the fit."""
-    from dataclasses import replace
-
+    place), imaged with the fitted optics of ``forward``; returns the levels as the concentrations count
+    them, the optics record and the fit."""
     from .alloy import EMPTY, alloy_levels, counted_levels, defect_class_of, fit_alloy, forward_shares
 
     metals, chalcogens = alloy
-    optics = replace(microscope, source_size_A=blur.get("source_size_A") or 0.0)
     noise = relative_noise(img)
 
     def levels_for(composition, crosstalk):
-        return alloy_levels(parent.key, pixel_size_A, optics, metals, chalcogens, noise,
+        return alloy_levels(parent.key, pixel_size_A, forward.microscope, metals, chalcogens, noise,
                             forward_shares(metals, chalcogens, composition), crosstalk)
 
     dirty = sites.in_contamination.to_numpy(bool)
@@ -368,10 +366,9 @@ def _check_scale(a_A: float, parent, pixel_size_A: float, self_calibrated: bool,
                      "physics where it is sure of a lattice-site defect (see lattice.json: model_vs_physics)")
 
 
-def _record_fits(lattice: dict, sites: pd.DataFrame, z_contrast: dict, microscope, blur: dict, site_classes) -> None:
+def _record_fits(lattice: dict, sites: pd.DataFrame, z_contrast: dict, forward, site_classes) -> None:
     """What was fitted on the image (optics, mixture, flags, model agreement) into lattice.json's record."""
-    lattice["fitted_optics"] = {**z_contrast, "forward_model_microscope": {
-        **microscope.as_dict(), "source_size_A": blur.get("source_size_A") or 0.0}}
+    lattice["fitted_optics"] = {**z_contrast, "forward_model_microscope": forward.microscope.as_dict()}
     lattice["mixture"] = {sub: mix.as_dict() for sub, mix in site_classes.mixtures.items()}
     lattice["n_flagged_sites"] = int(sites.flagged.sum())
     if "model_class" in sites:

@@ -11,6 +11,7 @@ intensities into classes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -27,8 +28,10 @@ __all__ = [
     "SITE_CLASSES",
     "ForwardModel",
     "column_profile",
+    "column_rings",
     "relative_noise",
     "fit_source_size",
+    "profile_misfit",
     "forward_model",
     "microscope_for",
     "SiteMeasurement",
@@ -176,13 +179,15 @@ class ForwardModel:
     columns outshine chalcogen columns; ``compositions[sublattice][class]``: atomic numbers of the
     atoms in that site's column in the twin (used to re-scale levels to the image's own Z contrast,
     :func:`~.classes.z_contrast_levels`); ``profiles[sublattice]``: the intact columns' radial
-    profile (:func:`column_profile`), against which the image's blur is fitted.
+    profile (:func:`column_profile`), against which the image's blur is fitted; ``microscope``: the
+    optics the twin was imaged with.
     """
 
     levels: dict
     m_brighter: bool
     compositions: dict
     profiles: dict = field(default_factory=dict)
+    microscope: object = None
 
 
 def reference_levels(parent_key: str, pixel_size_A: float, energy_keV: float,
@@ -258,11 +263,11 @@ def neighbour_centres_px(sites: pd.DataFrame) -> np.ndarray:
     return centres
 
 
-def column_profile(image: np.ndarray, sites: pd.DataFrame, a_px: float, sublattice: str,
-                   intact: np.ndarray | None = None) -> np.ndarray | None:
-    """Mean radial profile of one sublattice's intact columns, from 1 at the centre to 0 at the projected
-    M–X distance (:data:`PROFILE_RADII`): the shape the probe and the source size give a column and the
-    saddle to its neighbours.
+def column_rings(image: np.ndarray, sites: pd.DataFrame, a_px: float, sublattice: str,
+                 intact: np.ndarray | None = None) -> np.ndarray | None:
+    """Mean intensity of the background-flattened image on rings about each of one sublattice's intact
+    columns (:data:`PROFILE_RADII` of the projected M–X distance): one row per column, one column per
+    ring; None where fewer than five columns qualify.
 
     Each column is centred by :func:`neighbour_centres_px` (its lattice site moved with its neighbours),
     not on its own noisy maximum. ``intact`` marks the columns to use; by default those within 15 % of the
@@ -290,14 +295,43 @@ def column_profile(image: np.ndarray, sites: pd.DataFrame, a_px: float, sublatti
     rings = []
     for r in PROFILE_RADII * radius:
         dx, dy = r * np.cos(angles), r * np.sin(angles)
-        values = map_coordinates(flat, [(xy[:, 1:2] + dy).ravel(), (xy[:, 0:1] + dx).ravel()], order=1,
-                                 mode="nearest")
-        rings.append(float(np.mean(values)))
-    rings = np.asarray(rings)
-    span = rings[0] - rings[-1]
+        rings.append(map_coordinates(flat, [(xy[:, 1:2] + dy).ravel(), (xy[:, 0:1] + dx).ravel()], order=1,
+                                     mode="nearest").reshape(len(xy), len(angles)).mean(axis=1))
+    return np.stack(rings, axis=1)
+
+
+def column_profile(image: np.ndarray, sites: pd.DataFrame, a_px: float, sublattice: str,
+                   intact: np.ndarray | None = None) -> np.ndarray | None:
+    """Mean radial profile of one sublattice's intact columns (:func:`column_rings`), from 1 at the centre
+    to 0 at the projected M–X distance: the shape the probe and the source size give a column and the
+    saddle to its neighbours."""
+    rings = column_rings(image, sites, a_px, sublattice, intact)
+    if rings is None:
+        return None
+    means = rings.mean(axis=0)
+    span = means[0] - means[-1]
     # relative to the outer ring: an offset of the background (a minimum filter of noisy data is biased
     # low by the noise) cancels, so a noisy image and the noise-free model compare shape for shape
-    return (rings - rings[-1]) / span if span > 0 else None
+    return (means - means[-1]) / span if span > 0 else None
+
+
+def profile_misfit(rings: np.ndarray, profile: np.ndarray | None) -> float:
+    """How far a model's normalised :func:`column_profile` is from an image's :func:`column_rings`: the
+    reduced χ² of the ring means against ``A · profile + B``, with the scale A and offset B fitted by
+    weighted least squares (weights: each ring mean's standard error over the columns).
+
+    Neither the image's centre ring (one sample per column, the noisiest) nor its outer ring sets the
+    normalisation, and noisy rings weigh less: normalising by them made a 0.6 Å source at 1e4 e/Å² look
+    like 1.0 Å on three seeds of three (this: 1.0, 0.68, 0.68)."""
+    if profile is None:
+        return float("inf")
+    means = rings.mean(axis=0)
+    errors = rings.std(axis=0, ddof=1) / np.sqrt(len(rings))
+    w = 1.0 / np.maximum(errors, 1e-9 * max(float(np.ptp(means)), 1e-12))
+    design = np.column_stack([profile, np.ones_like(profile)]) * w[:, None]
+    coef, *_ = np.linalg.lstsq(design, means * w, rcond=None)
+    residual = design @ coef - means * w
+    return float(np.sum(residual**2) / max(len(means) - 2, 1))
 
 
 @lru_cache(maxsize=64)
@@ -356,7 +390,7 @@ def forward_model(parent_key: str, pixel_size_A: float, microscope, dopant: str 
         near = cKDTree(xy[defective]).query(xy)[0] < 1.5 * meas.a_px
     clean = (cls == "") & ~near
     profiles = {sub: column_profile(twin.image, meas.sites, meas.a_px, sub, intact=clean) for sub in ("M", "X")}
-    return ForwardModel(levels, m_median > x_median, compositions, profiles)
+    return ForwardModel(levels, m_median > x_median, compositions, profiles, microscope)
 
 
 def measure_twin_sites(twin, a_A: float, noise_rel: float, truth_columns: tuple[str, ...]):
@@ -425,17 +459,65 @@ def relative_noise(image: np.ndarray) -> float:
 #: Source sizes (Å, Gaussian σ) tried when fitting the image's blur: from a point source to a
 #: blurred microscope (the range the issue's real instruments span, 0.2–1.0 Å, and none).
 SOURCE_SIZES_A = (0.0, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0)
+#: A probe without aberrations replaces the nominal one only when its profile misfit is below this fraction
+#: of the nominal point-source misfit: shot noise alone must not switch the optics of a twin-like image.
+PROBE_SWITCH_RATIO = 0.5
+
+
+def _parabola_minimum(x: Sequence[float], costs: Sequence[float], k: int) -> float:
+    """The minimum of the parabola through the grid's best point ``k`` and its neighbours (``x[k]`` at an
+    end of the grid or where the three points are not convex)."""
+    x = np.asarray(x, float)
+    if 0 < k < len(x) - 1 and np.all(np.isfinite(costs[k - 1:k + 2])):
+        a, b, _ = np.polyfit(x[k - 1:k + 2], np.asarray(costs[k - 1:k + 2], float), 2)
+        if a > 0:
+            return float(np.clip(-b / (2 * a), x[k - 1], x[k + 1]))
+    return float(x[k])
+
+
+#: Bootstrap resamples of the columns behind the source size's interval (:func:`_bootstrap_interval`).
+BOOTSTRAP_RESAMPLES = 200
+
+
+def _bootstrap_interval(rings: np.ndarray, profiles: Sequence[np.ndarray | None], x: Sequence[float]) -> list[float]:
+    """The 16th–84th percentile of σ refitted on :data:`BOOTSTRAP_RESAMPLES` resamples of the columns
+    (rows of ``rings``), each against the model ``profiles`` evaluated at the grid points ``x`` (None: not
+    evaluated): the fit's uncertainty from the columns' own scatter — shot noise, jitter and column
+    variation — without assuming the rings independent."""
+    rng = np.random.default_rng(0)
+    done = [i for i, p in enumerate(profiles) if p is not None]
+    grid = np.asarray(x, float)[done]
+    fits = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        sample = rings[rng.integers(0, len(rings), len(rings))]
+        costs = np.array([profile_misfit(sample, profiles[i]) for i in done])
+        fits.append(_parabola_minimum(grid, costs, int(np.argmin(costs))))
+    low, high = np.percentile(fits, [16, 84])
+    return [round(float(low), 2), round(float(high), 2)]
 
 
 def fit_source_size(image: np.ndarray, sites: pd.DataFrame, a_px: float, parent_key: str, pixel_size_A: float,
                     microscope, dopant: str | None = None, noise_rel: float = 0.0) -> tuple[ForwardModel, dict]:
-    """The forward model whose intact columns have the image's own radial profile.
+    """The forward model whose intact columns have the image's own radial profile: the probe's blur fitted.
 
     The source size σ (the probe's partial spatial coherence, the blur the calibration leaves
-    out) is chosen from :data:`SOURCE_SIZES_A` by least squares between the image's and the model's
-    :func:`column_profile` of the brighter sublattice, refined by a parabola through the best three.
+    out) is chosen from :data:`SOURCE_SIZES_A` by the :func:`profile_misfit` between the image's
+    :func:`column_rings` and the model's :func:`column_profile` of the brighter sublattice, refined by a
+    parabola through the best three.
+
+    When even a point source leaves the model's columns broader than the image's (the best σ is 0) and
+    the nominal probe has aberrations (the defaults: Cs 40 µm, 40 Å defocus), the image came from a better
+    corrected probe: σ is fitted again on the same semi-angle without aberrations (one more abTEM
+    calibration per parent and optics, cached), kept when it fits clearly better
+    (:data:`PROBE_SWITCH_RATIO`).  Only that one probe is tried: a smaller semi-angle and a larger σ make
+    nearly the same column profile (measured on a real 60 kV MoS2 image: corrected 20 mrad with σ 0.3 Å
+    misfit 0.004, 21.8 mrad with 0.3 Å 0.007), so the profile cannot tell them apart and σ carries both.
     The levels of the returned model are measured at the image's ``noise_rel``.  Returns the forward
-    model at that σ and a record (σ, the profile misfit before and after, the noise).
+    model (its ``microscope`` is the fitted optics) and a record (σ and its 68 % interval,
+    :func:`_bootstrap_interval`;
+    the profile misfit before and after; the noise; under ``probe`` the probe when it is not the nominal
+    one).  At low dose the profile may not pin σ down: at 1e4 e/Å² (MoS2, 0.15 Å/px, 1,100 metal columns)
+    a 0.6 Å source's misfit is flat from 0.6 to 1.0 Å, and the interval says so.
     """
     from dataclasses import replace
 
@@ -443,26 +525,38 @@ def fit_source_size(image: np.ndarray, sites: pd.DataFrame, a_px: float, parent_
     # where shot noise and the background estimate distort the shape more than the blur does
     raw = sites.groupby("sublattice").intensity_raw.median()
     brighter = str(raw.idxmax()) if len(raw) else "M"
-    target = {brighter: column_profile(image, sites, a_px, brighter)}
-    if any(v is None for v in target.values()):
+    target = column_rings(image, sites, a_px, brighter)
+    if target is None:
         return forward_model(parent_key, pixel_size_A, microscope, dopant, noise_rel), {
             "source_size_A": None, "relative_noise": noise_rel}
 
     def misfit(model: ForwardModel) -> float:
-        return float(sum(np.sum((target[s] - model.profiles[s]) ** 2) for s in target if model.profiles.get(s)
-                         is not None))
+        return profile_misfit(target, model.profiles.get(brighter))
 
-    models = [forward_model(parent_key, pixel_size_A, replace(microscope, source_size_A=float(s)), dopant)
-              for s in SOURCE_SIZES_A]
-    costs = np.array([misfit(m) for m in models])
-    k = int(np.argmin(costs))
-    best = SOURCE_SIZES_A[k]
-    if 0 < k < len(SOURCE_SIZES_A) - 1:  # parabola through the best three
-        x, y = np.array(SOURCE_SIZES_A[k - 1:k + 2]), costs[k - 1:k + 2]
-        a, b, _ = np.polyfit(x, y, 2)
-        if a > 0:
-            best = float(np.clip(-b / (2 * a), x[0], x[2]))
-    best = round(best, 2)
-    model = forward_model(parent_key, pixel_size_A, replace(microscope, source_size_A=best), dopant, noise_rel)
-    return model, {"source_size_A": best, "profile_misfit_point_source": float(costs[0]),
-                   "profile_misfit": misfit(model), "relative_noise": noise_rel}
+    def fit_source(probe) -> tuple[float, np.ndarray, list]:
+        # σ in order, stopped two steps past the minimum (the misfit has one minimum over σ)
+        costs, profiles = np.full(len(SOURCE_SIZES_A), np.nan), [None] * len(SOURCE_SIZES_A)
+        for i, s in enumerate(SOURCE_SIZES_A):
+            profiles[i] = forward_model(parent_key, pixel_size_A, replace(probe, source_size_A=float(s)),
+                                        dopant).profiles.get(brighter)
+            costs[i] = profile_misfit(target, profiles[i])
+            k = int(np.nanargmin(costs))
+            if i >= k + 2:
+                break
+        return round(_parabola_minimum(SOURCE_SIZES_A, costs, k), 2), costs, profiles
+
+    best, costs, profiles = fit_source(microscope)
+    probe, record = microscope, {}
+    if best == 0.0 and (microscope.Cs_A != 0 or microscope.defocus_A != 0):
+        corrected = replace(microscope, Cs_A=0.0, defocus_A=0.0)
+        best_corrected, corrected_costs, corrected_profiles = fit_source(corrected)
+        if np.nanmin(corrected_costs) < PROBE_SWITCH_RATIO * costs[0]:
+            probe, best, profiles = corrected, best_corrected, corrected_profiles
+            record["probe"] = {"aberration_free": True, "semiangle_mrad": corrected.semiangle_mrad,
+                               "Cs_A": 0.0, "defocus_A": 0.0,
+                               "profile_misfit_nominal_probe": float(costs[0])}
+    model = forward_model(parent_key, pixel_size_A, replace(probe, source_size_A=best), dopant, noise_rel)
+    return model, {"source_size_A": best, "source_size_interval_A": _bootstrap_interval(target, profiles,
+                                                                                     SOURCE_SIZES_A),
+                   "profile_misfit_point_source": float(costs[0]),
+                   "profile_misfit": misfit(model), "relative_noise": noise_rel, **record}
