@@ -41,6 +41,7 @@ for path in sorted((shared / "real" / "scilink_mos2").glob("*.npy")):
 
     histogram_figure(checked).savefig(out / f"real_{path.stem}_histogram.png", dpi=110)
     fo, lat = checked.lattice["fitted_optics"], checked.lattice
+    print(f"  {checked.optics_summary()}")
     print(f"  fitted: source size {fo['source_size_A']} Å, relative noise {fo['relative_noise']}, Z exponent "
           f"{fo['z_exponent']:.2f} (model {fo['z_exponent_forward_model']:.2f}), M/X2 {fo['m_over_x2_image']:.2f}; "
           f"classes {({k: v['classes'] for k, v in lat['mixture'].items()})}; flagged {lat['n_flagged_sites']}; "

@@ -391,7 +391,8 @@ def test_statistics_dock_and_analyze_agree(make_napari_viewer, qtbot, tmp_path, 
     path, options, fields = _analysis_input(case, tmp_path)
     out = tmp_path / "cli"
     rc = main(["analyze", str(path), "--material", "MoS2", "--out", str(out), "--quiet", *options])
-    cli_error = capsys.readouterr().err
+    captured = capsys.readouterr()
+    cli_error, cli_printed = captured.err, captured.out
 
     viewer = make_napari_viewer()
     viewer.open(path, plugin="napari-mx2-defects")
@@ -413,6 +414,9 @@ def test_statistics_dock_and_analyze_agree(make_napari_viewer, qtbot, tmp_path, 
     assert shown["pixel_size_A"] == pytest.approx(lattice["pixel_size_A"], rel=1e-9)
     assert shown["self_calibrated"] == lattice["self_calibrated"] == (case == "uncalibrated")
     assert (shown["n_M_sites"], shown["n_X_sites"]) == (lattice["n_M_sites"], lattice["n_X_sites"])
+    assert shown["fitted_optics"] == lattice["fitted_optics"]  # the same fit, and the dock says what it fitted
+    assert widget.result.optics_summary() in widget.status.value.splitlines()
+    assert widget.result.optics_summary() in cli_printed.splitlines()
     if case == "frame stack":
         assert shown["pixel_size_A"] == pytest.approx(0.1)
         used = widget.result.lattice["fitted_optics"]["forward_model_microscope"]

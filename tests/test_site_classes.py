@@ -199,6 +199,7 @@ def test_a_probe_sharper_than_the_nominal_one_is_fitted_without_its_aberrations(
     assert fitted["forward_model_microscope"]["Cs_A"] == 0.0 and fitted["forward_model_microscope"]["defocus_A"] == 0.0
     assert fitted["source_size_A"] == pytest.approx(source_size_A, abs=0.15)
     assert fitted["profile_misfit"] < 0.2 * fitted["probe"]["profile_misfit_nominal_probe"]
+    assert "aberration-free" in result.optics_summary() and "source size" in result.optics_summary()
     # every true V_X inside the analysed area (the border is left out) is counted, and nothing else is
     from scipy.spatial import cKDTree
 

@@ -50,6 +50,27 @@ class AnalysisResult:
     contamination: np.ndarray | None = None  # (ny, nx) bool, when mapped (exclude_contamination)
     composition: pd.DataFrame | None = None  # per region and element, when alloy species were named
 
+    def optics_summary(self) -> str:
+        """One line on the optics fitted to the image (the CLI prints it, the *Defect statistics* dock shows
+        it): the forward model's beam, probe and detector, the source size with its 68 % interval and the
+        Z-contrast exponent."""
+        fitted = self.lattice.get("fitted_optics", {})
+        m = fitted.get("forward_model_microscope", {})
+        parts = [f"{m.get('energy_keV', float('nan')):g} kV"]
+        if "semiangle_mrad" in m:
+            probe = "aberration-free (fitted: sharper than the nominal probe)" if fitted.get("probe") else \
+                f"Cs {m.get('Cs_A', 0) / 1e4:g} µm, defocus {m.get('defocus_A', 0):g} Å"
+            parts.append(f"probe {m['semiangle_mrad']:g} mrad, {probe}")
+        if "detector_inner_mrad" in m:
+            parts.append(f"detector {m['detector_inner_mrad']:g}–{m['detector_outer_mrad']:g} mrad")
+        if fitted.get("source_size_A") is not None:
+            low, high = fitted.get("source_size_interval_A") or (None, None)
+            interval = f" (68 %: {low:g}–{high:g})" if low is not None else ""
+            parts.append(f"source size {fitted['source_size_A']:g} Å{interval}")
+        if fitted.get("z_exponent") is not None:
+            parts.append(f"Z exponent {fitted['z_exponent']:.2f}")
+        return "fitted optics: " + ", ".join(parts)
+
     @property
     def optional_files(self) -> list[str]:
         """The files beside :data:`ANALYSIS_FILES` this result also writes (contamination map, composition)."""

@@ -74,6 +74,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     print(f"a = {lat['a_A']:.4f} Å (parent {lat['parent_a_A']} Å), pixel {lat['pixel_size_A']:.5f} Å"
           f"{' (self-calibrated)' if lat['self_calibrated'] else ''}, "
           f"{lat['n_M_sites']} M and {lat['n_X_sites']} X sites in {lat['analysed_area_nm2']:.1f} nm²")
+    print(result.optics_summary())
     for note in result.notes:
         print(f"note: {note}")
     with pd.option_context("display.width", 160, "display.max_columns", 20):

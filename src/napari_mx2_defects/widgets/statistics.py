@@ -246,7 +246,7 @@ class StatisticsWidget(JobWidget, Container):
                       if "contamination" in lat else "")
                    + (f"; composition {', '.join(lat['alloy']['formula'].values())}" if "alloy" in lat else ""))
         # every note the CLI prints is shown here too: in the dock and as a notification
-        self.status.value = "\n".join([summary, *(f"⚠ {note}" for note in result.notes)])
+        self.status.value = "\n".join([summary, result.optics_summary(), *(f"⚠ {note}" for note in result.notes)])
         if result.notes:
             from napari.utils.notifications import show_warning
 
