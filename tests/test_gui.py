@@ -451,3 +451,47 @@ def test_large_label_maps_are_added_as_a_multiscale_pyramid(make_napari_viewer):
     small = SimpleNamespace(labels=big[:512, :512].copy(), defects=defects, probabilities=None, card=card)
     labels_small, _ = add_layers(viewer, segmentation_layers(small, image, 0.2, name="small"))
     assert not labels_small.multiscale and labels_small.data.shape == (512, 512)
+
+
+def test_large_images_are_block_mean_pyramids_and_are_analysed_at_full_resolution(make_napari_viewer, tmp_path):
+    """Issue 12: a twin image larger than 4096 px is added as a pyramid of 2×2 block means (not strided
+    views, which alias a lattice into a moiré), its truth labels as strided views; what the docks read from
+    a multiscale layer is its full-resolution level — napari's ``np.asarray`` of multiscale data is the
+    *smallest* level, which an analysis would have taken for the image."""
+    from types import SimpleNamespace
+
+    from napari_mx2_defects.inputs import image_plane
+    from napari_mx2_defects.layers import MULTISCALE_FROM_PX, add_layers, image_pyramid, twin_layers
+
+    rng = np.random.default_rng(0)
+    big = rng.random((MULTISCALE_FROM_PX + 904, 2048), dtype=np.float32)
+    levels = image_pyramid(big)
+    assert levels[0] is big and [lv.shape for lv in levels] == [(5000, 2048), (2500, 1024), (1250, 512)]
+    np.testing.assert_allclose(levels[1][3, 5], big[6:8, 10:12].mean(), rtol=1e-6)
+    np.testing.assert_allclose(levels[2][1, 1], big[4:8, 4:8].mean(), rtol=1e-6)
+    assert image_pyramid(big[:512, :512]) is not None and not isinstance(image_pyramid(big[:512, :512]), list)
+
+    labels = np.zeros(big.shape, np.uint8)
+    labels[100:110, 200:210] = 1
+    micro = {"energy_keV": 80.0, "semiangle_mrad": 25.0, "detector_inner_mrad": 50.0, "detector_outer_mrad": 200.0}
+    twin = SimpleNamespace(image=big, labels=labels, pixel_size_A=(0.1, 0.1),
+                           settings={"request": {"microscope": micro}, "parent": {"formula": "MoS2"}},
+                           defects=pd.DataFrame({"x_A": [20.5], "y_A": [10.5], "defect_class": ["V_X"],
+                                                 "element": ["S"]}))
+    viewer = make_napari_viewer()
+    image_layer, truth, _ = add_layers(viewer, twin_layers(twin, name="big"))
+    assert image_layer.multiscale and truth.multiscale
+    assert np.shares_memory(truth.data[1], labels)
+    plane, note = image_plane(image_layer.data, image_layer.name)
+    assert plane is big and note is None
+    assert np.asarray(image_layer.data).shape == (1250, 512)  # napari's own reading: why image_plane takes level 0
+    plane, _ = image_plane([big, levels[1]], "a list of levels")
+    assert plane is big
+    # saving the multiscale truth labels writes the full map, not napari's smallest level
+    import tifffile
+
+    from napari_mx2_defects.io.writer import write_labels
+
+    written = write_labels(str(tmp_path / "truth.tif"), truth.data, {"scale": list(truth.scale), "name": truth.name,
+                                                                     "metadata": truth.metadata})
+    assert tifffile.imread(written[0]).shape == labels.shape

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .core.multiscale import full_resolution
 from .core.parameters import ANALYSIS_PARAMETERS
 from .core.validation import BOUNDS, SQUARE_PIXEL_TOLERANCE
 
@@ -31,13 +32,15 @@ RESOLVABLE_PIXEL_A = 0.6
 
 
 def image_plane(data, name: str = "the image") -> tuple[np.ndarray, str | None]:
-    """The 2-D plane to work on, and a note for the user when it is not the data as given.
+    """The 2-D plane to work on (of a multiscale layer's data, its full-resolution level), and a note for
+    the user when it is not the data as given.
 
     Raises
     ------
     ValueError
         For colour images and for data with fewer than two dimensions.
     """
+    data = full_resolution(data)
     shape = tuple(int(n) for n in np.shape(data))
     if len(shape) < 2:
         raise ValueError(f"{name} has {len(shape)} dimension(s); an image needs two (y, x)")

@@ -10,6 +10,7 @@ import pandas as pd
 from .core.classes import CLASS_COLORS, CLASS_NAMES
 
 __all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "contamination_layer", "corrections_from_layers", "image_frame",
+           "image_pyramid", "label_pyramid",
            "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader", "object_layers",
            "points_table", "read_points_csv", "strain_layers", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
            "twin_layers", "uncertain_layer"]
@@ -59,9 +60,11 @@ def twin_layers(twin, name: str = "twin") -> list[LayerData]:
                    "detector_outer_mrad": micro["detector_outer_mrad"]},
         "twin_settings": twin.settings,
     }
-    image = (twin.image, {"name": f"{name} HAADF", "scale": scale, "units": ["angstrom", "angstrom"],
-                          "colormap": "gray", "metadata": meta}, "image")
-    labels = (twin.labels, {"name": f"{name} truth labels", "scale": scale, "units": ["angstrom", "angstrom"],
+    pixels, truth = image_pyramid(twin.image), label_pyramid(twin.labels)  # large twins: smooth panning
+    image = (pixels, {"name": f"{name} HAADF", "scale": scale, "units": ["angstrom", "angstrom"],
+                      "colormap": "gray", "metadata": meta, "multiscale": isinstance(pixels, list)}, "image")
+    labels = (truth, {"name": f"{name} truth labels", "scale": scale, "units": ["angstrom", "angstrom"],
+                            "multiscale": isinstance(truth, list),
                             "colormap": label_colormap_layer(), "opacity": 0.6,
                             "features": label_features(),
                             "metadata": {**meta, "class_names": CLASS_NAMES}}, "labels")
@@ -130,6 +133,23 @@ def label_pyramid(labels: np.ndarray, smallest_px: int = 1024) -> list[np.ndarra
     return levels
 
 
+def image_pyramid(image: np.ndarray, smallest_px: int = 1024) -> list[np.ndarray] | np.ndarray:
+    """``image`` as napari multiscale levels when larger than :data:`MULTISCALE_FROM_PX` (full size, then
+    2×2 block means of the level above, float32, down to about ``smallest_px``), else as it is.
+
+    Block means, not strided views as for labels: every 2nd pixel of an atomic lattice aliases into a
+    moiré that is not in the sample.  The levels below the first cost a third of the image's size.
+    """
+    from skimage.measure import block_reduce
+
+    if np.ndim(image) != 2 or max(np.shape(image)) <= MULTISCALE_FROM_PX:
+        return image
+    levels = [image]
+    while max(levels[-1].shape) / 2 >= smallest_px:
+        levels.append(block_reduce(levels[-1], (2, 2), np.mean).astype(np.float32))
+    return levels
+
+
 def segmentation_layers(seg, image_layer, pixel_size_A: float, name: str | None = None) -> list[LayerData]:
     """The layers of a :class:`~.learn.inference.Segmentation` on top of ``image_layer``: Labels (class per
     pixel, on the image pixel for pixel, with the class names and colours in its features), Points (one
@@ -151,7 +171,9 @@ def segmentation_layers(seg, image_layer, pixel_size_A: float, name: str | None 
     kwargs.update(image_frame(image_layer, pixel_size_A))
     layers = [labels, (coords, kwargs, "points")]
     if seg.probabilities is not None:
-        layers.append((seg.probabilities, {"name": f"{base} probabilities", "scale": [1.0, *scale],
+        probabilities = label_pyramid(seg.probabilities)  # strided views: a hidden layer, no copies
+        layers.append((probabilities, {"name": f"{base} probabilities", "scale": [1.0, *scale],
+                                           "multiscale": isinstance(probabilities, list),
                                            "translate": [0.0, *translate], "units": ["pixel", *units],
                                            "axis_labels": ("class", "y", "x"), "visible": False}, "image"))
     return layers

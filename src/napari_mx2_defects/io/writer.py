@@ -64,7 +64,9 @@ def write_calibrated_tiff(
 
     path = Path(path)
     _refuse_overwrite(path, overwrite)
-    data = np.asarray(data)
+    from ..core.multiscale import full_resolution
+
+    data = np.asarray(full_resolution(data))
     if data.ndim < 2 or 0 in data.shape:
         raise ValueError(f"{path.name}: cannot write an image of shape {data.shape} as TIFF")
     if pixel_size_A is None:
@@ -102,7 +104,9 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     The pixel size is the layer's ``scale`` on its last two axes when the layer
     carries Å units (all layers this plugin makes do).
     """
-    labels = np.asarray(data)
+    from ..core.multiscale import full_resolution
+
+    labels = np.asarray(full_resolution(data))  # a multiscale layer is saved at full resolution, not its smallest level
     if labels.max(initial=0) < 2**16 and labels.min(initial=0) >= 0:
         labels = labels.astype(np.uint16)
     scale = meta.get("scale")
