@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core.multiscale import full_resolution
 from .atomic import atomic_path
 
 __all__ = ["LABELS_TITLE", "labels_title", "points_table", "write_calibrated_tiff", "write_labels", "write_points"]
@@ -64,8 +65,6 @@ def write_calibrated_tiff(
 
     path = Path(path)
     _refuse_overwrite(path, overwrite)
-    from ..core.multiscale import full_resolution
-
     data = np.asarray(full_resolution(data))
     if data.ndim < 2 or 0 in data.shape:
         raise ValueError(f"{path.name}: cannot write an image of shape {data.shape} as TIFF")
@@ -104,8 +103,6 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     The pixel size is the layer's ``scale`` on its last two axes when the layer
     carries Å units (all layers this plugin makes do).
     """
-    from ..core.multiscale import full_resolution
-
     labels = np.asarray(full_resolution(data))  # a multiscale layer is saved at full resolution, not its smallest level
     if labels.max(initial=0) < 2**16 and labels.min(initial=0) >= 0:
         labels = labels.astype(np.uint16)
