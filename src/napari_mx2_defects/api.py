@@ -38,6 +38,7 @@ _WHERE = {
     "AnalysisResult": "analysis.api", "analyze_image": "analysis.api",
     "DefectObjects": "analysis.objects", "defect_objects": "analysis.objects",
     "DefectStructure": "analysis.structure", "defect_structure": "analysis.structure",
+    "PhaseMap": "analysis.phases", "map_phases": "analysis.phases", "PHASES": "twin.stacking",
     # learning
     "Segmentation": "learn.inference", "load_model": "learn.inference", "segment_image": "learn.inference",
     "DatasetSpec": "learn.dataset", "generate_dataset": "learn.dataset",

@@ -160,6 +160,9 @@ def _row(name: str, folder: str, seconds: float, segmentation, result) -> dict:
         for rec in result.composition[result.composition.region == 0].itertuples():
             row[f"{rec.element}_fraction"] = rec.fraction
             row[f"{rec.element}_fraction_ci"] = f"{rec.ci_low:.4f}-{rec.ci_high:.4f}"
+    if result.phases is not None:  # phases mapped: each phase's fraction of the analysed sites
+        for rec in result.phase_table().itertuples():
+            row[f"phase_{rec.phase or 'unassigned'}_fraction"] = rec.fraction
     return row
 
 
@@ -225,6 +228,7 @@ def process_file(
         optics=optics,
         exclude_contamination=bool(values.get("exclude_contamination")),
         alloy_species=values.get("alloy_species") or None,
+        map_phases=bool(values.get("map_phases")),
     )
     if note:
         result.notes.insert(0, note)

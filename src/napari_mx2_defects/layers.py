@@ -11,7 +11,7 @@ from .core.classes import CLASS_COLORS, CLASS_NAMES
 
 __all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "contamination_layer", "corrections_from_layers", "image_frame",
            "image_pyramid", "label_pyramid",
-           "label_colormap", "label_colormap_layer", "label_features", "napari_get_points_reader", "object_layers",
+           "label_colormap", "label_colormap_layer", "phase_layer", "label_features", "napari_get_points_reader", "object_layers",
            "points_table", "read_points_csv", "strain_layers", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
            "twin_layers", "uncertain_layer"]
 
@@ -289,6 +289,38 @@ def contamination_layer(result, image_layer, name: str | None = None) -> LayerDa
              "units": ["angstrom", "angstrom"], "features": pd.DataFrame({"index": [0, 1],
                                                                           "class": ["clean", "contaminated"]}),
              "metadata": {"contamination": result.lattice.get("contamination", {})}}, "labels")
+
+
+#: Display colours (RGBA) of the phase map's ids (1 + index in :data:`~.twin.stacking.PHASES`): the
+#: parent's monolayers transparent, so the image shows through where the defects are counted.
+PHASE_COLOURS: dict[str, tuple[float, float, float, float]] = {
+    "1L-2H": (0.0, 0.0, 0.0, 0.0), "1L-1T": (0.89, 0.47, 0.76, 1.0), "2L-2H": (0.12, 0.47, 0.71, 1.0),
+    "2L-3R": (0.17, 0.63, 0.17, 1.0), "3L-2H": (0.58, 0.40, 0.74, 1.0), "3L-3R": (0.85, 0.65, 0.10, 1.0),
+    "2L-1T": (0.90, 0.30, 0.10, 1.0), "3L-1T": (0.55, 0.34, 0.29, 1.0),
+}
+
+
+def phase_layer(result, image_layer, name: str | None = None) -> LayerData:
+    """Labels layer of an analysis's phase map on top of ``image_layer``, pixel for pixel: each phase in its
+    colour (the parent's monolayer transparent, unassigned grey), the phase name as the label's feature
+    (napari's status bar names it under the cursor) and the areas in the metadata."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from .twin.stacking import PHASES, monolayer_phase
+    from .twin.parents import get_parent
+
+    frame = image_frame(image_layer, result.lattice["pixel_size_A"])
+    record = result.lattice.get("phases", {})
+    monolayer = monolayer_phase(get_parent(result.lattice["parent"]))
+    colours = {None: (0, 0, 0, 0), 0: (0.5, 0.5, 0.5, 0.8)}
+    for i, phase in enumerate(PHASES, start=1):
+        colours[i] = (0.0, 0.0, 0.0, 0.0) if phase == monolayer else PHASE_COLOURS[phase]
+    return (result.phases.astype(np.uint8),
+            {"name": name or f"{image_layer.name} phases", "opacity": 0.35,
+             "scale": [s * result.lattice["pixel_size_A"] for s in frame["scale"]], "translate": frame["translate"],
+             "units": ["angstrom", "angstrom"], "colormap": DirectLabelColormap(color_dict=colours),
+             "features": pd.DataFrame({"index": list(range(len(PHASES) + 1)), "phase": ["unassigned", *PHASES]}),
+             "metadata": {"phases": {k: v for k, v in record.items() if k != "references"}}}, "labels")
 
 
 def reviewed_regions_A(shapes, image_layer, pixel_size_A: float) -> list[tuple[float, float, float, float]]:

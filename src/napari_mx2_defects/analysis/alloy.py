@@ -532,13 +532,13 @@ def counted_levels(fit: AlloyFit, metals: Sequence[str], chalcogens: Sequence[st
 def composition_table(sites: pd.DataFrame, region_masks: Sequence[np.ndarray], metals: Sequence[str],
                       chalcogens: Sequence[str]) -> pd.DataFrame:
     """Per region, each element's atoms, the atoms of its sublattice and their fraction with a 95 % Wilson
-    interval (binomial over atoms); sites in holes or contamination, emptied sites and chalcogens on metal
+    interval (binomial over atoms); sites in holes, contamination or other phases, emptied sites and chalcogens on metal
     sites (X_M) are left out."""
     column = sites.species.astype(str).to_numpy()
     sub = sites.sublattice.to_numpy()
-    keep = ~sites.in_hole.to_numpy(bool)
-    if "in_contamination" in sites:
-        keep &= ~sites.in_contamination.to_numpy(bool)
+    from .sites import left_out
+
+    keep = ~sites.in_hole.to_numpy(bool) & ~left_out(sites)
     keep &= np.array([_holds_its_atoms(s, c) for s, c in zip(sub, column)], dtype=bool)
     rows = []
     for r, mask in enumerate(region_masks):

@@ -23,10 +23,10 @@ from ..core.classes import DEFECT_CLASSES
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
 from .classes import fit_site_classes, z_contrast_levels
-from .sites import find_holes, fit_source_size, forward_model, measure_sites, microscope_for, relative_noise
+from .sites import find_holes, fit_source_size, forward_model, left_out, measure_sites, microscope_for, relative_noise
 from .statistics import concentration_table
 
-__all__ = ["ANALYSIS_FILES", "COMPOSITION_FILE", "CONTAMINATION_FILE", "SITES_COLUMNS", "AnalysisResult", "analyze_image", "model_physics_agreement"]
+__all__ = ["ANALYSIS_FILES", "COMPOSITION_FILE", "CONTAMINATION_FILE", "PHASE_MAP_FILE", "PHASE_TABLE_FILE", "SITES_COLUMNS", "AnalysisResult", "analyze_image", "model_physics_agreement"]
 
 SITES_COLUMNS = ["x_A", "y_A", "sublattice", "intensity", "defect_class", "p_class", "flagged", "dopant",
                  "x_ideal_A", "y_ideal_A", "peak_found"]  # the fitted lattice's site and whether a column was found
@@ -36,6 +36,22 @@ ANALYSIS_FILES = ["sites.csv", "concentrations.csv", "lattice.json", "histogram.
 CONTAMINATION_FILE = "contamination.tif"
 #: Written beside them when the analysis named alloy species: each element's fraction per region.
 COMPOSITION_FILE = "composition.csv"
+#: Written beside them when phases were mapped (``map_phases``): the map (1 + index in
+#: :data:`~..twin.stacking.PHASES`, 0 unassigned) and each phase's area and fraction.
+PHASE_MAP_FILE = "phases.tif"
+PHASE_TABLE_FILE = "phases.csv"
+
+
+def optional_files(exclude_contamination: bool = False, alloy_species: str | None = None,
+                   map_phases: bool = False) -> list[str]:
+    """The files an analysis with these options writes beside :data:`ANALYSIS_FILES` (the one list the
+    result, the command and the batch take them from)."""
+    return ([CONTAMINATION_FILE] if exclude_contamination else []) + ([COMPOSITION_FILE] if alloy_species else []) \
+        + ([PHASE_MAP_FILE, PHASE_TABLE_FILE] if map_phases else [])
+
+
+#: Every optional file an older result may have left (a new result without the option removes it).
+OPTIONAL_FILES = optional_files(True, "x", True)
 
 
 @dataclass
@@ -49,6 +65,7 @@ class AnalysisResult:
     notes: list[str] = field(default_factory=list)
     contamination: np.ndarray | None = None  # (ny, nx) bool, when mapped (exclude_contamination)
     composition: pd.DataFrame | None = None  # per region and element, when alloy species were named
+    phases: np.ndarray | None = None  # (ny, nx) uint8 phase ids, when mapped (map_phases)
 
     def optics_summary(self) -> str:
         """One line on the optics fitted to the image (the CLI prints it, the *Defect statistics* dock shows
@@ -73,14 +90,24 @@ class AnalysisResult:
 
     @property
     def optional_files(self) -> list[str]:
-        """The files beside :data:`ANALYSIS_FILES` this result also writes (contamination map, composition)."""
-        return ([CONTAMINATION_FILE] if self.contamination is not None else []) + \
-            ([COMPOSITION_FILE] if self.composition is not None else [])
+        """The files beside :data:`ANALYSIS_FILES` this result also writes (contamination map, composition,
+        phase map and table)."""
+        return optional_files(self.contamination is not None, "alloy" if self.composition is not None else None,
+                              self.phases is not None)
+
+    def phase_table(self) -> pd.DataFrame:
+        """Each mapped phase's label, area (nm², counted as the concentrations count area: metal sites
+        times the cell) and fraction of the analysed sites; unassigned sites as phase ''."""
+        record = self.lattice.get("phases", {})
+        rows = [{"phase": name, "label": v["label"], "area_nm2": v["area_nm2"], "fraction": v["fraction"]}
+                for name, v in record.get("areas", {}).items()]
+        return pd.DataFrame(rows, columns=["phase", "label", "area_nm2", "fraction"])
 
     def save(self, out_dir: str | Path, overwrite: bool = False, files: Sequence[str] | None = None) -> list[Path]:
         """Write ``files`` (by default all of sites.csv, concentrations.csv, lattice.json,
         histogram.png and concentrations.png, contamination.tif when the analysis mapped
-        contamination and composition.csv when it named alloy species) into ``out_dir``.
+        contamination, composition.csv when it named alloy species, phases.tif and phases.csv when it
+        mapped phases) into ``out_dir``.
 
         The files are written into a staging folder and moved into ``out_dir`` together when all
         are complete (:class:`~..io.atomic.StagedOutput`): a failure or an interrupt leaves the
@@ -96,7 +123,8 @@ class AnalysisResult:
             raise ValueError(f"the analysis writes {', '.join(known)}; cannot write {unknown or 'nothing'}")
         files = [n for n in known if n in files]
         stage = StagedOutput(out_dir, files, overwrite=overwrite)
-        columns = SITES_COLUMNS + [c for c in ("species", "intensity_corrected", "region", "in_hole", "in_contamination", "model_class", "reported_class")
+        columns = SITES_COLUMNS + [c for c in ("species", "intensity_corrected", "region", "in_hole", "in_contamination", "phase", "in_other_phase",
+                                                  "model_class", "reported_class")
                                    if c in self.sites]
         writers = {
             "sites.csv": lambda path: self.sites[columns].to_csv(path, index=False),
@@ -107,12 +135,22 @@ class AnalysisResult:
             "concentrations.png": lambda path: concentration_figure(self).savefig(path, dpi=120),
             CONTAMINATION_FILE: self._write_contamination,
             COMPOSITION_FILE: lambda path: self.composition.to_csv(path, index=False),
+            PHASE_MAP_FILE: self._write_phases,
+            PHASE_TABLE_FILE: lambda path: self.phase_table().to_csv(path, index=False),
         }
         with stage as staging:
             for name in files:
                 writers[name](staging / name)
         return [Path(out_dir) / n for n in files]
 
+
+    def _write_phases(self, path: Path) -> None:
+        from ..io.writer import write_calibrated_tiff
+        from ..twin.stacking import PHASES
+
+        write_calibrated_tiff(path, self.phases.astype(np.uint8), self.lattice["pixel_size_A"],
+                              title="phase map (0 unassigned, " + ", ".join(f"{i + 1} {p}" for i, p in
+                                                                           enumerate(PHASES)) + ")")
 
     def _write_contamination(self, path: Path) -> None:
         from ..io.writer import write_calibrated_tiff
@@ -159,6 +197,7 @@ def analyze_image(
     border_A: float = 2.0,
     exclude_contamination: bool = False,
     alloy_species: str | None = None,
+    map_phases: bool = False,
     progress: Callable[[float, str], None] = lambda f, m: None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> AnalysisResult:
@@ -198,6 +237,11 @@ def analyze_image(
         lattice.  Every column is then named by its species (``sites.species``, :mod:`.alloy`),
         vacancies are told from light columns, and ``composition`` holds each element's fraction
         per region.
+    map_phases : bool
+        Map mono-, bi- and trilayer 2H/3R stacks and 1T regions (:mod:`.phases`, against forward-model
+        twins at the fitted optics) and leave every site that is not on the parent's monolayer out of
+        the classes, the counts and the area (``sites.phase``, ``sites.in_other_phase``;
+        ``other_phase_area_nm2`` beside each concentration; the map in ``phases``).
     progress, cancelled : callables, optional
         The job protocol: ``progress(fraction, message)``; ``cancelled()`` is polled between
         steps and a True return raises :class:`~napari_mx2_defects.core.jobs.Cancelled`.
@@ -227,9 +271,18 @@ def analyze_image(
     sites["x_A"], sites["y_A"] = sites.x_px * pixel_size_A, sites.y_px * pixel_size_A
     sites["x_ideal_A"], sites["y_ideal_A"] = sites.x_ideal_px * pixel_size_A, sites.y_ideal_px * pixel_size_A
     contamination, contamination_record = _contamination(img, meas, sites, exclude_contamination, notes)
+    phases = None
+    if map_phases:  # first at the nominal optics, so that the blur is fitted on the monolayer's columns only
+        step(0.55, "mapping phases and stacking at the nominal optics (forward-model twins of each phase)")
+        phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), forward.microscope, [])
+        _metal_from_monolayer(sites, phases.record["monolayer"], forward.m_brighter, notes)
     step(0.6, "fitting the forward model's blur to the image's columns")
-    forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, round(float(pixel_size_A), 4), microscope,
-                                    dopant, relative_noise(img))
+    monolayer = _inside_monolayer(sites, 1.5 * meas.a_px)
+    forward, blur = fit_source_size(img, sites[monolayer].reset_index(drop=True), meas.a_px, parent.key,
+                                    round(float(pixel_size_A), 4), microscope, dopant, relative_noise(img))
+    if map_phases:
+        step(0.65, "mapping phases and stacking at the fitted optics")
+        phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), forward.microscope, notes)
     step(0.7, "classifying sites")
     if alloy is None:
         levels, z_contrast = _image_levels(sites, forward, microscope, notes)
@@ -249,12 +302,15 @@ def analyze_image(
         dirty_m = (sites.sublattice == "M") & sites.in_contamination & ~sites.in_hole
         lattice["contamination"] = {**contamination_record,  # area as the concentrations count it: metal sites
                                     "area_nm2": float(dirty_m.sum() * cell_area / 100)}
+    if phases is not None:
+        _phase_record(lattice, sites, phases, cell_area)
     composition = None
     if alloy is not None:
         composition = _alloy_record(lattice, sites, region_masks, alloy, site_classes)
     progress(1.0, "done")
     return AnalysisResult(sites=sites, concentrations=concentrations, lattice=lattice, levels=levels, notes=notes,
-                          contamination=contamination, composition=composition)
+                          contamination=contamination, composition=composition,
+                          phases=None if phases is None else phases.labels)
 
 
 def _contamination(img, meas, sites: pd.DataFrame, wanted: bool, notes: list[str]):
@@ -280,6 +336,85 @@ def _contamination(img, meas, sites: pd.DataFrame, wanted: bool, notes: list[str
     return mask, record
 
 
+def _phases(img, meas, sites: pd.DataFrame, parent, pixel_size_A: float, microscope, notes: list[str]):
+    """The phase map (:mod:`.phases`), each site's ``phase`` and ``in_other_phase`` (in place; intensities
+    re-normalised to the median chalcogen column of the counted monolayer)."""
+    from ..twin.stacking import PHASES
+    from .phases import map_phases
+
+    phase_map = map_phases(img, sites, meas.a_px, parent.key, pixel_size_A, microscope)
+    rows = np.clip(np.rint(sites.y_px.to_numpy()).astype(int), 0, phase_map.labels.shape[0] - 1)
+    cols = np.clip(np.rint(sites.x_px.to_numpy()).astype(int), 0, phase_map.labels.shape[1] - 1)
+    ids = phase_map.labels[rows, cols]
+    sites["phase"] = np.array([PHASES[i - 1] if i else "" for i in ids], dtype=object)
+    monolayer = phase_map.record["monolayer"]
+    # unassigned sites stay counted: nothing says they are not the monolayer (see the notes)
+    sites["in_other_phase"] = (sites.phase != monolayer).to_numpy() & (sites.phase != "").to_numpy()
+    counted_x = (sites.sublattice == "X").to_numpy() & ~left_out(sites)
+    if counted_x.sum() >= 10:
+        sites["intensity"] = sites.intensity_raw / float(np.median(sites.intensity_raw[counted_x]))
+    other = float(sites.in_other_phase.mean())
+    if other > 0:
+        present = sorted(set(sites.phase[sites.in_other_phase]))
+        notes.append(f"{100 * other:.0f} % of the sites are not on the {monolayer} monolayer ({', '.join(present)}): "
+                     f"they are left out of the classes, the counts and the area")
+    unassigned = float((sites.phase == "").mean())
+    if unassigned > 0.02:
+        notes.append(f"{100 * unassigned:.0f} % of the sites match no phase (vacuum, thick contamination or a phase "
+                     f"not mapped): they are counted as the monolayer; check the phase map")
+    if other > 0.5:
+        notes.append("most of the image is not the parent's monolayer: the lattice, the optics fit and the site "
+                     "levels are taken from it all, so check them")
+    return phase_map
+
+
+def _metal_from_monolayer(sites: pd.DataFrame, monolayer: str, m_brighter: bool, notes: list[str]) -> None:
+    """Decide again which sublattice holds the metal, on the parent's monolayer alone (in place).
+
+    :func:`~.sites.measure_sites` decided it on the medians over the whole image, which stacks can turn
+    (a 3R bilayer's metal-over-chalcogen column outshines its metal column): on a twin of six equal
+    stripes the S2 columns were taken for the metal and the blur fitted 0.85 Å for 0."""
+    on_monolayer = (sites.phase == monolayer).to_numpy()
+    if on_monolayer.sum() < 20:
+        return
+    raw, sub = sites.intensity_raw.to_numpy(float), sites.sublattice.to_numpy()
+    if (np.median(raw[on_monolayer & (sub == "M")]) > np.median(raw[on_monolayer & (sub == "X")])) != bool(m_brighter):
+        sites["sublattice"] = np.where(sub == "M", "X", "M")
+        counted_x = (sites.sublattice == "X").to_numpy() & ~left_out(sites)
+        sites["intensity"] = sites.intensity_raw / float(np.median(sites.intensity_raw[counted_x]))
+        notes.append("the metal sublattice was taken from the monolayer's columns (the whole image's medians, "
+                     "lifted by the stacks, said otherwise)")
+
+
+def _inside_monolayer(sites: pd.DataFrame, margin_px: float) -> np.ndarray:
+    """Sites of the parent's monolayer further than ``margin_px`` from any other phase's site (all sites when
+    no phase was mapped): the columns the blur is fitted on, whose neighbours are all monolayer columns
+    (a 2H bilayer's column beside a monolayer's lifts its rings: σ 0.85 Å fitted for 0 on a twin)."""
+    if "in_other_phase" not in sites or not sites.in_other_phase.any():
+        return np.ones(len(sites), bool)
+    other = sites.in_other_phase.to_numpy(bool)
+    xy = sites[["x_px", "y_px"]].to_numpy(float)
+    far = cKDTree(xy[other]).query(xy)[0] > margin_px
+    return ~other & far
+
+
+def _phase_record(lattice: dict, sites: pd.DataFrame, phases, cell_area_A2: float) -> None:
+    """What lattice.json records of the phase map: the fit and each phase's area (metal sites × cell)."""
+    from ..twin.stacking import PHASES
+
+    metal = (sites.sublattice == "M").to_numpy()
+    n = max(int(metal.sum()), 1)
+    areas = {}
+    for name in [*PHASES, ""]:
+        k = int((metal & (sites.phase == name).to_numpy()).sum())
+        if k:
+            areas[name] = {"label": PHASES.index(name) + 1 if name else 0, "area_nm2": k * cell_area_A2 / 100,
+                           "fraction": k / n}
+    lattice["phases"] = {**phases.record, "areas": areas,
+                         "other_phase_area_nm2": float((metal & sites.in_other_phase.to_numpy(bool)).sum()
+                                                       * cell_area_A2 / 100)}
+
+
 def _pixel_size(img, pixel_size_A, parent, microscope, dopant, border_A, notes: list[str]) -> float:
     """The given pixel size, checked; or, if None, self-calibrated from the parent's lattice (said in notes)."""
     if pixel_size_A is None:
@@ -294,7 +429,7 @@ def _pixel_size(img, pixel_size_A, parent, microscope, dopant, border_A, notes: 
 
 def _classify_sites(sites: pd.DataFrame, levels, dopant, a_px: float, defects, notes: list[str]):
     """Site classes from the per-sublattice mixture, holes blanked, the model's detections matched (in place)."""
-    dirty = sites.in_contamination.to_numpy(bool)  # carbon on a column lifts its intensity: fit without them
+    dirty = left_out(sites)  # carbon on a column lifts its intensity, a stack is not the monolayer: fit without them
     site_classes = fit_site_classes(sites[~dirty].reset_index(drop=True), levels, dopant)
     notes += site_classes.notes
     _set_classes(sites, site_classes.classes, site_classes.p_class, site_classes.flagged, dopant, a_px, defects)
@@ -315,7 +450,7 @@ def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, forwa
         return alloy_levels(parent.key, pixel_size_A, forward.microscope, metals, chalcogens, noise,
                             forward_shares(metals, chalcogens, composition), crosstalk)
 
-    dirty = sites.in_contamination.to_numpy(bool)
+    dirty = left_out(sites)
     fit = fit_alloy(sites, ~dirty, levels_for)
     if fit.swapped:  # the alloy's chalcogen columns outshine its metal: the brighter sublattice is X
         sites["sublattice"] = np.where(sites.sublattice == "M", "X", "M")
@@ -343,7 +478,7 @@ def _alloy_record(lattice: dict, sites: pd.DataFrame, region_masks, alloy, fit) 
     from .alloy import composition_table, formula
 
     composition = composition_table(sites, region_masks, *alloy)
-    use = ~sites.in_hole.to_numpy(bool) & ~sites.in_contamination.to_numpy(bool)
+    use = ~sites.in_hole.to_numpy(bool) & ~left_out(sites)
     counts = sites[use].groupby(["sublattice", "species"]).size()
     lattice["alloy"] = {
         "metals": list(alloy[0]), "chalcogens": list(alloy[1]), "scale": fit.scale,
@@ -356,9 +491,9 @@ def _alloy_record(lattice: dict, sites: pd.DataFrame, region_masks, alloy, fit) 
 
 def _set_classes(sites: pd.DataFrame, classes, p_class, flagged, dopant, a_px: float, defects,
                  dirty: np.ndarray | None = None) -> None:
-    """Classes of the clean sites (``dirty``: contaminated, left '') with holes blanked and the model's
+    """Classes of the counted sites (``dirty``: contaminated or another phase, left '') with holes blanked and the model's
     detections matched, into ``sites`` (in place)."""
-    dirty = sites.in_contamination.to_numpy(bool) if dirty is None else dirty
+    dirty = left_out(sites) if dirty is None else dirty
     n = len(sites)
     all_classes, all_p, all_flagged = np.full(n, "", dtype=object), np.full(n, np.nan), np.zeros(n, bool)
     all_classes[~dirty], all_p[~dirty], all_flagged[~dirty] = classes, p_class, flagged
@@ -398,7 +533,7 @@ def _record_fits(lattice: dict, sites: pd.DataFrame, z_contrast: dict, forward, 
 
 def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str]) -> tuple[dict, dict]:
     """The forward model's levels re-scaled to the image's Z contrast (intact M/X2), with what to say."""
-    clean = ~sites.in_contamination.to_numpy(bool)
+    clean = ~left_out(sites)
     m_over_x2 = float(np.median(sites.intensity[(sites.sublattice == "M") & clean]))  # X: median 1 by construction
     levels, z_contrast = z_contrast_levels(forward.levels, forward.compositions, m_over_x2)
     if z_contrast["applied"] and abs(m_over_x2 / z_contrast["m_over_x2_forward_model"] - 1) > 0.05:
@@ -497,9 +632,10 @@ def _concentrations(sites: pd.DataFrame, region_masks: list[np.ndarray], levels:
     count_column = "reported_class" if "reported_class" in sites else "defect_class"
     in_hole = sites.in_hole.to_numpy()
     dirty = sites.in_contamination.to_numpy(bool) if "in_contamination" in sites else np.zeros(len(sites), bool)
+    other = sites.in_other_phase.to_numpy(bool) if "in_other_phase" in sites else np.zeros(len(sites), bool)
     tables = []
     for r, mask in enumerate(region_masks):
-        use = mask & ~in_hole & ~dirty
+        use = mask & ~in_hole & ~dirty & ~other
         n_sites = {"M": int((use & (sites.sublattice == "M")).sum()), "X": int((use & (sites.sublattice == "X")).sum())}
         area = n_sites["M"] * cell_area_A2
         names = [n for n in levels["X"] if n] + [n for n in levels["M"] if n]
@@ -510,17 +646,21 @@ def _concentrations(sites: pd.DataFrame, region_masks: list[np.ndarray], levels:
             notes.append(f"region {r}: no lattice site inside; skipped")
             continue
         table = concentration_table(counts, n_sites, area, sublattice_of, region=r)
-        excluded_m = int((mask & ~in_hole & dirty & (sites.sublattice == "M").to_numpy()).sum())
-        tables.append(table.assign(contaminated_area_nm2=excluded_m * cell_area_A2 / 100))
+        metal = (sites.sublattice == "M").to_numpy()
+        excluded_m = int((mask & ~in_hole & dirty & metal).sum())
+        other_m = int((mask & ~in_hole & ~dirty & other & metal).sum())
+        tables.append(table.assign(contaminated_area_nm2=excluded_m * cell_area_A2 / 100,
+                                   other_phase_area_nm2=other_m * cell_area_A2 / 100))
     if not tables:
-        return concentration_table({}, {}, 1.0, {}).assign(contaminated_area_nm2=0.0)
+        return concentration_table({}, {}, 1.0, {}).assign(contaminated_area_nm2=0.0, other_phase_area_nm2=0.0)
     return pd.concat(tables, ignore_index=True)
 
 
 def _lattice_record(meas, sites: pd.DataFrame, parent, pixel_size_A: float, self_calibrated: bool,
                     cell_area_A2: float, energy_keV: float) -> dict:
     """What ``lattice.json`` records: the fitted lattice in Å, the calibration and the analysed area."""
-    intact_m = (sites.sublattice == "M") & ~sites.in_hole & ~sites.in_contamination
+    counted = ~sites.in_hole.to_numpy(bool) & ~left_out(sites)
+    intact_m = (sites.sublattice == "M").to_numpy() & counted
     return {
         "a_A": float(meas.a_px * pixel_size_A),
         "a_fft_A": float(meas.fft_a_px * pixel_size_A),
@@ -534,7 +674,7 @@ def _lattice_record(meas, sites: pd.DataFrame, parent, pixel_size_A: float, self
         "angle_deg": meas.fit.angle_deg,
         "fit_rms_A": meas.fit.rms_residual_px * pixel_size_A,
         "n_M_sites": int(intact_m.sum()),
-        "n_X_sites": int(((sites.sublattice == "X") & ~sites.in_hole & ~sites.in_contamination).sum()),
+        "n_X_sites": int(((sites.sublattice == "X").to_numpy() & counted).sum()),
         "analysed_area_nm2": float(intact_m.sum() * cell_area_A2 / 100),
         "beam_energy_keV_for_levels": energy_keV,
     }

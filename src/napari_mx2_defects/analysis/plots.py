@@ -17,9 +17,10 @@ def draw_histogram(ax, result) -> None:
     """Histogram of normalised site intensities per sublattice with the mixture the classes come from:
     each fitted component (class, mean, width), the thresholds where the class changes, and the sites
     flagged for review (posterior below 0.9)."""
+    from .sites import left_out
+
     keep = ~result.sites.in_hole
-    if "in_contamination" in result.sites:  # the classes were fitted without them
-        keep &= ~result.sites.in_contamination
+    keep &= ~left_out(result.sites)  # the classes were fitted without contaminated and other-phase sites
     sites = result.sites[keep]
     column = "intensity_corrected" if "intensity_corrected" in sites else "intensity"  # an alloy's fit
     sites = sites.assign(intensity=sites[column])

@@ -37,6 +37,7 @@ __all__ = [
     "SiteMeasurement",
     "find_holes",
     "measure_sites",
+    "left_out",
     "measure_twin_sites",
     "reference_levels",
 ]
@@ -55,6 +56,17 @@ class SiteMeasurement:
     a_px: float
     fft_a_px: float
     notes: list[str] = field(default_factory=list)
+
+
+def left_out(sites: pd.DataFrame) -> np.ndarray:
+    """Sites the counts and the class fits leave out: on amorphous contamination (``in_contamination``)
+    or where the flake is not the parent's monolayer (``in_other_phase``: a bi-/trilayer or another
+    phase, :mod:`.phases`); an analysis that mapped neither leaves none out."""
+    out = np.zeros(len(sites), bool)
+    for column in ("in_contamination", "in_other_phase"):
+        if column in sites:
+            out |= sites[column].to_numpy(bool)
+    return out
 
 
 def _nn_px(a_px: float) -> float:

@@ -182,11 +182,12 @@ def _classes(sites: pd.DataFrame) -> pd.Series:
 
 
 def _usable(sites: pd.DataFrame) -> np.ndarray:
-    """Sites outside holes and contamination (an analysis that mapped none has no such sites)."""
-    usable = np.ones(len(sites), bool)
-    for column in ("in_hole", "in_contamination"):
-        if column in sites:
-            usable &= ~sites[column].to_numpy(bool)
+    """Sites outside holes, contamination and other phases (an analysis that mapped none has no such sites)."""
+    from .sites import left_out
+
+    usable = ~left_out(sites)
+    if "in_hole" in sites:
+        usable &= ~sites.in_hole.to_numpy(bool)
     return usable
 
 

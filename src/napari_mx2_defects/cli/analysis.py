@@ -26,7 +26,7 @@ ANALYSIS_BYTES_PER_PIXEL = 96
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ..analysis.api import ANALYSIS_FILES, COMPOSITION_FILE, CONTAMINATION_FILE, analyze_image
+    from ..analysis.api import ANALYSIS_FILES, OPTIONAL_FILES, analyze_image, optional_files
     from ..inputs import analysis_settings, image_plane
     from ..io.atomic import StagedOutput
     from ..io.formats import load_images
@@ -34,11 +34,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     from ..analysis.structure import STRUCTURE_FILES
 
-    names = ANALYSIS_FILES + (STRUCTURE_FILES if args.structure else []) + (
-        [CONTAMINATION_FILE] if args.exclude_contamination else []) + ([COMPOSITION_FILE] if args.alloy_species else [])
-    # before any work; a new result without --structure removes an older result's structure files
-    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=[*STRUCTURE_FILES, CONTAMINATION_FILE,
-                                                                                  COMPOSITION_FILE])
+    names = ANALYSIS_FILES + (STRUCTURE_FILES if args.structure else []) + optional_files(
+        args.exclude_contamination, args.alloy_species, args.map_phases)
+    # before any work; a new result without --structure (or another option) removes an older result's files of it
+    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=[*STRUCTURE_FILES, *OPTIONAL_FILES])
     get_parent(args.material)
     defects = _read_defects(args.defects) if args.defects else None
     images = load_images(args.image)
@@ -57,7 +56,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         data, pixel, material=args.material, defects=defects,
         beam_energy_keV=energy, dopant=values["dopant"] or None, optics=optics,
         exclude_contamination=bool(values["exclude_contamination"]), alloy_species=values["alloy_species"] or None,
-        progress=progress_printer(args.quiet),
+        map_phases=bool(values["map_phases"]), progress=progress_printer(args.quiet),
     )
     structure = None
     if args.structure:
@@ -83,6 +82,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             print("composition (fraction of the metal sites / of the chalcogen atoms, 95 % interval): "
                   + "; ".join(f"region {r}: {f}" for r, f in result.lattice["alloy"]["formula"].items()))
             print(result.composition.to_string(index=False, float_format="%.4f"))
+        if result.phases is not None:
+            print("phases (area counted as metal sites × cell; only the parent's monolayer is counted):")
+            print(result.phase_table().to_string(index=False, float_format="%.4g"))
         if structure is not None:
             print("neighbour displacements (pm; radial > 0 = away from the defect; less the imaging's own):")
             print(structure.displacements[DISPLACEMENT_SUMMARY].to_string(index=False, float_format="%.2f"))

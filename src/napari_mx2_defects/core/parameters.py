@@ -217,6 +217,8 @@ SIMULATE_PARAMETERS: tuple[Parameter | Pair, ...] = (
           _p("gb_separation_A", "grain boundary separation", 0.0, "--grain-boundary", step=0.5)),
          help="grain boundary: relative rotation (deg) and separation (−3…3 Å)", optional=True),
     _p("n_holes", "beam-damage holes", 0, "--holes", "number of beam-damage holes (5–30 atoms each)", kind=int),
+    _p("stacking", "stacking regions", "", "--stacking", "phases of equal vertical stripes, left to right: 1L, "
+       "2L-2H, 2L-3R, 3L-2H, 3L-3R, 1T (1L-1T) for a 2H parent; 1L, 2L-1T, 3L-1T for a 1T parent", kind=str),
     _p("frozen_phonons", "frozen-phonon configurations", 0, "--frozen-phonons",
        "abTEM frozen-phonon configurations (multislice/PRISM image, or the fast mode's calibration); "
        "0 = static lattice", kind=int),
@@ -253,6 +255,9 @@ ANALYSIS_PARAMETERS: tuple[Parameter | Pair, ...] = (
        "(e.g. Ti, W): reported as TM_D with dopant=…", kind=str),
     _p("exclude_contamination", "exclude contamination (amorphous carbon)", False, "--exclude-contamination",
        "map amorphous contamination on the layer and count defects per cm² over the clean area only", kind=bool),
+    _p("map_phases", "map phases and stacking (1L/2L/3L, 2H/3R, 1T)", False, "--phases",
+       "map mono-, bi- and trilayer 2H/3R stacks and 1T regions and count defects on the parent's monolayer "
+       "only", kind=bool),
     _p("alloy_species", "alloy species (metals:chalcogens)", "", "--alloy", "species of an alloy or Janus layer on "
        "the parent's lattice, metals:chalcogens, e.g. Mo,W:S,Se: each column is named by its species and the "
        "composition is given per region", kind=str),

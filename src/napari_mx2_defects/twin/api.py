@@ -67,6 +67,10 @@ class TwinRequest:
     structure_path : str, optional
         A structure file ase reads; replaces material-built lattices.
     rotation_deg, grain_boundary, n_holes : messy conditions.
+    stacking : str
+        Phases of equal vertical stripes, left to right, e.g. ``"1L,2L-2H,2L-3R,3L-2H,1T"``
+        (:func:`~.stacking.parse_stacking`): multilayer stacks and 1T regions with their boundaries;
+        ``""`` is the parent's monolayer everywhere.
     microscope : Microscope
     imperfections : Imperfections
     """
@@ -82,6 +86,7 @@ class TwinRequest:
     rotation_deg: float = 0.0
     grain_boundary: GrainBoundary | None = None
     n_holes: int = 0
+    stacking: str = ""
     microscope: Microscope = field(default_factory=Microscope)
     imperfections: Imperfections = field(default_factory=Imperfections)
     calibration_method: str = "prism"
@@ -111,6 +116,10 @@ class TwinRequest:
             if self.structure_path:
                 raise ValueError("an alloy is built on a parent's lattice; a structure file brings its own species")
             self.alloy_spec()  # validates the alloy against the parent
+        if self.stacking:
+            if self.structure_path:
+                raise ValueError("stacking regions are built from a parent; a structure file brings its own layers")
+            self.stacking_phases()  # validates the stacking against the parent
         carbon = self.imperfections.amorphous_carbon_coverage
         if not 0 <= carbon < 1:
             raise ValueError(f"amorphous carbon coverage is a fraction of the field in [0, 1), got {carbon}")
@@ -128,6 +137,12 @@ class TwinRequest:
         from .alloys import parse_alloy
 
         return parse_alloy(self.alloy, get_parent(self.material))
+
+    def stacking_phases(self) -> list[str]:
+        """The phase of each stripe (:attr:`stacking` parsed for this request's parent); [] if none."""
+        from .stacking import parse_stacking
+
+        return parse_stacking(self.stacking, get_parent(self.material)) if self.stacking else []
 
     def defect_requests(self) -> list[DefectRequest]:
         if isinstance(self.defects, str):
@@ -167,7 +182,7 @@ class TwinRequest:
             method=v["method"], seed=v["seed"], structure_path=str(structure) if structure else None,
             rotation_deg=v["rotation_deg"],
             grain_boundary=GrainBoundary(rotation_deg=gb[0], separation_A=gb[1]) if gb is not None else None,
-            n_holes=v["n_holes"], microscope=microscope, imperfections=imperfections,
+            n_holes=v["n_holes"], stacking=v.get("stacking") or "", microscope=microscope, imperfections=imperfections,
             frozen_phonons=v["frozen_phonons"], phonon_sigma_A=v["phonon_sigma_A"],
         )
 
@@ -186,6 +201,7 @@ class Twin:
     settings: dict
     lattice: Lattice
     contamination_mask: np.ndarray | None = None  # (ny, nx) bool: amorphous carbon patches, when simulated
+    phase_labels: np.ndarray | None = None  # (ny, nx) uint8: 1 + index in stacking.PHASES, when stacked
 
     @property
     def extent_xy_A(self) -> tuple[float, float]:
@@ -342,29 +358,50 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
         from .alloys import apply_alloy
 
         alloyed = apply_alloy(lattice, request.alloy_spec(), np.random.default_rng([request.seed, 7331]))
+    phases = request.stacking_phases()
+    if phases:
+        from .stacking import mark_stripes
+
+        base = lattice.atoms.copy()  # the upper layers are intact copies of the first
+        mark_stripes(lattice, phases)
     placed = place_defects(lattice, [] if request.structure_path else request.defect_requests(), seed=request.seed)
     lattice.finalise()
+    stacked = None
+    if phases:
+        from .stacking import apply_stacking
+
+        stacked = apply_stacking(lattice, phases, base)
     if cancelled():
         raise Cancelled("simulation cancelled")
     extent = lattice.extent_xy_A
     nx = max(8, int(round(extent[0] / request.pixel_size_A)))
     ny = max(8, int(round(extent[1] / request.pixel_size_A)))
     pixel = (extent[1] / ny, extent[0] / nx)
-    clean, calibration = _render(request, lattice, parent, (ny, nx), pixel, progress, cancelled)
+    clean, calibration = _render(request, lattice, parent, (ny, nx), pixel, progress, cancelled,
+                                 None if stacked is None else stacked.upper_layers)
     carbon = None
     if request.imperfections.amorphous_carbon_coverage > 0:
         carbon, image_of_carbon = _amorphous_carbon(request, lattice, parent, calibration, (ny, nx), pixel, rng)
         clean = clean + image_of_carbon
     progress(0.9, "imperfections")
     state = apply_imperfections(clean, pixel, lattice.periodic, request.imperfections, rng)
-    if carbon is not None and state.distorted:  # the truth mask moves with the scan as the labels do
+    phase_labels = None
+    if stacked is not None:
+        from .stacking import stripe_labels
+
+        phase_labels = stripe_labels((ny, nx), pixel, stacked)
+    if state.distorted and (carbon is not None or phase_labels is not None):  # truth masks move with the scan
         from scipy.ndimage import map_coordinates
 
         rows, cols = np.mgrid[0:ny, 0:nx].astype(float)
         at = [rows + state.offset_y_A / pixel[0], cols + state.offset_x_A / pixel[1]]
-        carbon = map_coordinates(carbon.astype(np.uint8), at, order=0,
-                                 mode="grid-wrap" if lattice.periodic else "nearest").astype(bool)
-    sites, defects, atoms_table, labels = _ground_truth(lattice, placed, state, (ny, nx), pixel)
+        mode = "grid-wrap" if lattice.periodic else "nearest"
+        if carbon is not None:
+            carbon = map_coordinates(carbon.astype(np.uint8), at, order=0, mode=mode).astype(bool)
+        if phase_labels is not None:
+            phase_labels = map_coordinates(phase_labels, at, order=0, mode=mode).astype(np.uint8)
+    sites, defects, atoms_table, labels = _ground_truth(lattice, placed, state, (ny, nx), pixel,
+                                                        None if stacked is None else stacked.upper_layers)
     settings = {
         "request": request.as_dict(),
         "parent": asdict(parent),
@@ -392,6 +429,7 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
         settings=settings,
         lattice=lattice,
         contamination_mask=carbon,
+        phase_labels=phase_labels,
     )
 
 
@@ -424,16 +462,31 @@ def _amorphous_carbon(request: TwinRequest, lattice: Lattice, parent: Parent, ca
 
 
 def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple[int, int],
-            pixel: tuple[float, float], progress: ProgressFn, cancelled: CancelFn):
-    """The noise-free image: the calibrated fast mode, or abTEM multislice/PRISM; and the calibration."""
+            pixel: tuple[float, float], progress: ProgressFn, cancelled: CancelFn, upper=None):
+    """The noise-free image: the calibrated fast mode, or abTEM multislice/PRISM; and the calibration.
+
+    ``upper`` (ase Atoms) are the layers stacked over the first (:mod:`.stacking`): abTEM images the
+    whole stack; the fast mode adds their columns, each with its own column type's kernel.
+    """
     atoms = lattice.atoms
     ny, nx = shape
     extent = lattice.extent_xy_A
     columns = projected_columns(atoms, periodic=lattice.periodic)
+    upper_columns = None
+    if upper is not None and len(upper):
+        # each layer's own columns: atoms of different layers never share a column (the fast mode adds layers)
+        tags = upper.get_tags()
+        upper_layers = [upper[tags == t] for t in np.unique(tags)]
+        upper_parts = [(layer, projected_columns(layer, periodic=lattice.periodic)) for layer in upper_layers]
+        upper_columns = pd.concat([cols for _, cols in upper_parts], ignore_index=True)
     m = request.microscope
     if request.method != "fast":
         if not lattice.periodic:
             raise ValueError("abTEM methods need a periodic cell")
+        if upper_columns is not None:
+            stack = atoms.copy()
+            stack.cell[2, 2] = max(float(atoms.cell[2, 2]), float(upper.cell[2, 2]))
+            atoms = stack + upper
         clean = simulate_abtem(atoms, m, request.method, (ny, nx), phonons=request.phonons,
                                progress=lambda f, msg: progress(0.05 + 0.8 * f, msg), cancelled=cancelled)
         return apply_source_size(clean, pixel, m, lattice.periodic), None
@@ -445,6 +498,11 @@ def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple
         examples.update(alloy_examples(*request.alloy_spec().species(parent), lattice.z_metal_A, parent.thickness_A))
     for sig, example in column_examples(atoms, columns).items():
         examples.setdefault(sig, example)
+    if upper_columns is not None:
+        for layer, cols in upper_parts:
+            for sig, example in column_examples(layer, cols).items():
+                examples.setdefault(sig, example)
+        columns = pd.concat([columns, upper_columns], ignore_index=True)
     calibration = _calibration(request, parent, standard, examples, progress, cancelled)
     if cancelled():
         raise Cancelled("simulation cancelled")
@@ -472,7 +530,8 @@ def _calibration(request: TwinRequest, parent: Parent, standard: dict, examples:
     return calibration
 
 
-def _ground_truth(lattice: Lattice, placed, state, shape: tuple[int, int], pixel: tuple[float, float]):
+def _ground_truth(lattice: Lattice, placed, state, shape: tuple[int, int], pixel: tuple[float, float],
+                  upper=None):
     """Sites, defects, atoms and label mask in the (possibly distorted) image frame; each site's column
     signature (``""`` for an emptied or hollow site) in ``sites.species``."""
     atoms = lattice.atoms
@@ -490,9 +549,16 @@ def _ground_truth(lattice: Lattice, placed, state, shape: tuple[int, int], pixel
     if len(defects):
         dx, dy = distorted_positions(state, defects.x_A.to_numpy(), defects.y_A.to_numpy())
         defects["x_A"], defects["y_A"] = dx, dy
-    ax, ay = distorted_positions(state, atoms.positions[:, 0], atoms.positions[:, 1])
-    atoms_table = pd.DataFrame({"x_A": ax, "y_A": ay, "z_A": atoms.positions[:, 2],
-                                "element": atoms.get_chemical_symbols()})
+    positions, elements = atoms.positions, atoms.get_chemical_symbols()
+    layer = np.zeros(len(atoms), int)
+    if upper is not None and len(upper):  # the stacked layers' atoms too, with their layer (0 = the first)
+        positions = np.vstack([positions, upper.positions])
+        elements = elements + upper.get_chemical_symbols()
+        layer = np.concatenate([layer, upper.get_tags()])
+    ax, ay = distorted_positions(state, positions[:, 0], positions[:, 1])
+    atoms_table = pd.DataFrame({"x_A": ax, "y_A": ay, "z_A": positions[:, 2], "element": elements})
+    if upper is not None:
+        atoms_table["layer"] = layer
     labels = label_mask(shape, pixel, defects.x_A, defects.y_A, defects.class_id, periodic=lattice.periodic) \
         if len(defects) else np.zeros(shape, np.uint8)
     return sites, defects.drop(columns=["site"]), atoms_table, labels

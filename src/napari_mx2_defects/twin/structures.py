@@ -74,8 +74,11 @@ class Lattice:
         return float(self.extent_xy_A[0] * self.extent_xy_A[1])
 
     def interior_mask(self) -> np.ndarray:
-        """Sites where a defect may go: away from cropped edges and holes."""
+        """Sites where a defect may go: away from cropped edges, holes and the octahedral (1T) stripes
+        of a 2H parent (:mod:`.stacking`), whose sites the parent's defect classes do not describe."""
         ok = ~self.sites["in_hole"].to_numpy()
+        if "phase" in self.sites and self.parent.phase.upper() == "2H":
+            ok &= ~self.sites["phase"].astype(str).str.endswith("1T").to_numpy()
         if not self.periodic:
             margin = self.parent.a_A
             x, y = self.sites.x_A.to_numpy(), self.sites.y_A.to_numpy()

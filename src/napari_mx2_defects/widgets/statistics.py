@@ -161,6 +161,7 @@ class StatisticsWidget(JobWidget, Container):
         material, dopant = self.material.value, (values["dopant"] or None)
         exclude = bool(values["exclude_contamination"])
         alloy = values["alloy_species"] or None
+        phases = bool(values["map_phases"])
         message = "running…" if pixel is not None else "no calibration: self-calibrating from the parent"
 
         name = layer.name
@@ -169,7 +170,7 @@ class StatisticsWidget(JobWidget, Container):
             return "analysis", (analyze_image(data, pixel, material=material, defects=defects, regions=regions,
                                               beam_energy_keV=energy, dopant=dopant, optics=optics,
                                               exclude_contamination=exclude, alloy_species=alloy,
-                                              progress=progress,
+                                              map_phases=phases, progress=progress,
                                               cancelled=cancelled), data, name)
 
         self.structure_button.enabled = False
@@ -239,12 +240,19 @@ class StatisticsWidget(JobWidget, Container):
             from ..layers import add_layers, contamination_layer
 
             add_layers(self.viewer, [contamination_layer(result, source)])
+        if result.phases is not None and source is not None:
+            from ..layers import add_layers, phase_layer
+
+            add_layers(self.viewer, [phase_layer(result, source)])
         lat = result.lattice
         summary = (f"a = {lat['a_A']:.3f} Å{' (self-calibrated)' if lat['self_calibrated'] else ''}; "
                    f"{lat['n_M_sites']} M / {lat['n_X_sites']} X sites; {lat['analysed_area_nm2']:.1f} nm²"
                    + (f" (contamination: {lat['contamination']['area_nm2']:.1f} nm² left out)"
                       if "contamination" in lat else "")
-                   + (f"; composition {', '.join(lat['alloy']['formula'].values())}" if "alloy" in lat else ""))
+                   + (f"; composition {', '.join(lat['alloy']['formula'].values())}" if "alloy" in lat else "")
+                   + ("; phases " + ", ".join(f"{p or 'unassigned'} {100 * f:.0f} %" for p, f in
+                                              zip(result.phase_table().phase, result.phase_table().fraction))
+                      if result.phases is not None else ""))
         # every note the CLI prints is shown here too: in the dock and as a notification
         self.status.value = "\n".join([summary, result.optics_summary(), *(f"⚠ {note}" for note in result.notes)])
         if result.notes:
@@ -272,7 +280,7 @@ class StatisticsWidget(JobWidget, Container):
         if "statistics_panel.png" in names:
             check_output_file(panel, overwrite=overwrite, option="export folder")
         files = [n for n in names if n != panel.name]
-        if kind in ("csv", "all"):  # the contamination map and the composition, as the command writes them
+        if kind in ("csv", "all"):  # the contamination and phase maps and the composition, as the command writes them
             files += self.result.optional_files
         paths = self.result.save(folder, overwrite=overwrite, files=files)
         if "statistics_panel.png" in names:
