@@ -11,7 +11,7 @@ from .core.classes import CLASS_COLORS, CLASS_NAMES
 
 __all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "contamination_layer", "corrections_from_layers", "image_frame",
            "image_pyramid", "label_pyramid",
-           "label_colormap", "label_colormap_layer", "phase_layer", "label_features", "napari_get_points_reader", "object_layers",
+           "label_colormap", "label_colormap_layer", "phase_labels_layer", "phase_layer", "label_features", "napari_get_points_reader", "object_layers",
            "points_table", "read_points_csv", "strain_layers", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
            "twin_layers", "uncertain_layer"]
 
@@ -71,7 +71,14 @@ def twin_layers(twin, name: str = "twin") -> list[LayerData]:
     defects = twin.defects[["x_A", "y_A", "defect_class", "element"]]
     points = _points(defects, twin.pixel_size_A, f"{name} truth defects", "defect_class", DEFECT_POINT_SIZE_A,
                      {"pixel_size_A": meta["pixel_size_A"]})
-    return [image, labels, points]
+    layers = [image, labels, points]
+    if getattr(twin, "phase_labels", None) is not None:  # a stacked twin: its truth phase map
+        from .twin.stacking import monolayer_phase
+
+        layers.append(phase_labels_layer(twin.phase_labels, f"{name} truth phases",
+                                         monolayer_phase(twin.lattice.parent), scale=scale,
+                                         metadata={"stacking": twin.settings["request"].get("stacking", "")}))
+    return layers
 
 
 def label_features() -> pd.DataFrame:
@@ -300,27 +307,37 @@ PHASE_COLOURS: dict[str, tuple[float, float, float, float]] = {
 }
 
 
-def phase_layer(result, image_layer, name: str | None = None) -> LayerData:
-    """Labels layer of an analysis's phase map on top of ``image_layer``, pixel for pixel: each phase in its
-    colour (the parent's monolayer transparent, unassigned grey), the phase name as the label's feature
-    (napari's status bar names it under the cursor) and the areas in the metadata."""
+def phase_labels_layer(phase_ids: np.ndarray, name: str, monolayer: str, **kwargs) -> LayerData:
+    """Labels layer of a phase map (ids 1 + index in :data:`~.twin.stacking.PHASES`, 0 unassigned): each
+    phase in its colour (``monolayer``, the parent's own, transparent; unassigned grey) and its name as
+    the label's feature, which napari's status bar shows under the cursor; ``kwargs`` go to the layer."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    from .twin.stacking import PHASES, monolayer_phase
-    from .twin.parents import get_parent
+    from .twin.stacking import PHASES
 
-    frame = image_frame(image_layer, result.lattice["pixel_size_A"])
-    record = result.lattice.get("phases", {})
-    monolayer = monolayer_phase(get_parent(result.lattice["parent"]))
     colours = {None: (0, 0, 0, 0), 0: (0.5, 0.5, 0.5, 0.8)}
     for i, phase in enumerate(PHASES, start=1):
         colours[i] = (0.0, 0.0, 0.0, 0.0) if phase == monolayer else PHASE_COLOURS[phase]
-    return (result.phases.astype(np.uint8),
-            {"name": name or f"{image_layer.name} phases", "opacity": 0.35,
-             "scale": [s * result.lattice["pixel_size_A"] for s in frame["scale"]], "translate": frame["translate"],
-             "units": ["angstrom", "angstrom"], "colormap": DirectLabelColormap(color_dict=colours),
+    return (np.asarray(phase_ids).astype(np.uint8),
+            {"name": name, "opacity": 0.35, "units": ["angstrom", "angstrom"],
+             "colormap": DirectLabelColormap(color_dict=colours),
              "features": pd.DataFrame({"index": list(range(len(PHASES) + 1)), "phase": ["unassigned", *PHASES]}),
-             "metadata": {"phases": {k: v for k, v in record.items() if k != "references"}}}, "labels")
+             **kwargs}, "labels")
+
+
+def phase_layer(result, image_layer, name: str | None = None) -> LayerData:
+    """Labels layer of an analysis's phase map on top of ``image_layer``, pixel for pixel
+    (:func:`phase_labels_layer`; the fit and the areas in the metadata)."""
+    from .twin.parents import get_parent
+    from .twin.stacking import monolayer_phase
+
+    frame = image_frame(image_layer, result.lattice["pixel_size_A"])
+    record = result.lattice.get("phases", {})
+    return phase_labels_layer(result.phases, name or f"{image_layer.name} phases",
+                              monolayer_phase(get_parent(result.lattice["parent"])),
+                              scale=[s * result.lattice["pixel_size_A"] for s in frame["scale"]],
+                              translate=frame["translate"],
+                              metadata={"phases": {k: v for k, v in record.items() if k != "references"}})
 
 
 def reviewed_regions_A(shapes, image_layer, pixel_size_A: float) -> list[tuple[float, float, float, float]]:

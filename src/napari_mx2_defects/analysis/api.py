@@ -271,18 +271,26 @@ def analyze_image(
     sites["x_A"], sites["y_A"] = sites.x_px * pixel_size_A, sites.y_px * pixel_size_A
     sites["x_ideal_A"], sites["y_ideal_A"] = sites.x_ideal_px * pixel_size_A, sites.y_ideal_px * pixel_size_A
     contamination, contamination_record = _contamination(img, meas, sites, exclude_contamination, notes)
-    phases = None
-    if map_phases:  # first at the nominal optics, so that the blur is fitted on the monolayer's columns only
-        step(0.55, "mapping phases and stacking at the nominal optics (forward-model twins of each phase)")
-        phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), forward.microscope, [])
-        _metal_from_monolayer(sites, phases.record["monolayer"], forward.m_brighter, notes)
     step(0.6, "fitting the forward model's blur to the image's columns")
-    monolayer = _inside_monolayer(sites, 1.5 * meas.a_px)
-    forward, blur = fit_source_size(img, sites[monolayer].reset_index(drop=True), meas.a_px, parent.key,
-                                    round(float(pixel_size_A), 4), microscope, dopant, relative_noise(img))
+    noise = relative_noise(img)
+    nominal = forward
+    forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, round(float(pixel_size_A), 4), microscope,
+                                    dopant, noise)
+    phases = None
     if map_phases:
-        step(0.65, "mapping phases and stacking at the fitted optics")
-        phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), forward.microscope, notes)
+        step(0.65, "mapping phases and stacking (forward-model twins of each phase at the fitted optics)")
+        phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), forward.microscope)
+        if sites.in_other_phase.any():
+            # several phases: the blur above was fitted on all of them. Map at the nominal optics, decide the
+            # metal sublattice and fit the blur on the monolayer's own columns, and map again at that blur
+            phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), nominal.microscope)
+            _metal_from_monolayer(sites, phases.record["monolayer"], forward.m_brighter, notes)
+            step(0.67, "fitting the blur on the monolayer's columns and mapping again")
+            monolayer = _inside_monolayer(sites, 1.5 * meas.a_px)
+            forward, blur = fit_source_size(img, sites[monolayer].reset_index(drop=True), meas.a_px, parent.key,
+                                            round(float(pixel_size_A), 4), microscope, dopant, noise)
+            phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), forward.microscope)
+        _phase_notes(sites, phases.record["monolayer"], notes)
     step(0.7, "classifying sites")
     if alloy is None:
         levels, z_contrast = _image_levels(sites, forward, microscope, notes)
@@ -336,8 +344,15 @@ def _contamination(img, meas, sites: pd.DataFrame, wanted: bool, notes: list[str
     return mask, record
 
 
-def _phases(img, meas, sites: pd.DataFrame, parent, pixel_size_A: float, microscope, notes: list[str]):
-    """The phase map (:mod:`.phases`), each site's ``phase`` and ``in_other_phase`` (in place; intensities
+#: Sites closer than this (lattice constants) to a site of another mapped phase are not counted either: the
+#: map places a boundary to within ~1-2 a, and a monolayer column beside a stack has the stack's tails in its
+#: disc (a six-stripe twin at 1e5 e/Å² counted 47 M_X in its monolayer stripe without this margin).
+BOUNDARY_MARGIN_A_UNITS = 2.0
+
+
+def _phases(img, meas, sites: pd.DataFrame, parent, pixel_size_A: float, microscope):
+    """The phase map (:mod:`.phases`), each site's ``phase`` and ``in_other_phase`` (in place: off the
+    parent's monolayer or within :data:`BOUNDARY_MARGIN_A_UNITS` of another phase; intensities
     re-normalised to the median chalcogen column of the counted monolayer)."""
     from ..twin.stacking import PHASES
     from .phases import map_phases
@@ -349,23 +364,31 @@ def _phases(img, meas, sites: pd.DataFrame, parent, pixel_size_A: float, microsc
     sites["phase"] = np.array([PHASES[i - 1] if i else "" for i in ids], dtype=object)
     monolayer = phase_map.record["monolayer"]
     # unassigned sites stay counted: nothing says they are not the monolayer (see the notes)
-    sites["in_other_phase"] = (sites.phase != monolayer).to_numpy() & (sites.phase != "").to_numpy()
+    other = (sites.phase != monolayer).to_numpy() & (sites.phase != "").to_numpy()
+    if other.any() and not other.all():
+        xy = sites[["x_px", "y_px"]].to_numpy(float)
+        other |= cKDTree(xy[other]).query(xy)[0] <= BOUNDARY_MARGIN_A_UNITS * meas.a_px
+    sites["in_other_phase"] = other
     counted_x = (sites.sublattice == "X").to_numpy() & ~left_out(sites)
     if counted_x.sum() >= 10:
         sites["intensity"] = sites.intensity_raw / float(np.median(sites.intensity_raw[counted_x]))
+    return phase_map
+
+
+def _phase_notes(sites: pd.DataFrame, monolayer: str, notes: list[str]) -> None:
+    """What to say of a phase map: how much is left out and why, how much matches no phase."""
     other = float(sites.in_other_phase.mean())
     if other > 0:
-        present = sorted(set(sites.phase[sites.in_other_phase]))
-        notes.append(f"{100 * other:.0f} % of the sites are not on the {monolayer} monolayer ({', '.join(present)}): "
-                     f"they are left out of the classes, the counts and the area")
+        present = sorted(set(sites.phase[sites.in_other_phase]) - {monolayer})
+        notes.append(f"{100 * other:.0f} % of the sites are not on the {monolayer} monolayer or lie within "
+                     f"{BOUNDARY_MARGIN_A_UNITS:g} a of another phase ({', '.join(present)}): they are left out of "
+                     f"the classes, the counts and the area")
     unassigned = float((sites.phase == "").mean())
     if unassigned > 0.02:
         notes.append(f"{100 * unassigned:.0f} % of the sites match no phase (vacuum, thick contamination or a phase "
                      f"not mapped): they are counted as the monolayer; check the phase map")
     if other > 0.5:
-        notes.append("most of the image is not the parent's monolayer: the lattice, the optics fit and the site "
-                     "levels are taken from it all, so check them")
-    return phase_map
+        notes.append("most of the image is not the parent's monolayer: the lattice is fitted on it all, so check it")
 
 
 def _metal_from_monolayer(sites: pd.DataFrame, monolayer: str, m_brighter: bool, notes: list[str]) -> None:

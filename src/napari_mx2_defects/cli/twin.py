@@ -35,15 +35,16 @@ def request_from_args(args: argparse.Namespace):
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from ..io.atomic import StagedOutput
-    from ..twin.api import TWIN_FILES, simulate_twin
+    from ..twin.api import PHASE_TRUTH_FILE, TWIN_FILES, simulate_twin
 
     check_request_args(args)
     request = request_from_args(args)
-    stage = StagedOutput(args.out, TWIN_FILES, overwrite=args.overwrite)  # before the work
+    names = TWIN_FILES + ((PHASE_TRUTH_FILE,) if request.stacking else ())
+    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=(PHASE_TRUTH_FILE,))  # before the work
     twin = simulate_twin(request, progress=progress_printer(args.quiet))
     with stage as staging:
         twin.save(staging)
-    paths = [Path(args.out) / n for n in TWIN_FILES if (Path(args.out) / n).exists()]
+    paths = [Path(args.out) / n for n in twin.files if (Path(args.out) / n).exists()]
     print(f"twin {twin.image.shape[1]}×{twin.image.shape[0]} px at {twin.pixel_size_A[1]:.4f} Å/px, "
           f"{len(twin.defects)} defects, {twin.settings['seconds']:.1f} s")
     for p in paths:

@@ -35,10 +35,12 @@ from .simulate import (
 )
 from .structures import GrainBoundary, Lattice, add_holes, build_lattice, lattice_from_atoms
 
-__all__ = ["DEFECT_RADIUS_A", "TWIN_FILES", "Twin", "TwinRequest", "check_twin_values", "label_mask", "simulate_twin"]
+__all__ = ["DEFECT_RADIUS_A", "PHASE_TRUTH_FILE", "TWIN_FILES", "Twin", "TwinRequest", "check_twin_values", "label_mask", "simulate_twin"]
 
 #: The files :meth:`Twin.save` writes (the only names its ``overwrite`` replaces).
 TWIN_FILES = ("image.tif", "labels.tif", "truth.csv", "atoms.csv", "sites.csv", "settings.json")
+#: Written beside them by a stacked twin: the truth phase map (1 + index in :data:`.stacking.PHASES`).
+PHASE_TRUTH_FILE = "phases.tif"
 #: Radius of the ground-truth discs around each defect site (Å), as specified for the label masks.
 DEFECT_RADIUS_A = 0.95
 
@@ -213,8 +215,14 @@ class Twin:
         """``x_A, y_A, defect_class`` of every defect (the truth.csv columns)."""
         return self.defects[["x_A", "y_A", "defect_class"]].copy()
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """What :meth:`save` writes: :data:`TWIN_FILES`, and phases.tif for a stacked twin."""
+        return TWIN_FILES + ((PHASE_TRUTH_FILE,) if self.phase_labels is not None else ())
+
     def save(self, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
-        """Write image.tif, labels.tif, truth.csv, atoms.csv, sites.csv and settings.json, atomically.
+        """Write image.tif, labels.tif, truth.csv, atoms.csv, sites.csv and settings.json (and a stacked
+        twin's truth phase map, phases.tif), atomically.
 
         Every file is written into a staging folder and the set appears in ``out_dir`` together when
         complete (:class:`~..io.atomic.StagedOutput`): an interruption leaves the previous result or
@@ -224,7 +232,7 @@ class Twin:
         from ..io.atomic import StagedOutput
         from ..io.writer import LABELS_TITLE, write_calibrated_tiff
 
-        with StagedOutput(out_dir, TWIN_FILES, overwrite=overwrite) as stage:
+        with StagedOutput(out_dir, self.files, overwrite=overwrite, replaces=(PHASE_TRUTH_FILE,)) as stage:
             write_calibrated_tiff(stage / "image.tif", self.image.astype(np.float32), self.pixel_size_A,
                                   title="digital twin HAADF")
             write_calibrated_tiff(stage / "labels.tif", self.labels, self.pixel_size_A, title=LABELS_TITLE)
@@ -232,7 +240,13 @@ class Twin:
             self.atoms.to_csv(stage / "atoms.csv", index=False)
             self.sites.to_csv(stage / "sites.csv", index=False)
             (stage / "settings.json").write_text(json.dumps(self.settings, indent=2, default=str))
-        return [Path(out_dir) / n for n in TWIN_FILES]
+            if self.phase_labels is not None:
+                from .stacking import PHASES
+
+                write_calibrated_tiff(stage / PHASE_TRUTH_FILE, self.phase_labels, self.pixel_size_A,
+                                      title="truth phase map (" + ", ".join(f"{i + 1} {p}" for i, p in
+                                                                          enumerate(PHASES)) + ")")
+        return [Path(out_dir) / n for n in self.files]
 
 
 def check_twin_values(values: Mapping[str, Any], option_of=lambda p: p.flag, structure: bool = False) -> dict:
