@@ -14,6 +14,20 @@ def settle(steps: int = 30) -> None:
         time.sleep(0.02)
 
 
+def statistics_dock(path, size=(2000, 1150), dock_width: int = 600):
+    """A shown viewer with ``path`` opened by the plugin and the *Defect statistics* dock, ``dock_width`` px
+    wide: (viewer, image layer, dock)."""
+    import napari
+    from qtpy.QtCore import Qt
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(*size)
+    layer = viewer.open(path, plugin="napari-mx2-defects")[0]
+    dock_widget, dock = viewer.window.add_plugin_dock_widget("napari-mx2-defects", "Defect statistics")
+    viewer.window._qt_window.resizeDocks([dock_widget], [dock_width], Qt.Orientation.Horizontal)
+    return viewer, layer, dock
+
+
 def wait(dock, seconds: float = 1800, settle_steps: int = 30) -> None:
     """Process events until ``dock``'s job is done (or ``seconds`` pass), then :func:`settle`."""
     t0 = time.time()

@@ -11,20 +11,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import napari
-from _viewer import settle, wait
-from qtpy.QtCore import Qt
+from _viewer import settle, statistics_dock, wait
 
 shared = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
 out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parent
 out.mkdir(parents=True, exist_ok=True)
 path = shared / "real" / "scilink_mos2" / "MoS2_stem_Exp-000-2.npy"  # "1% V-doped MoS2 monolayer", 60 kV
 
-viewer = napari.Viewer(show=True)
-viewer.window.resize(2000, 1150)
-layer = viewer.open(path, plugin="napari-mx2-defects")[0]
-dock_widget, dock = viewer.window.add_plugin_dock_widget("napari-mx2-defects", "Defect statistics")
-viewer.window._qt_window.resizeDocks([dock_widget], [600], Qt.Orientation.Horizontal)
+viewer, layer, dock = statistics_dock(path)
 dock.material.value = "2H-MoS2"
 dock.alloy_species.value = "Mo,V:S"
 if not layer.metadata.get("beam_energy_keV"):

@@ -12,10 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import napari
 import numpy as np
-from _viewer import settle, wait
-from qtpy.QtCore import Qt
+from _viewer import settle, statistics_dock, wait
 
 from napari_mx2_defects.io.writer import write_calibrated_tiff
 from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
@@ -31,11 +29,7 @@ twin_path = write_calibrated_tiff(Path(tempfile.mkdtemp()) / "stacked_twin.tif",
 
 for path, name in ((twin_path, "twin_phases.png"),
                    (shared / "real" / "scilink_mos2" / "MoS2_stem_Exp-000-2.npy", "real_phases.png")):
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(2000, 1150)
-    layer = viewer.open(path, plugin="napari-mx2-defects")[0]
-    dock_widget, dock = viewer.window.add_plugin_dock_widget("napari-mx2-defects", "Defect statistics")
-    viewer.window._qt_window.resizeDocks([dock_widget], [600], Qt.Orientation.Horizontal)
+    viewer, layer, dock = statistics_dock(path, size=(2800, 1150), dock_width=700)
     dock.material.value = "2H-MoS2"
     dock.map_phases.value = True
     dock.run()

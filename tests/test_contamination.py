@@ -73,9 +73,13 @@ def test_concentrations_use_the_clean_area_only():
         row = rows.loc[name]
         expected = (clean_truth.defect_class == name).sum()
         assert abs(row["count"] - expected) <= max(3, 0.15 * expected), (name, row["count"], expected)
-    # without the map, carbon on metal columns hides the vacancies and invents antisites
+    # without the map the whole area is counted: at 1e6 e/Å² and this cover the site physics still names the
+    # vacancies under carbon (17 V_M, 28 V_X: the truth, since a dropped class no longer hands its peak to a
+    # farther class), so the two densities agree within their 95 % intervals
     unmasked = kept.concentrations.set_index("defect_class")
-    assert unmasked.loc["V_M", "count"] < rows.loc["V_M", "count"]
+    assert unmasked.area_nm2.iloc[0] > rows.area_nm2.iloc[0] * 1.2
+    for name in ("V_X", "V_M"):
+        assert unmasked.ci_low_per_cm2[name] < rows.per_cm2[name] < unmasked.ci_high_per_cm2[name]
     assert result.sites.in_contamination.any() and not result.sites.in_contamination.all()
     assert any("contamination covers" in note for note in result.notes)
 
