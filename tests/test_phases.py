@@ -135,5 +135,6 @@ def test_phases_from_dock_command_and_api_agree(make_napari_viewer, qtbot, tmp_p
     assert tuple(layer.scale) == pytest.approx(tuple(viewer.layers["twin"].scale))
     assert list(layer.features.phase[:3]) == ["unassigned", "1L-2H", "1L-1T"]
     assert "phases 1L-2H" in widget.status.value
+    assert "2L-2H" in widget.phase_legend.value and "1L-2H" in widget.phase_legend.value
     paths = widget.export(tmp_path / "dock", kind="csv")
     assert {p.name for p in paths} >= {"phases.tif", "phases.csv"}

@@ -11,7 +11,7 @@ from .core.classes import CLASS_COLORS, CLASS_NAMES
 
 __all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "contamination_layer", "corrections_from_layers", "image_frame",
            "image_pyramid", "label_pyramid",
-           "label_colormap", "label_colormap_layer", "phase_labels_layer", "phase_layer", "label_features", "napari_get_points_reader", "object_layers",
+           "label_colormap", "label_colormap_layer", "phase_labels_layer", "phase_layer", "phase_legend", "label_features", "napari_get_points_reader", "object_layers",
            "points_table", "read_points_csv", "strain_layers", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
            "twin_layers", "uncertain_layer"]
 
@@ -323,6 +323,25 @@ def phase_labels_layer(phase_ids: np.ndarray, name: str, monolayer: str, **kwarg
              "colormap": DirectLabelColormap(color_dict=colours),
              "features": pd.DataFrame({"index": list(range(len(PHASES) + 1)), "phase": ["unassigned", *PHASES]}),
              **kwargs}, "labels")
+
+
+def phase_legend(result) -> str:
+    """The phase map's legend for a dock (rich text): a swatch in each mapped phase's layer colour, its name and
+    its share of the analysed sites; '' when no phase was mapped."""
+    if result.phases is None:
+        return ""
+    from .twin.parents import get_parent
+    from .twin.stacking import monolayer_phase
+
+    monolayer = monolayer_phase(get_parent(result.lattice["parent"]))
+    items = []
+    for rec in result.phase_table().itertuples():
+        rgba = (0.5, 0.5, 0.5, 0.8) if not rec.phase else PHASE_COLOURS[rec.phase]
+        colour = "#" + "".join(f"{round(255 * v):02x}" for v in rgba[:3])
+        swatch = "□" if rec.phase == monolayer else f'<span style="color:{colour}">■</span>'
+        counted = " (counted)" if rec.phase == monolayer else ""
+        items.append(f"{swatch} {rec.phase or 'unassigned'} {100 * rec.fraction:.0f} %{counted}")
+    return " &nbsp; ".join(items)
 
 
 def phase_layer(result, image_layer, name: str | None = None) -> LayerData:

@@ -92,9 +92,11 @@ class StatisticsWidget(JobWidget, Container):
         self.export_structure_button = PushButton(text="Export averages and strain…", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
+        self.phase_legend = Label(value="", label="phases")  # the phase map's colours and shares, when mapped
         self.editing = DefectEditingPanel(viewer, picker=self.defects_layer)  # legend, hand edits, undo
         self.extend([self.image_layer, self.defects_layer, self.regions_layer, self.material, *fields,
-                     self.run_button, self.cancel_button, self.progress, self.status, self.table, self.composition_table,
+                     self.run_button, self.cancel_button, self.progress, self.status, self.phase_legend, self.table,
+                     self.composition_table,
                      self.export_csv_button, self.export_png_button, self.structure_button,
                      self.displacement_table, self.export_structure_button])
         self.native.layout().addWidget(self.editing.native)  # full width, above the plots
@@ -240,6 +242,9 @@ class StatisticsWidget(JobWidget, Container):
             from ..layers import add_layers, contamination_layer
 
             add_layers(self.viewer, [contamination_layer(result, source)])
+        from ..layers import phase_legend
+
+        self.phase_legend.value = phase_legend(result)
         if result.phases is not None and source is not None:
             from ..layers import add_layers, phase_layer
 
