@@ -269,8 +269,14 @@ def populations(features: np.ndarray, monolayer_ref: np.ndarray, unit: float) ->
         x = x[np.sort(np.random.default_rng(0).choice(len(x), POPULATION_SAMPLE, replace=False))]
     if len(x) < 20:
         return 1
-    one = GaussianMixture(1, random_state=0).fit(x)
-    two = GaussianMixture(2, random_state=0, n_init=3).fit(x)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():  # one population fitted with two Gaussians converges slowly; BIC then says one
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        one = GaussianMixture(1, random_state=0).fit(x)
+        two = GaussianMixture(2, random_state=0, n_init=3).fit(x)
     separation = float(np.linalg.norm(two.means_[0] - two.means_[1]))
     several = (two.bic(x) < one.bic(x) and two.weights_.min() >= 0.02
                and separation >= 0.5 * unit / float(monolayer_ref[0]))
