@@ -28,6 +28,17 @@ def statistics_dock(path, size=(2000, 1150), dock_width: int = 600):
     return viewer, layer, dock
 
 
+def run_map_view(viewer, layer, dock) -> None:
+    """Run the dock on ``layer``, wait for it, hide the sites layer and show the whole field, then print the
+    dock's status: what the map screenshots share."""
+    dock.run()
+    wait(dock)
+    viewer.layers[f"{layer.name} sites"].visible = False
+    viewer.reset_view()
+    settle()
+    print(dock.status.value)
+
+
 def wait(dock, seconds: float = 1800, settle_steps: int = 30) -> None:
     """Process events until ``dock``'s job is done (or ``seconds`` pass), then :func:`settle`."""
     t0 = time.time()

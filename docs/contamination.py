@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from _viewer import settle, statistics_dock, wait
+from _viewer import run_map_view, statistics_dock
 
 shared = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
 out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parent
@@ -21,12 +21,7 @@ viewer, layer, dock = statistics_dock(path)
 dock.material.value = "2H-MoS2"
 dock.exclude_contamination.value = True
 dock.image_pixel_size_A.value = 0.1290  # the file's is 36 % off (docs/site_classes.md: self-calibrated value)
-dock.run()
-wait(dock)
-viewer.layers[f"{layer.name} sites"].visible = False
-viewer.reset_view()
-settle()
-print(dock.status.value)
+run_map_view(viewer, layer, dock)
 print(dock.result.concentrations.to_string(index=False))
 viewer.screenshot(str(out / "real_contamination.png"), canvas_only=False)
 print(f"wrote {out / 'real_contamination.png'}")

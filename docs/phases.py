@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _viewer import settle, statistics_dock, wait
+from _viewer import run_map_view, statistics_dock
 
 from napari_mx2_defects.io.writer import write_calibrated_tiff
 from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
@@ -32,12 +32,7 @@ for path, name in ((twin_path, "twin_phases.png"),
     viewer, layer, dock = statistics_dock(path, size=(2800, 1150), dock_width=700)
     dock.material.value = "2H-MoS2"
     dock.map_phases.value = True
-    dock.run()
-    wait(dock)
-    viewer.layers[f"{layer.name} sites"].visible = False
-    viewer.reset_view()
-    settle()
-    print(dock.status.value)
+    run_map_view(viewer, layer, dock)
     print(dock.result.phase_table().to_string(index=False))
     print(dock.result.concentrations[["defect_class", "count", "area_nm2", "per_cm2", "other_phase_area_nm2"]]
           .to_string(index=False))

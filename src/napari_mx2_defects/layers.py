@@ -330,10 +330,7 @@ def phase_legend(result) -> str:
     its share of the analysed sites; '' when no phase was mapped."""
     if result.phases is None:
         return ""
-    from .twin.parents import get_parent
-    from .twin.stacking import monolayer_phase
-
-    monolayer = monolayer_phase(get_parent(result.lattice["parent"]))
+    monolayer = result.lattice["phases"]["monolayer"]
     items = []
     for rec in result.phase_table().itertuples():
         rgba = (0.5, 0.5, 0.5, 0.8) if not rec.phase else PHASE_COLOURS[rec.phase]
@@ -347,13 +344,9 @@ def phase_legend(result) -> str:
 def phase_layer(result, image_layer, name: str | None = None) -> LayerData:
     """Labels layer of an analysis's phase map on top of ``image_layer``, pixel for pixel
     (:func:`phase_labels_layer`; the fit and the areas in the metadata)."""
-    from .twin.parents import get_parent
-    from .twin.stacking import monolayer_phase
-
     frame = image_frame(image_layer, result.lattice["pixel_size_A"])
-    record = result.lattice.get("phases", {})
-    return phase_labels_layer(result.phases, name or f"{image_layer.name} phases",
-                              monolayer_phase(get_parent(result.lattice["parent"])),
+    record = result.lattice["phases"]
+    return phase_labels_layer(result.phases, name or f"{image_layer.name} phases", record["monolayer"],
                               scale=[s * result.lattice["pixel_size_A"] for s in frame["scale"]],
                               translate=frame["translate"],
                               metadata={"phases": {k: v for k, v in record.items() if k != "references"}})

@@ -23,6 +23,7 @@ from ..core.classes import DEFECT_CLASSES
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
 from .classes import fit_site_classes, z_contrast_levels
+from .columns import values_at
 from .sites import find_holes, fit_source_size, forward_model, left_out, measure_sites, microscope_for, relative_noise
 from .statistics import concentration_table
 
@@ -329,9 +330,7 @@ def _contamination(img, meas, sites: pd.DataFrame, wanted: bool, notes: list[str
     from .contamination import contamination_mask
 
     mask, record = contamination_mask(img, meas.fit.a1, meas.fit.a2, meas.a_px)
-    rows = np.clip(np.rint(sites.y_px.to_numpy()).astype(int), 0, mask.shape[0] - 1)
-    cols = np.clip(np.rint(sites.x_px.to_numpy()).astype(int), 0, mask.shape[1] - 1)
-    sites["in_contamination"] = mask[rows, cols]
+    sites["in_contamination"] = values_at(mask, sites.x_px, sites.y_px)
     clean_x = (sites.sublattice == "X").to_numpy() & ~sites.in_contamination.to_numpy()
     if clean_x.sum() >= 10:  # the median chalcogen column of the clean area is 1, as in a clean image
         sites["intensity"] = sites.intensity_raw / float(np.median(sites.intensity_raw[clean_x]))
@@ -358,9 +357,7 @@ def _phases(img, meas, sites: pd.DataFrame, parent, pixel_size_A: float, microsc
     from .phases import map_phases
 
     phase_map = map_phases(img, sites, meas.a_px, parent.key, pixel_size_A, microscope)
-    rows = np.clip(np.rint(sites.y_px.to_numpy()).astype(int), 0, phase_map.labels.shape[0] - 1)
-    cols = np.clip(np.rint(sites.x_px.to_numpy()).astype(int), 0, phase_map.labels.shape[1] - 1)
-    ids = phase_map.labels[rows, cols]
+    ids = values_at(phase_map.labels, sites.x_px, sites.y_px)
     sites["phase"] = np.array([PHASES[i - 1] if i else "" for i in ids], dtype=object)
     monolayer = phase_map.record["monolayer"]
     # unassigned sites stay counted: nothing says they are not the monolayer (see the notes)

@@ -9,7 +9,7 @@ from skimage.feature import peak_local_max
 
 from ..core.integration import disc_intensity
 
-__all__ = ["find_peaks", "integrated_intensity", "local_background", "refine_positions"]
+__all__ = ["find_peaks", "integrated_intensity", "local_background", "refine_positions", "values_at"]
 
 
 def find_peaks(image: np.ndarray, min_distance_px: float, smooth_px: float = 1.0,
@@ -74,6 +74,14 @@ def refine_positions(image: np.ndarray, xy: np.ndarray, radius_px: float | None 
     out[inside[ok], 0] = cols[ok] + shift_x[ok]
     out[inside[ok], 1] = rows[ok] + shift_y[ok]
     return out
+
+
+def values_at(array: np.ndarray, x_px, y_px) -> np.ndarray:
+    """The pixel of a 2-D map (a mask, a label image) nearest each (x, y) position in pixels, positions
+    outside clipped to the edge."""
+    rows = np.clip(np.rint(np.asarray(y_px, float)).astype(int), 0, array.shape[0] - 1)
+    cols = np.clip(np.rint(np.asarray(x_px, float)).astype(int), 0, array.shape[1] - 1)
+    return array[rows, cols]
 
 
 def local_background(image: np.ndarray, a_px: float) -> np.ndarray:

@@ -69,22 +69,21 @@ UNASSIGNED_FRACTION = 2.0
 class PhaseMap:
     """The phase of every pixel and site, and what was fitted.
 
-    ``labels`` (ny, nx) uint8: 1 + index in :data:`~..twin.stacking.PHASES`, 0 = unassigned;
-    ``site_phase``: each metal site's phase name ('' unassigned); ``record``: the fit for lattice.json.
+    ``labels`` (ny, nx) uint8: 1 + index in :data:`~..twin.stacking.PHASES`, 0 = unassigned (the
+    sites' phases are read off it); ``record``: the fit for lattice.json.
     """
 
     labels: np.ndarray
-    site_phase: np.ndarray
     record: dict
 
 
-def _metal_to_chalcogen_px(sites: pd.DataFrame) -> np.ndarray:
-    """The fitted lattice's M→X vector (pixels): from a central metal site's ideal position to its
-    nearest chalcogen's (ideal positions all differ by lattice vectors, so any metal site gives it)."""
-    m = sites[sites.sublattice == "M"][["x_ideal_px", "y_ideal_px"]].to_numpy()
-    x = sites[sites.sublattice == "X"][["x_ideal_px", "y_ideal_px"]].to_numpy()
-    centre = m[np.argmin(np.linalg.norm(m - m.mean(axis=0), axis=1))]
-    return x[cKDTree(x).query(centre)[1]] - centre
+def _metal_to_chalcogen(metal_xy: np.ndarray, chalcogen_xy: np.ndarray, near=None) -> np.ndarray:
+    """The M→X vector of a lattice: from the metal site nearest ``near`` (default: the sites' centroid) to
+    that site's nearest chalcogen (on a fitted or a twin's ideal lattice every metal site gives one of the
+    three equivalent vectors)."""
+    near = metal_xy.mean(axis=0) if near is None else np.asarray(near, float)
+    centre = metal_xy[np.argmin(np.linalg.norm(metal_xy - near, axis=1))]
+    return chalcogen_xy[cKDTree(chalcogen_xy).query(centre)[1]] - centre
 
 
 #: Radius of the column discs, in M–X distances: the columns' peaks (a wide disc takes in the floor).
@@ -166,11 +165,9 @@ def phase_references(parent_key: str, pixel_size_A: float, microscope) -> dict[s
                                      microscope=microscope, seed=11))
     py, px = twin.pixel_size_A
     sites = twin.sites
-    metal = sites[sites.sublattice == "M"]
-    chalcogen = sites[sites.sublattice == "X"][["x_A", "y_A"]].to_numpy()
-    xy_A = metal[["x_A", "y_A"]].to_numpy()
-    centre = xy_A[np.argmin(np.linalg.norm(xy_A - np.asarray(twin.extent_xy_A) / 2, axis=1))]
-    d_A = chalcogen[cKDTree(chalcogen).query(centre)[1]] - centre
+    xy_A = sites[sites.sublattice == "M"][["x_A", "y_A"]].to_numpy()
+    d_A = _metal_to_chalcogen(xy_A, sites[sites.sublattice == "X"][["x_A", "y_A"]].to_numpy(),
+                              near=np.asarray(twin.extent_xy_A) / 2)
     a_px = parent.a_A / px
     triplets = phase_triplets(twin.clean_image, xy_A / [px, py], d_A / [px, py], COLUMN_RADIUS_NN * _nn_px(a_px))
     width = twin.extent_xy_A[0] / len(phases)
@@ -346,8 +343,9 @@ def map_phases(image: np.ndarray, sites: pd.DataFrame, a_px: float, parent_key: 
               "references": {n: list(v) for n, v in references.items()}}
     if len(xy) < 10:
         record["note"] = "too few metal sites to map phases"
-        return PhaseMap(np.zeros(np.shape(image), np.uint8), np.full(len(xy), "", dtype=object), record)
-    d = _metal_to_chalcogen_px(sites)
+        return PhaseMap(np.zeros(np.shape(image), np.uint8), record)
+    ideal = sites[["x_ideal_px", "y_ideal_px"]].to_numpy(float)
+    d = _metal_to_chalcogen(ideal[metal], ideal[~metal])
     raw = phase_triplets(image, xy, d, COLUMN_RADIUS_NN * _nn_px(a_px))
     unit = float(min(np.linalg.norm(refs[i] - refs[j]) for i in range(len(refs)) for j in range(i)))
     wide = phase_features(_windowed(xy, raw, WINDOW_A_UNITS * a_px))
@@ -360,9 +358,8 @@ def map_phases(image: np.ndarray, sites: pd.DataFrame, a_px: float, parent_key: 
         commonest = names[int(np.bincount(wide_assigned[wide_assigned >= 0], minlength=len(names)).argmax())] \
             if (wide_assigned >= 0).any() else ""
         labels = np.full(np.shape(image), PHASES.index(monolayer) + 1, np.uint8)
-        record.update({"populations": 1, "monolayer": monolayer, "best_single_phase_fit": commonest,
-                       "site_fraction": {monolayer: 1.0}, "unassigned_fraction": 0.0})
-        return PhaseMap(labels, np.full(len(xy), monolayer, dtype=object), record)
+        record.update({"populations": 1, "monolayer": monolayer, "best_single_phase_fit": commonest})
+        return PhaseMap(labels, record)
     # ... then each site by the misfit of its narrow window to each phase, averaged over its neighbours:
     # near a boundary the narrow windows on either side are pure, so the misfits (not the features)
     # are averaged and a site takes the phase whose side it is on
@@ -379,11 +376,6 @@ def map_phases(image: np.ndarray, sites: pd.DataFrame, a_px: float, parent_key: 
     assigned = np.where(nearby_best <= noise + (UNASSIGNED_FRACTION * scale * unit) ** 2, assigned, -1)
     ids = np.where(assigned >= 0, np.array([PHASES.index(n) + 1 for n in names])[np.maximum(assigned, 0)], 0)
     labels = _rasterise(np.shape(image), xy, ids.astype(np.uint8), a_px)
-    rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, labels.shape[0] - 1)
-    cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, labels.shape[1] - 1)
-    site_ids = labels[rows, cols]
-    site_phase = np.array([PHASES[i - 1] if i else "" for i in site_ids], dtype=object)
-    record.update({"populations": 2, "scale": scale, "offset": offset, "monolayer": monolayer, "misfit_noise": noise,
-                   "site_fraction": {n: float(np.mean(site_phase == n)) for n in names if np.any(site_phase == n)},
-                   "unassigned_fraction": float(np.mean(site_phase == ""))})
-    return PhaseMap(labels, site_phase, record)
+    # each phase's share of the sites is recorded by the analysis (lattice.json "areas"), from these labels
+    record.update({"populations": 2, "scale": scale, "offset": offset, "monolayer": monolayer, "misfit_noise": noise})
+    return PhaseMap(labels, record)
