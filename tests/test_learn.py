@@ -111,6 +111,33 @@ def test_dataset_is_chunked_zarr_with_metadata(tiny_dataset):
     assert len({m["seed"] for m in metas}) == 6
 
 
+def test_real_optics_samples_draw_dopants_blur_and_acquisitions():
+    """The real-optics dataset: every TM_D is one of the named dopants (never the host), each request
+    calibrates all of them with the standard columns (one calibration per parent and microscope), source
+    sizes, flyback and denoising are drawn, and the same seed gives the same request."""
+    from napari_mx2_defects.learn.dataset import (MICROSCOPE_PRESETS, REAL_DOPANTS, REAL_OPTICS_BANK, DatasetSpec,
+                                                  acquire, sample_request)
+    from napari_mx2_defects.twin.microscope import OPTICS_PRESETS
+
+    bank = {MICROSCOPE_PRESETS[name].key() for name in REAL_OPTICS_BANK}
+    assert {name for name, m in OPTICS_PRESETS.items() if m.key() in bank} == {"80kV-HAADF"}  # the default
+    spec = DatasetSpec(parents=["MoS2", "WSe2"], presets=list(REAL_OPTICS_BANK), dopants=REAL_DOPANTS,
+                       real_acquisition=True, source_size_range_A=(0.2, 1.0), pixel_size_range_A=(0.12, 0.42))
+    requests = [sample_request(spec, seed)[0] for seed in range(60)]
+    dopants = [(r.material, d.element) for r in requests for d in r.defect_requests() if d.element]
+    assert len({el for _, el in dopants}) >= 4
+    assert all(el in REAL_DOPANTS and el != ("Mo" if m == "MoS2" else "W") for m, el in dopants)
+    assert all(r.calibration_dopants == REAL_DOPANTS for r in requests)
+    assert all(0.2 <= r.microscope.source_size_A <= 1.0 and 0.12 <= r.pixel_size_A <= 0.42 for r in requests)
+    assert 10 < sum(r.imperfections.flyback_A > 0 for r in requests) < 50
+    assert sample_request(spec, 7)[0] == requests[7]
+    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    kinds = {acquire(image, np.random.default_rng(seed))[1].split(" ")[0] for seed in range(40)}
+    assert kinds == {"", "gaussian", "svd"}
+    with pytest.raises(ValueError, match="chemical elements"):
+        DatasetSpec(dopants=("Xx",))
+
+
 def test_training_writes_safetensors_and_card(tiny_dataset, tmp_path):
     from napari_mx2_defects.learn.train import TrainConfig, train
 
@@ -212,3 +239,27 @@ def test_tile_normalisation_is_that_of_the_resampled_image(factor):
     image = np.random.default_rng(4).gamma(2.0, size=(1300, 900)).astype(np.float32)
     expected = normalisation_stats(resample_to(image, 0.2 * factor, 0.2, order=1))
     assert ModelScaleTiles(image, 0.2 * factor, 0.2).normalisation_stats() == pytest.approx(expected, rel=1e-5)
+
+
+def test_sublattice_check_tile_by_tile_equals_the_whole_image(monkeypatch):
+    """The second stage fits the lattice tile by tile on a large image: swapped look-alikes (every empty
+    metal site labelled V_XX, every empty X2 column V_M) on a drifting MoS2 twin come back to their
+    sublattice's class whether the check runs on one tile or on nine."""
+    from napari_mx2_defects.learn import inference
+    from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
+    from napari_mx2_defects.twin.imperfections import Imperfections
+
+    twin = simulate_twin(TwinRequest(material="MoS2", defects="V_M=1.5%,V_XX=1.5%", fov_A=130.0, pixel_size_A=0.2,
+                                     seed=4, imperfections=Imperfections(dose_e_per_A2=1e6,
+                                                                         nonlinear_drift_A=0.4)))
+    ids = {name: cid for cid, name in CLASS_NAMES.items()}
+    swapped = twin.labels.copy()
+    swapped[twin.labels == ids["V_M"]] = ids["V_XX"]
+    swapped[twin.labels == ids["V_XX"]] = ids["V_M"]
+    whole, n_whole = inference.assign_sublattices(swapped, 0.2, twin.image, "MoS2")
+    monkeypatch.setattr(inference, "SUBLATTICE_TILE_PX", 230)
+    tiled, n_tiled = inference.assign_sublattices(swapped, 0.2, twin.image, "MoS2")
+    truth_instances = (twin.defects.defect_class.isin(["V_M", "V_XX"])).sum()
+    assert n_whole == n_tiled >= 0.9 * truth_instances
+    assert np.array_equal(whole, tiled)
+    assert (whole == twin.labels).mean() > 0.999

@@ -91,6 +91,29 @@ def test_truth_follows_drift():
     assert np.median(offsets) <= 1.0
 
 
+def test_truth_follows_scan_flyback():
+    """A flyback displaces the start of every line along the fast axis (decaying over 15 Å): the truth
+    sites move with it and stay on the image's columns."""
+    twin = simulate_twin(TwinRequest(material="MoS2", fov_A=40.0, seed=2,
+                                     imperfections=Imperfections(flyback_A=0.8)))
+    plain = simulate_twin(TwinRequest(material="MoS2", fov_A=40.0, seed=2))
+    img, (py, px) = twin.image, twin.pixel_size_A
+    metals = twin.sites.sublattice == "M"
+    shift = (twin.sites.x_A - plain.sites.x_A)[metals]
+    x = plain.sites.x_A[metals]
+    # a pixel at x samples the specimen at x + 0.8·exp(−x/15): a column appears 0.8·exp(−x/15) Å earlier
+    assert np.allclose(shift[x > 2], -0.8 * np.exp(-x[x > 2] / 15.0), atol=0.05)
+    near = twin.sites[metals & (twin.sites.x_A > 2) & (twin.sites.x_A < 12) & (twin.sites.y_A > 3)
+                      & (twin.sites.y_A < twin.extent_xy_A[1] - 3)]
+    offsets = []
+    for _, s in near.iterrows():
+        i, j = int(round(s.y_A / py)), int(round(s.x_A / px))
+        window = img[i - 4 : i + 5, j - 4 : j + 5]
+        di, dj = np.unravel_index(np.argmax(window), window.shape)
+        offsets.append(np.hypot(di - 4, dj - 4))
+    assert len(offsets) >= 10 and np.median(offsets) <= 1.0
+
+
 @pytest.mark.parametrize("dose", [1e4, 1e6, 1e8])
 def test_dose_noise_is_poisson(dose):
     rng = np.random.default_rng(0)

@@ -166,7 +166,9 @@ def _validate(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected one 2-D image, got shape {img.shape}; pick a single frame first")
     if min(img.shape) < 32:
         raise ValueError(f"image {img.shape} is too small to analyse (need at least 32×32 pixels)")
-    img = img.astype(float)
+    from .columns import real_image
+
+    img = real_image(img)  # float32 and float64 images are analysed as they are (no copy)
     bad = ~np.isfinite(img)
     if bad.all():
         raise ValueError("the image holds no finite values")

@@ -55,9 +55,9 @@ def _lattice_filter(flat: np.ndarray, a1_px: np.ndarray, a2_px: np.ndarray, orde
 
 def contamination_score(image: np.ndarray, a1_px, a2_px, a_px: float) -> np.ndarray:
     """log(unordered intensity / lattice amplitude) per pixel, over a Gaussian window of WINDOW_A_UNITS · a."""
-    from .columns import local_background
+    from .columns import local_background, real_image
 
-    img = np.asarray(image, float)
+    img = real_image(image)
     background = local_background(img, a_px)
     lattice = _lattice_filter(img - background, np.asarray(a1_px, float), np.asarray(a2_px, float))
     sigma = WINDOW_A_UNITS * a_px

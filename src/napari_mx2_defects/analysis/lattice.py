@@ -91,15 +91,19 @@ def fft_lattice_spacing_px(image: np.ndarray, a_px_range: tuple[float, float] | 
         The lattice constant and the reciprocal vectors (cycles per pixel,
         (x, y)) of the six strongest first-order spots.
     """
-    # the same values as |fftshift(fft2((img - mean) · window))|², computed with one full-size array fewer at
-    # a time (a 8613² image held ~5 GB of float64 and complex copies here; each step frees the last)
-    img = np.array(image, dtype=float)  # a copy: centred and windowed in place
+    # |fftshift(fft2((img - mean) · window))|², one full-size array at a time (a 8613² image held ~5 GB of
+    # float64 and complex copies here; each step frees the last), in the image's own precision: a float32
+    # image gives a complex64 spectrum (scipy.fft keeps single precision; numpy's is complex128, 1.2 GB there)
+    from scipy import fft as sp_fft
+
+    from .columns import real_image
+
+    img = np.array(real_image(image))  # a copy: centred and windowed in place
     img -= img.mean()
     ny, nx = img.shape
-    window = np.outer(np.hanning(ny), np.hanning(nx))
-    img *= window
-    del window
-    spectrum = np.fft.fft2(img)
+    img *= np.hanning(ny).astype(img.dtype)[:, None]
+    img *= np.hanning(nx).astype(img.dtype)[None, :]
+    spectrum = sp_fft.fft2(img, workers=-1)
     del img
     power = np.abs(spectrum)
     del spectrum
@@ -107,7 +111,7 @@ def fft_lattice_spacing_px(image: np.ndarray, a_px_range: tuple[float, float] | 
     power = np.fft.fftshift(power)
     fy = np.fft.fftshift(np.fft.fftfreq(ny))
     fx = np.fft.fftshift(np.fft.fftfreq(nx))
-    radius = np.hypot(fx[None, :], fy[:, None])
+    radius = np.hypot(fx.astype(np.float32)[None, :], fy.astype(np.float32)[:, None])
     # ignore the low-frequency background (contamination, gain) and everything beyond Nyquist/√2
     min_g = 4.0 / min(ny, nx)
     valid = (radius > min_g) & (radius < 0.45)

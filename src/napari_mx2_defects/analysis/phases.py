@@ -97,8 +97,9 @@ def phase_triplets(image: np.ndarray, metal_xy_px: np.ndarray, d_px: np.ndarray,
     A − d (C, the hollow), and the floor: the mean over small discs at the three bond centres A + d/2,
     B − d/2 rotated… (A ± d/2 and A + d/2 rotated by 120°) where no column of any stacking stands."""
     from ..core.integration import disc_intensity
+    from .columns import real_image
 
-    img = np.asarray(image, float)
+    img = real_image(image)
     xy = np.asarray(metal_xy_px, float).reshape(-1, 2)
     d = np.asarray(d_px, float)
 

@@ -37,6 +37,8 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .columns import real_image
+
 __all__ = [
     "DISPLACEMENT_COLUMNS",
     "STRUCTURE_FILES",
@@ -252,7 +254,7 @@ def class_averages(
     lattice; ``half_width_A`` (default 1.5 a) reaches the second neighbours.  Instances whose patch
     leaves the image are skipped; at most ``max_instances`` per class (evenly spread).
     """
-    img = np.asarray(image, float)
+    img = real_image(image)
     half_px = int(round((half_width_A or 1.5 * a_A) / pixel_size_A))
     ny, nx = img.shape
     centres = sites[["x_ideal_A", "y_ideal_A"]].to_numpy() / pixel_size_A
@@ -530,7 +532,7 @@ def defect_structure(
             "these sites carry no fitted-lattice positions: analyse the image again with this version"
         )
     pixel, a_A = float(result.lattice["pixel_size_A"]), float(result.lattice["a_A"])
-    img = np.asarray(image, float)
+    img = real_image(image)
     notes = []
 
     step = stepper(progress, cancelled, "structure analysis")

@@ -27,8 +27,13 @@ def _cmd_dataset(args):
     from ..learn.dataset import DatasetSpec, generate_dataset
 
     check_pair(BOUNDS["dose_min"], BOUNDS["dose_max"], args.dose_min, args.dose_max)
+    defaults = DatasetSpec()
     spec = DatasetSpec(parents=args.parents.split(","), presets=args.presets.split(",") if args.presets else
-                       DatasetSpec().presets, size_px=args.size, dose_range_e_per_A2=(args.dose_min, args.dose_max))
+                       defaults.presets, size_px=args.size, dose_range_e_per_A2=(args.dose_min, args.dose_max),
+                       pixel_size_range_A=tuple(args.pixel_size or defaults.pixel_size_range_A),
+                       source_size_range_A=tuple(args.source_size or defaults.source_size_range_A),
+                       dopants=tuple(el.strip() for el in args.dopants.split(",") if el.strip()),
+                       real_acquisition=args.real_acquisition)
     out = generate_dataset(args.out, args.n, spec, seed=args.seed, scheduler=args.scheduler, workers=args.workers,
                            progress=progress_printer(args.quiet), overwrite=args.overwrite)
     print(f"wrote {args.n} samples to {out}")
@@ -245,6 +250,14 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--size", type=_t("size_px"), default=256, help="image size in pixels")
     p.add_argument("--dose-min", type=_t("dose_min"), default=1e4, help="lowest dose in e/Å²")
     p.add_argument("--dose-max", type=_t("dose_max"), default=1e8, help="highest dose in e/Å²")
+    p.add_argument("--pixel-size", type=_t("pixel_size_A"), nargs=2, metavar=("MIN", "MAX"),
+                   help="pixel sizes drawn in Å (default 0.16 0.24)")
+    p.add_argument("--source-size", type=_t("source_size_A"), nargs=2, metavar=("MIN", "MAX"),
+                   help="Gaussian source sizes σ drawn in Å (default 0 0.4)")
+    p.add_argument("--dopants", default="", help="metal-site dopants a TM_D may be, e.g. Ti,V,Cr,Nb,Re,Mo,W "
+                   "(default: the parent's default dopant)")
+    p.add_argument("--real-acquisition", action="store_true",
+                   help="add scan flyback, stronger jitter and drift, and denoised inputs (Gaussian, SVD)")
     p.add_argument("--seed", type=_t("seed"), default=0)
     p.add_argument("--scheduler", help="address of a dask.distributed scheduler (default: a local cluster)")
     p.add_argument("--workers", type=_t("workers"), default=2, help="local worker processes")

@@ -18,7 +18,7 @@ __all__ = ["disc_intensity"]
 #: about (2 × 32)² samples (a disc of more than 8 pixels in radius is smooth at any step ≤ 1/32 of it).
 SUBPIXEL_STEP_PX = 0.25
 #: Samples interpolated at once (positions × disc samples), to bound memory.
-CHUNK_SAMPLES = 4_000_000
+CHUNK_SAMPLES = 1_000_000
 
 
 def disc_intensity(image: np.ndarray, x, y, radius: float, pixel_size: tuple[float, float] = (1.0, 1.0),
@@ -31,7 +31,9 @@ def disc_intensity(image: np.ndarray, x, y, radius: float, pixel_size: tuple[flo
     outside the image take the nearest edge value (``outside="nearest"``) or zero
     (``outside="zero"``).
     """
-    image = np.asarray(image, float)
+    image = np.asarray(image)
+    if not np.issubdtype(image.dtype, np.floating):
+        image = image.astype(float)
     x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
     dy, dx = (float(v) for v in pixel_size)
     finest = min(dx, dy)
@@ -47,6 +49,8 @@ def disc_intensity(image: np.ndarray, x, y, radius: float, pixel_size: tuple[flo
     for start in range(0, len(x), chunk):
         rows = (y[start:start + chunk] / dy)[:, None] + oy[None, :]
         cols = (x[start:start + chunk] / dx)[:, None] + ox[None, :]
-        values = map_coordinates(image, [rows.ravel(), cols.ravel()], order=1, mode=mode, cval=0.0)
+        # float64 samples of the image as it is (no float64 copy of a float32 image: scipy reads either)
+        values = map_coordinates(image, [rows.ravel(), cols.ravel()], order=1, mode=mode, cval=0.0,
+                                 output=np.float64)
         out[start:start + chunk] = values.reshape(rows.shape).sum(axis=1)
     return out * step * step

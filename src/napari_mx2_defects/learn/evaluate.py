@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["evaluate_model_on_twins", "held_out_twins", "inside_border", "instance_scores", "match_instances"]
+__all__ = ["evaluate_model_on_twins", "held_out_twins", "inside_border", "instance_scores", "match_instances",
+           "score_pipeline_on_twin"]
 
 
 def match_instances(pred: pd.DataFrame, truth: pd.DataFrame, radius_A: float = 1.0) -> dict[str, dict[str, int]]:
@@ -110,3 +111,40 @@ def evaluate_model_on_twins(model: str = "default", materials=("MoSe2", "WS2"), 
         _add(overall, counts)
         progress((j + 1) / n_jobs, f"{material} dose {dose:g}: {k + 1}/{n_per}")
     return {"by_dose": {d: instance_scores(c) for d, c in by_dose.items()}, "overall": instance_scores(overall)}
+
+
+def score_pipeline_on_twin(twin, material: str, microscope=None, dopant: str | None = None, model: str = "default",
+                           runtime: str = "auto", border_A: float = 3.0) -> dict[str, dict]:
+    """Per-instance TP/FP/FN on one twin of the model alone and of the answer the plugin reports.
+
+    The twin is segmented (``material`` named, as the CLI does) and analysed with the model's defects,
+    ``dopant`` and the microscope's beam energy, convergence and detector angles typed in (what a user
+    reads off the instrument); nothing else of the twin's optics (defocus, aberrations, source size,
+    pixel-size error) is given.  ``model``: the model's defects; ``reported``: each site's
+    ``reported_class`` (the one answer per site that the counts use) at the fitted site.  Defects within
+    ``border_A`` of an edge are left out of both sides.
+
+    Returns ``{"model": counts, "reported": counts, "sites": n_analysed_sites}`` (counts as
+    :func:`match_instances`).
+    """
+    from ..analysis.api import analyze_image
+    from .inference import segment_image
+
+    pixel = twin.pixel_size_A[1]
+    energy = microscope.energy_keV if microscope is not None else None
+    seg = segment_image(twin.image, pixel, model=model, material=material, beam_energy_keV=energy, runtime=runtime)
+    optics = None
+    if microscope is not None:
+        optics = {"convergence_semiangle_mrad": microscope.semiangle_mrad,
+                  "detector_inner_mrad": microscope.detector_inner_mrad,
+                  "detector_outer_mrad": microscope.detector_outer_mrad}
+    result = analyze_image(twin.image, pixel, material, defects=seg.defects, beam_energy_keV=energy, dopant=dopant,
+                           optics=optics)
+    sites = result.sites
+    reported = sites[sites.reported_class.astype(str) != ""]
+    reported = pd.DataFrame({"x_A": reported.x_A.to_numpy(float), "y_A": reported.y_A.to_numpy(float),
+                             "defect_class": reported.reported_class.astype(str).to_numpy()})
+    truth = inside_border(twin.truth_table(), twin, border_A)
+    return {"model": match_instances(inside_border(seg.defects, twin, border_A), truth),
+            "reported": match_instances(inside_border(reported, twin, border_A), truth),
+            "sites": int(len(inside_border(sites, twin, border_A)))}

@@ -246,6 +246,17 @@ def instances_from_labels(labels: np.ndarray, pixel_size_A: float, score: np.nda
 SUBLATTICE_TWINS = {"V_M": ("M", "V_XX"), "V_XX": ("X", "V_M"), "X_M": ("M", "V_X"), "V_X": ("X", "X_M")}
 
 
+#: Most pixels (per side, at the model's scale) the sublattice check fits one lattice on: a larger image is
+#: checked tile by tile, each tile with a margin of :data:`SUBLATTICE_MARGIN_PX`.
+SUBLATTICE_TILE_PX = 2048
+SUBLATTICE_MARGIN_PX = 64
+
+
+def _tile_edges(n: int, tile: int) -> np.ndarray:
+    """Edges of ⌈n / tile⌉ near-equal tiles covering 0…n (no thin remainder a lattice cannot be fitted on)."""
+    return np.rint(np.linspace(0, n, max(1, int(np.ceil(n / tile))) + 1)).astype(int)
+
+
 def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarray, material: str,
                        beam_energy_keV: float | None = None) -> tuple[np.ndarray, int]:
     """Second stage: give sublattice look-alikes the class of the sublattice they sit on.
@@ -256,6 +267,11 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
     from a forward model of the named parent — so each look-alike instance takes the class of the
     sublattice under its centroid.
 
+    The sites are measured only where look-alikes are, on tiles of at most :data:`SUBLATTICE_TILE_PX`
+    pixels a side (plus a margin): each tile fits its own lattice, which also follows slow scan
+    distortion over a large field, and memory stays that of one tile (a whole 8613² image's site
+    measurement held several full-size float64 copies).  An image up to that size is one tile.
+
     Returns
     -------
     labels, n_changed
@@ -264,21 +280,35 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
     from ..twin.parents import get_parent
 
     parent = get_parent(material)
-    energy = float(beam_energy_keV) if beam_energy_keV else DEFAULTS["energy_keV"]
-    _, m_brighter = reference_levels(parent.key, round(float(pixel_size_A), 4), energy, None)
-    sites = measure_sites(image, parent.a_A / pixel_size_A, m_brighter, border_px=0.0).sites
-    tree = cKDTree(sites[["x_px", "y_px"]].to_numpy())
-    nn_px = parent.a_A / np.sqrt(3) / pixel_size_A
     out = labels.copy()
-    changed = 0
     ids = {name: cid for cid, name in CLASS_NAMES.items()}
     rule = {ids[name]: (sub, ids[other]) for name, (sub, other) in SUBLATTICE_TWINS.items()}
-    for cid, rr, cc in _components(labels, list(rule)):
-        sub, other = rule[cid]
-        d, idx = tree.query([cc.mean(), rr.mean()])
-        if d < 0.5 * nn_px and sites.sublattice.iat[idx] != sub:
-            out[rr, cc] = other
-            changed += 1
+    found = list(_components(labels, list(rule)))
+    if not found:
+        return out, 0
+    energy = float(beam_energy_keV) if beam_energy_keV else DEFAULTS["energy_keV"]
+    _, m_brighter = reference_levels(parent.key, round(float(pixel_size_A), 4), energy, None)
+    a_px = parent.a_A / pixel_size_A
+    nn_px = a_px / np.sqrt(3)
+    centroids = np.array([[cc.mean(), rr.mean()] for _, rr, cc in found])
+    ny, nx = image.shape
+    edges_y, edges_x = _tile_edges(ny, SUBLATTICE_TILE_PX), _tile_edges(nx, SUBLATTICE_TILE_PX)
+    tile_y = np.clip(np.searchsorted(edges_y, centroids[:, 1], side="right") - 1, 0, len(edges_y) - 2)
+    tile_x = np.clip(np.searchsorted(edges_x, centroids[:, 0], side="right") - 1, 0, len(edges_x) - 2)
+    changed = 0
+    for ty, tx in sorted(set(zip(tile_y.tolist(), tile_x.tolist()))):
+        margin = SUBLATTICE_MARGIN_PX if (len(edges_y) > 2 or len(edges_x) > 2) else 0
+        y0, y1 = max(0, edges_y[ty] - margin), min(ny, edges_y[ty + 1] + margin)
+        x0, x1 = max(0, edges_x[tx] - margin), min(nx, edges_x[tx + 1] + margin)
+        sites = measure_sites(image[y0:y1, x0:x1], a_px, m_brighter, border_px=0.0).sites
+        tree = cKDTree(sites[["x_px", "y_px"]].to_numpy())
+        for k in np.flatnonzero((tile_y == ty) & (tile_x == tx)):
+            cid, rr, cc = found[k]
+            sub, other = rule[cid]
+            d, idx = tree.query([centroids[k, 0] - x0, centroids[k, 1] - y0])
+            if d < 0.5 * nn_px and sites.sublattice.iat[idx] != sub:
+                out[rr, cc] = other
+                changed += 1
     return out, changed
 
 

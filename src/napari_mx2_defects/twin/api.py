@@ -75,6 +75,10 @@ class TwinRequest:
         ``""`` is the parent's monolayer everywhere.
     microscope : Microscope
     imperfections : Imperfections
+    calibration_dopants : tuple of str
+        Metal-site dopants calibrated with the parent's standard columns whether or not this twin holds
+        them (a training set's dopants): every twin of a parent and optics that names the same list then
+        shares one calibration, whichever of those dopants it holds.
     """
 
     material: str = "MoS2"
@@ -94,8 +98,15 @@ class TwinRequest:
     calibration_method: str = "prism"
     frozen_phonons: int = 0
     phonon_sigma_A: float = 0.1
+    calibration_dopants: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from ase.data import atomic_numbers
+
+        self.calibration_dopants = tuple(self.calibration_dopants)
+        unknown = [el for el in self.calibration_dopants if el not in atomic_numbers]
+        if unknown:
+            raise ValueError(f"calibration dopants must be chemical elements, not {unknown}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
         if not (self.pixel_size_A > 0 and np.isfinite(self.pixel_size_A)):
@@ -186,6 +197,7 @@ class TwinRequest:
             grain_boundary=GrainBoundary(rotation_deg=gb[0], separation_A=gb[1]) if gb is not None else None,
             n_holes=v["n_holes"], stacking=v.get("stacking") or "", microscope=microscope, imperfections=imperfections,
             frozen_phonons=v["frozen_phonons"], phonon_sigma_A=v["phonon_sigma_A"],
+            calibration_dopants=tuple(v.get("calibration_dopants") or ()),
         )
 
 
@@ -505,6 +517,8 @@ def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple
                                progress=lambda f, msg: progress(0.05 + 0.8 * f, msg), cancelled=cancelled)
         return apply_source_size(clean, pixel, m, lattice.periodic), None
     standard = _standard_examples(parent, lattice.z_metal_A) if not request.structure_path else {}
+    for element in request.calibration_dopants if standard else ():
+        standard.setdefault(signature([element]), [(element, lattice.z_metal_A)])
     examples = dict(standard)
     if request.alloy:  # every column the alloy's species make, so its forward model shares the calibration
         from .alloys import alloy_examples

@@ -5,8 +5,8 @@ fraction of the incident beam until dose noise turns it into counts) plus the
 scan-distortion map that tells where each pixel really sampled the specimen,
 so the ground truth can follow geometric distortions exactly.
 
-Order used by :func:`apply_imperfections`: geometric distortions (drift, scan
-jitter) → contamination → probe-current variation → Poisson dose noise →
+Order used by :func:`apply_imperfections`: geometric distortions (drift, flyback,
+scan jitter) → contamination → probe-current variation → Poisson dose noise →
 Gaussian read noise.
 """
 
@@ -20,6 +20,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 __all__ = [
     "Contamination",
+    "Flyback",
     "ImageState",
     "Imperfections",
     "LinearDrift",
@@ -127,6 +128,25 @@ class NonlinearDrift:
             dy += a * np.sin(np.pi * k * t + phase_a)
             dx += b * np.sin(np.pi * k * t + phase_b)
         return _resample(state, dy, dx, reference)
+
+
+@dataclass
+class Flyback:
+    """Scan flyback: after each line's flyback the beam lags at the start of the next line and settles.
+
+    Every row samples the specimen displaced along the fast axis by ``amplitude_A · exp(−x / length_A)``
+    (x from the start of the line): the first columns of the image are stretched, the rest is not
+    (the distortion that a too-short flyback delay leaves; its decay length of a few nm is the scan
+    coil's settling time times the scan speed).
+    """
+
+    amplitude_A: float = 0.0
+    length_A: float = 15.0
+
+    def __call__(self, state: ImageState, reference: np.ndarray, rng: np.random.Generator) -> ImageState:
+        x_A = np.arange(state.image.shape[1]) * state.pixel_size_A[1]
+        return _resample(state, np.zeros((1, 1)), (self.amplitude_A * np.exp(-x_A / self.length_A))[None, :],
+                         reference)
 
 
 @dataclass
@@ -294,6 +314,9 @@ class Imperfections:
     amorphous_carbon_coverage: float = 0.0
     amorphous_carbon_atoms_per_A2: float = 1.0
     probe_current_variation: float = 0.0
+    #: Scan flyback: the start of each line displaced by this much along the fast axis (Å), decaying
+    #: over 15 Å (:class:`Flyback`).
+    flyback_A: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -310,6 +333,8 @@ def apply_imperfections(image: np.ndarray, pixel_size_A: tuple[float, float], pe
         geometric.append(LinearDrift(settings.drift_A_per_line[0], settings.drift_A_per_line[1]))
     if settings.nonlinear_drift_A > 0:
         geometric.append(NonlinearDrift(settings.nonlinear_drift_A))
+    if settings.flyback_A:
+        geometric.append(Flyback(settings.flyback_A))
     if settings.scan_jitter_A > 0:
         geometric.append(ScanJitter(settings.scan_jitter_A))
     for transform in geometric:
