@@ -12,7 +12,7 @@ who types in the microscope's settings would.  Counted per 1,000 analysed sites 
   per site that the counts and the CSVs use).
 
     python benchmarks/intact_presets.py [--presets 60kV-ADF,80kV-HAADF,200kV-HAADF,300kV-ADF]
-                                        [--pixels 0.2,0.4] [--doses 1e5,1e6]
+                                        [--pixels 0.2,0.4] [--doses 1e5,1e6] [--model default]
 
 The first run calibrates each preset once (abTEM PRISM; 300 kV ADF takes ~10 min on 2 cores), cached.
 """
@@ -32,12 +32,13 @@ from napari_mx2_defects.twin.imperfections import Imperfections
 from napari_mx2_defects.twin.microscope import OPTICS_PRESETS
 
 
-def measure(preset: str, pixel_size_A: float, dose_e_per_A2: float, seed: int = 7) -> dict:
+def measure(preset: str, pixel_size_A: float, dose_e_per_A2: float, seed: int = 7, model: str = "default") -> dict:
     microscope = OPTICS_PRESETS[preset]
     twin = simulate_twin(TwinRequest(material="MoS2", defects="", fov_A=100.0, pixel_size_A=pixel_size_A,
                                      seed=seed, microscope=microscope,
                                      imperfections=Imperfections(dose_e_per_A2=dose_e_per_A2, scan_jitter_A=0.02)))
-    seg = segment_image(twin.image, pixel_size_A, material="MoS2", beam_energy_keV=microscope.energy_keV)
+    seg = segment_image(twin.image, pixel_size_A, model=model, material="MoS2",
+                        beam_energy_keV=microscope.energy_keV)
     optics = {"convergence_semiangle_mrad": microscope.semiangle_mrad,
               "detector_inner_mrad": microscope.detector_inner_mrad,
               "detector_outer_mrad": microscope.detector_outer_mrad}
@@ -61,13 +62,14 @@ def main() -> None:
     parser.add_argument("--presets", default=",".join(OPTICS_PRESETS))
     parser.add_argument("--pixels", default="0.2,0.4")
     parser.add_argument("--doses", default="1e5,1e6")
+    parser.add_argument("--model", default="default", help="'default' or a .safetensors checkpoint")
     args = parser.parse_args()
     rows = []
     for preset in args.presets.split(","):
         for px in (float(v) for v in args.pixels.split(",")):
             for dose in (float(v) for v in args.doses.split(",")):
                 t = time.perf_counter()
-                r = measure(preset, px, dose)
+                r = measure(preset, px, dose, model=args.model)
                 per = {k: 1000 * r[k] / r["sites"] for k in ("model", "physics", "reported")}
                 print(f"{preset} {px} Å {dose:g} e/Å²: {r['sites']} sites; model {r['model']} ({per['model']:.2f}/1000) "
                       f"{r['model_classes']}; physics {r['physics']} ({per['physics']:.2f}); reported {r['reported']} "

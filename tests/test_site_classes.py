@@ -258,3 +258,21 @@ def test_the_intact_skirt_does_not_reach_across_to_a_defect_peak():
     post = mix.posteriors(np.array([0.33, 0.75, 1.6]))
     assert list(np.array(mix.classes)[post.argmax(axis=1)]) == ["V_X", "", ""]
     assert post[2, 1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n_intact", [1500, 60000])
+def test_a_small_peak_beside_another_is_kept_whatever_the_image_size(n_intact):
+    """16 empty X2 columns 3.4 widths below 29 single-S columns are their own class: support is judged over
+    the sites the two classes take, so a larger field of intact columns does not merge them (the
+    whole-sublattice BIC merged this held-out 0.4 Å/px twin's V_XX into V_X).  A class with no peak at
+    its level is still dropped."""
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(1.0, 0.09, n_intact), rng.normal(0.22, 0.095, 29), rng.normal(-0.10, 0.056, 16)])
+    seeds = {"": 1.0, "V_X": 0.25, "V_XX": -0.09, "M_X": 2.55}
+    mix = fit_sublattice(x, seeds)
+    assert {"V_X", "V_XX"} <= set(mix.classes) and "M_X" in mix.dropped
+    post = mix.posteriors(x)
+    named = np.array(mix.classes, dtype=object)[post.argmax(axis=1)]
+    assert (named[-16:] == "V_XX").sum() >= 14 and (named[-45:-16] == "V_X").sum() >= 26
+    merged = fit_sublattice(np.concatenate([rng.normal(1.0, 0.09, n_intact), rng.normal(0.22, 0.095, 45)]), seeds)
+    assert "V_XX" in merged.dropped  # one peak: the nearer class keeps it, the other is not invented

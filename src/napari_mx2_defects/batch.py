@@ -216,7 +216,7 @@ def process_file(
         )
         seg_pixel = first.lattice["pixel_size_A"]
     seg = segment_image(
-        plane, seg_pixel, model=model, runtime=runtime, material=material, beam_energy_keV=energy
+        plane, seg_pixel, model=model, runtime=runtime, material=material, beam_energy_keV=energy, optics=optics
     )
     result = analyze_image(
         plane,

@@ -33,7 +33,7 @@ def _cmd_dataset(args):
                        pixel_size_range_A=tuple(args.pixel_size or defaults.pixel_size_range_A),
                        source_size_range_A=tuple(args.source_size or defaults.source_size_range_A),
                        dopants=tuple(el.strip() for el in args.dopants.split(",") if el.strip()),
-                       real_acquisition=args.real_acquisition)
+                       real_acquisition=args.real_acquisition, grain_boundaries=not args.no_grain_boundaries)
     out = generate_dataset(args.out, args.n, spec, seed=args.seed, scheduler=args.scheduler, workers=args.workers,
                            progress=progress_printer(args.quiet), overwrite=args.overwrite)
     print(f"wrote {args.n} samples to {out}")
@@ -87,7 +87,7 @@ def _cmd_segment(args):
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
     seg = segment_image(data, pixel, model=args.model, device=args.device, material=args.material,
-                        beam_energy_keV=image.beam_energy_keV, runtime=args.runtime,
+                        beam_energy_keV=image.beam_energy_keV, optics=image.optics, runtime=args.runtime,
                         progress=progress_printer(args.quiet))
     with stage as staging:
         write_calibrated_tiff(staging / "labels.tif", seg.labels, pixel, title=LABELS_TITLE)
@@ -258,6 +258,8 @@ def add_learn_commands(sub) -> None:
                    "(default: the parent's default dopant)")
     p.add_argument("--real-acquisition", action="store_true",
                    help="add scan flyback, stronger jitter and drift, and denoised inputs (Gaussian, SVD)")
+    p.add_argument("--no-grain-boundaries", action="store_true",
+                   help="no grain boundaries (each one's overlapping columns need an abTEM calibration of their own)")
     p.add_argument("--seed", type=_t("seed"), default=0)
     p.add_argument("--scheduler", help="address of a dask.distributed scheduler (default: a local cluster)")
     p.add_argument("--workers", type=_t("workers"), default=2, help="local worker processes")

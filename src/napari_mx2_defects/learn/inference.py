@@ -258,7 +258,7 @@ def _tile_edges(n: int, tile: int) -> np.ndarray:
 
 
 def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarray, material: str,
-                       beam_energy_keV: float | None = None) -> tuple[np.ndarray, int]:
+                       beam_energy_keV: float | None = None, optics: dict | None = None) -> tuple[np.ndarray, int]:
     """Second stage: give sublattice look-alikes the class of the sublattice they sit on.
 
     Where metal and chalcogen columns are about equally bright (MoSe2: Mo Z=42, Se2 2×34), an empty
@@ -271,12 +271,15 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
     pixels a side (plus a margin): each tile fits its own lattice, which also follows slow scan
     distortion over a large field, and memory stays that of one tile (a whole 8613² image's site
     measurement held several full-size float64 copies).  An image up to that size is one tile.
+    Which sublattice is brighter comes from the forward model at the beam energy and the detector the
+    file records (``optics``, as the analysis takes it): under an ADF detector W and Se2 columns are
+    about equally bright, and the HAADF default would swap them.
 
     Returns
     -------
     labels, n_changed
     """
-    from ..analysis.sites import measure_sites, reference_levels
+    from ..analysis.sites import forward_model, measure_sites, microscope_for
     from ..twin.parents import get_parent
 
     parent = get_parent(material)
@@ -287,7 +290,7 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
     if not found:
         return out, 0
     energy = float(beam_energy_keV) if beam_energy_keV else DEFAULTS["energy_keV"]
-    _, m_brighter = reference_levels(parent.key, round(float(pixel_size_A), 4), energy, None)
+    m_brighter = forward_model(parent.key, round(float(pixel_size_A), 4), microscope_for(energy, optics)).m_brighter
     a_px = parent.a_A / pixel_size_A
     nn_px = a_px / np.sqrt(3)
     centroids = np.array([[cc.mean(), rr.mean()] for _, rr, cc in found])
@@ -330,7 +333,7 @@ def checked_image(image, pixel_size_A: float | None, doing: str) -> np.ndarray:
 def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Path = "default",
                   device: str = "auto", tile: int = 384, overlap: int = 32,
                   return_probabilities: bool = False, material: str | None = None,
-                  beam_energy_keV: float | None = None, runtime: str = "auto",
+                  beam_energy_keV: float | None = None, runtime: str = "auto", optics: dict | None = None,
                   progress: Callable[[float, str], None] = lambda f, m: None,
                   cancelled: Callable[[], bool] = lambda: False) -> Segmentation:
     """Segment a HAADF image of any size.
@@ -342,7 +345,8 @@ def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Pa
     Apart from the outputs, memory does not grow with the image: an 8192² image at the model's
     pixel size needs about 0.5 GB on top of the libraries and the image (benchmarks/RESULTS.md). With
     ``material`` the sublattice of each empty-site or single-chalcogen instance is checked against
-    the fitted lattice (:func:`assign_sublattices`). ``runtime`` chooses what runs the network
+    the fitted lattice (:func:`assign_sublattices`, at ``beam_energy_keV`` and the detector in ``optics``,
+    the keys :func:`~..analysis.api.analyze_image` takes). ``runtime`` chooses what runs the network
     (:mod:`.runtime`: ``auto`` is ONNX Runtime int8 on the CPU, PyTorch on a GPU).
     """
     img = checked_image(image, pixel_size_A, "segmenting")
@@ -355,7 +359,8 @@ def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Pa
     if material:
         # the site fit needs the whole image at the model's pixel size (the image itself if it is there)
         model_scale = resample_to(img.astype(np.float32, copy=False), pixel_size_A, card.pixel_size_A, order=1)
-        labels_m, _ = assign_sublattices(labels_m, card.pixel_size_A, model_scale, material, beam_energy_keV)
+        labels_m, _ = assign_sublattices(labels_m, card.pixel_size_A, model_scale, material, beam_energy_keV,
+                                         optics)
         del model_scale
     instances = instances_from_labels(labels_m, card.pixel_size_A, score_m)
     del score_m

@@ -152,6 +152,17 @@ def check_training_inputs(datasets: list, out: str | Path, config: TrainConfig, 
     return path
 
 
+def _dataset_specs(datasets) -> list[dict | None]:
+    """What each dataset sampled from (its :class:`~.dataset.DatasetSpec` and seed, as the store records them)."""
+    from .dataset import open_dataset
+
+    out = []
+    for d in datasets:
+        attrs = open_dataset(d).attrs
+        out.append({"spec": attrs.get("spec"), "seed": attrs.get("seed")} if attrs.get("spec") else None)
+    return out
+
+
 def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, command: str = "",
           progress: Callable[[float, str], None] = lambda f, m: None,
           log: Callable[[str], None] = print, overwrite: bool = True) -> tuple[Path, dict]:
@@ -211,7 +222,8 @@ def train(dataset: str | Path | list, out: str | Path, config: TrainConfig, comm
         normalisation=NORMALISATION,
         training_data={"datasets": [str(d) for d in datasets], "n_samples": len(xs), "n_train": len(train_idx),
                        "n_validation": int(n_val), "materials": sorted({m["material"] for m in metas}),
-                       "presets": sorted({m["preset"] for m in metas}), "initialised_from": initialised_from},
+                       "presets": sorted({m["preset"] for m in metas}), "specs": _dataset_specs(datasets),
+                       "initialised_from": initialised_from},
         command=command,
         metrics={"validation_pixel": history[-1]["val"] if history else {}, "best_val_vacancy_f1": best_score,
                  "epochs_run": len(history), "config": asdict(config), "train_seconds": t_fit},

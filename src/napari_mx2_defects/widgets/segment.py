@@ -68,7 +68,7 @@ class SegmentWidget(JobWidget, Container):
         model = "default" if self.use_default.value else str(self.checkpoint.value)
         device, runtime, want_probs = self.device.value, self.runtime.value, self.probabilities.value
         material = self.material.value if self.material.value != "(none)" else meta.get("material")
-        energy = meta.get("beam_energy_keV")
+        energy, optics = meta.get("beam_energy_keV"), meta.get("optics")
         want_objects = self.objects.value
         self._context = (layer, pixel)
 
@@ -76,8 +76,8 @@ class SegmentWidget(JobWidget, Container):
             from ..analysis.objects import defect_objects
 
             seg = segment_image(data, pixel, model=model, device=device, return_probabilities=want_probs,
-                                material=material, beam_energy_keV=energy, runtime=runtime, progress=progress,
-                                cancelled=cancelled)
+                                material=material, beam_energy_keV=energy, optics=optics, runtime=runtime,
+                                progress=progress, cancelled=cancelled)
             return seg, (defect_objects(seg.labels, pixel) if want_objects else None)
 
         return self._start(job)
