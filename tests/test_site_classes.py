@@ -276,3 +276,21 @@ def test_a_small_peak_beside_another_is_kept_whatever_the_image_size(n_intact):
     assert (named[-16:] == "V_XX").sum() >= 14 and (named[-45:-16] == "V_X").sum() >= 26
     merged = fit_sublattice(np.concatenate([rng.normal(1.0, 0.09, n_intact), rng.normal(0.22, 0.095, 45)]), seeds)
     assert "V_XX" in merged.dropped  # one peak: the nearer class keeps it, the other is not invented
+
+
+def test_one_peak_between_two_levels_is_the_nearer_class():
+    """Eleven empty Mo sites between the V_M (−0.17) and X_M (0.13) levels, nearer V_M, that EM split over
+    both components (V_M took the lowest one, X_M the other ten: 60 kV ADF, 0.4 Å/px, five named X_M):
+    the component whose peak lies nearer another class's level is the one dropped."""
+    from types import SimpleNamespace
+
+    from napari_mx2_defects.analysis.classes import _unsupported
+
+    names = ["V_M", "X_M", "", "TM_D"]
+    seeds = {"V_M": -0.17, "X_M": 0.13, "": 1.36, "TM_D": 2.9}
+    split = SimpleNamespace(means_=np.array([[-0.147], [-0.047], [1.361], [2.985]]),
+                            covariances_=np.array([[[0.012**2]], [[0.025**2]], [[0.04**2]], [[0.058**2]]]),
+                            weights_=np.array([1, 10, 2161, 22]) / 2194)
+    x = np.random.default_rng(0).normal(1.36, 0.04, 100)  # not used before the level rules decide
+    name, why = _unsupported(split, x, names, seeds, 0.04, False, 2194)
+    assert name == "X_M" and "nearer the level of V_M" in why
