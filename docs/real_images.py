@@ -29,7 +29,8 @@ for path in sorted((shared / "real" / "scilink_mos2").glob("*.npy")):
     # a stated pixel size that puts a > 3.3 Å is wrong: use the self-calibrated one (the layer keeps the
     # file's calibration; the overlays are placed on it by the one adapter, layers.image_frame)
     pixel_used = self_cal.lattice["pixel_size_A"] if result.lattice["a_A"] > 3.3 else pixel
-    seg = segment_image(image, pixel_used, material="MoS2", beam_energy_keV=layer.metadata["beam_energy_keV"])
+    seg = segment_image(image, pixel_used, material="MoS2", beam_energy_keV=layer.metadata["beam_energy_keV"],
+                        optics=layer.metadata.get("optics"))
     add_layers(viewer, segmentation_layers(seg, layer, pixel_used, name="model"))
     viewer.reset_view()
     shot = out / f"real_{path.stem}.png"
