@@ -75,6 +75,17 @@ def test_truth_positions_sit_on_intensity_maxima(mos2_twin):
         assert abs(di - 3) <= 1 and abs(dj - 3) <= 1
 
 
+def _offsets_to_maxima_px(img, sites, py, px) -> list[float]:
+    """Distance (pixels) from each site to the brightest pixel of the 9×9 window around it."""
+    offsets = []
+    for _, s in sites.iterrows():
+        i, j = int(round(s.y_A / py)), int(round(s.x_A / px))
+        window = img[i - 4 : i + 5, j - 4 : j + 5]
+        di, dj = np.unravel_index(np.argmax(window), window.shape)
+        offsets.append(np.hypot(di - 4, dj - 4))
+    return offsets
+
+
 def test_truth_follows_drift():
     twin = simulate_twin(TwinRequest(material="MoS2", defects="V_M=2", fov_A=30.0, seed=2,
                                      imperfections=Imperfections(drift_A_per_line=(0.004, 0.002))))
@@ -82,13 +93,7 @@ def test_truth_follows_drift():
     metals = twin.sites[(twin.sites.sublattice == "M") & (twin.sites.defect_class == "")]
     inside = metals[(metals.x_A > 3) & (metals.y_A > 3) & (metals.x_A < twin.extent_xy_A[0] - 3)
                     & (metals.y_A < twin.extent_xy_A[1] - 3)].iloc[::5]
-    offsets = []
-    for _, s in inside.iterrows():
-        i, j = int(round(s.y_A / py)), int(round(s.x_A / px))
-        window = img[i - 4 : i + 5, j - 4 : j + 5]
-        di, dj = np.unravel_index(np.argmax(window), window.shape)
-        offsets.append(np.hypot(di - 4, dj - 4))
-    assert np.median(offsets) <= 1.0
+    assert np.median(_offsets_to_maxima_px(img, inside, py, px)) <= 1.0
 
 
 def test_truth_follows_scan_flyback():
@@ -105,12 +110,7 @@ def test_truth_follows_scan_flyback():
     assert np.allclose(shift[x > 2], -0.8 * np.exp(-x[x > 2] / 15.0), atol=0.05)
     near = twin.sites[metals & (twin.sites.x_A > 2) & (twin.sites.x_A < 12) & (twin.sites.y_A > 3)
                       & (twin.sites.y_A < twin.extent_xy_A[1] - 3)]
-    offsets = []
-    for _, s in near.iterrows():
-        i, j = int(round(s.y_A / py)), int(round(s.x_A / px))
-        window = img[i - 4 : i + 5, j - 4 : j + 5]
-        di, dj = np.unravel_index(np.argmax(window), window.shape)
-        offsets.append(np.hypot(di - 4, dj - 4))
+    offsets = _offsets_to_maxima_px(img, near, py, px)
     assert len(offsets) >= 10 and np.median(offsets) <= 1.0
 
 
