@@ -37,8 +37,8 @@ def test_f1_on_held_out_twins_at_high_dose():
     ("WSe2", "V_X=2%,V_XX=1%,V_M=1%,TM_D(Ti)=2%", "Ti"),  # lighter: the issue's real case
 ])
 def test_reported_answer_at_held_out_optics(material, defects, dopant):
-    """Optics the shipped model was not trained at — an 80 kV ADF detector (30–150 mrad; the training bank's
-    80 kV microscope is HAADF 50–200), a 0.3 Å source — at 1e5 e/Å² and at 0.2 and 0.4 Å/px: the answer the
+    """Optics the shipped model was not trained at — an 80 kV ADF detector (30–150 mrad; its training
+    microscopes have 45–60 mrad inner angles), a 0.3 Å source — at 1e5 e/Å² and at 0.2 and 0.4 Å/px: the answer the
     plugin reports (segment, then analyse with the material, the dopant and the detector given) scores
     per-instance F1 ≥ 0.90 for V_X, V_XX, V_M and TM_D, and the intact sites hold ≤ 1 false defect per 1,000."""
     from napari_mx2_defects.learn.evaluate import instance_scores, score_pipeline_on_twin
