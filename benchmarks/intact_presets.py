@@ -39,9 +39,7 @@ def measure(preset: str, pixel_size_A: float, dose_e_per_A2: float, seed: int = 
                                      imperfections=Imperfections(dose_e_per_A2=dose_e_per_A2, scan_jitter_A=0.02)))
     seg = segment_image(twin.image, pixel_size_A, model=model, material="MoS2",
                         beam_energy_keV=microscope.energy_keV)
-    optics = {"convergence_semiangle_mrad": microscope.semiangle_mrad,
-              "detector_inner_mrad": microscope.detector_inner_mrad,
-              "detector_outer_mrad": microscope.detector_outer_mrad}
+    optics = microscope.recorded_optics()
     result = analyze_image(twin.image, pixel_size_A, "MoS2", defects=seg.defects,
                            beam_energy_keV=microscope.energy_keV, optics=optics)
     sites = result.sites[~result.sites.in_hole.astype(bool)]

@@ -48,6 +48,8 @@ def _points(table: pd.DataFrame, pixel_size_A: tuple[float, float], name: str, c
 
 def twin_layers(twin, name: str = "twin") -> list[LayerData]:
     """Image, ground-truth Labels and defect Points of a :class:`~.twin.api.Twin`, all in Å."""
+    from .twin.microscope import Microscope
+
     scale = list(twin.pixel_size_A)
     micro = twin.settings["request"]["microscope"]  # the optics the twin was imaged with, as a reader records them
     meta = {
@@ -55,9 +57,7 @@ def twin_layers(twin, name: str = "twin") -> list[LayerData]:
         "calibrated": True,
         "beam_energy_keV": micro["energy_keV"],
         "material": twin.settings["parent"]["formula"],
-        "optics": {"beam_energy_keV": micro["energy_keV"], "convergence_semiangle_mrad": micro["semiangle_mrad"],
-                   "detector_inner_mrad": micro["detector_inner_mrad"],
-                   "detector_outer_mrad": micro["detector_outer_mrad"]},
+        "optics": Microscope(**micro).recorded_optics(),
         "twin_settings": twin.settings,
     }
     pixels, truth = image_pyramid(twin.image), label_pyramid(twin.labels)  # large twins: smooth panning

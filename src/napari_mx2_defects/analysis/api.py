@@ -23,7 +23,7 @@ from ..core.classes import DEFECT_CLASSES
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
 from .classes import fit_site_classes, z_contrast_levels
-from .columns import values_at
+from .columns import real_image, values_at
 from .sites import find_holes, fit_source_size, forward_model, left_out, measure_sites, microscope_for, relative_noise
 from .statistics import concentration_table
 
@@ -166,8 +166,6 @@ def _validate(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected one 2-D image, got shape {img.shape}; pick a single frame first")
     if min(img.shape) < 32:
         raise ValueError(f"image {img.shape} is too small to analyse (need at least 32×32 pixels)")
-    from .columns import real_image
-
     img = real_image(img)  # float32 and float64 images are analysed as they are (no copy)
     bad = ~np.isfinite(img)
     if bad.all():

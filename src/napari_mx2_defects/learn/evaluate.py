@@ -132,11 +132,7 @@ def score_pipeline_on_twin(twin, material: str, microscope=None, dopant: str | N
 
     pixel = twin.pixel_size_A[1]
     energy = microscope.energy_keV if microscope is not None else None
-    optics = None
-    if microscope is not None:
-        optics = {"convergence_semiangle_mrad": microscope.semiangle_mrad,
-                  "detector_inner_mrad": microscope.detector_inner_mrad,
-                  "detector_outer_mrad": microscope.detector_outer_mrad}
+    optics = microscope.recorded_optics() if microscope is not None else None
     seg = segment_image(twin.image, pixel, model=model, material=material, beam_energy_keV=energy, optics=optics,
                         runtime=runtime)
     result = analyze_image(twin.image, pixel, material, defects=seg.defects, beam_energy_keV=energy, dopant=dopant,

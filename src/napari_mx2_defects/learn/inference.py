@@ -299,10 +299,9 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
     tile_y = np.clip(np.searchsorted(edges_y, centroids[:, 1], side="right") - 1, 0, len(edges_y) - 2)
     tile_x = np.clip(np.searchsorted(edges_x, centroids[:, 0], side="right") - 1, 0, len(edges_x) - 2)
     changed = 0
-    for ty, tx in sorted(set(zip(tile_y.tolist(), tile_x.tolist()))):
-        margin = SUBLATTICE_MARGIN_PX if (len(edges_y) > 2 or len(edges_x) > 2) else 0
-        y0, y1 = max(0, edges_y[ty] - margin), min(ny, edges_y[ty + 1] + margin)
-        x0, x1 = max(0, edges_x[tx] - margin), min(nx, edges_x[tx + 1] + margin)
+    for ty, tx in sorted(set(zip(tile_y.tolist(), tile_x.tolist()))):  # one tile: the whole image
+        y0, y1 = max(0, edges_y[ty] - SUBLATTICE_MARGIN_PX), min(ny, edges_y[ty + 1] + SUBLATTICE_MARGIN_PX)
+        x0, x1 = max(0, edges_x[tx] - SUBLATTICE_MARGIN_PX), min(nx, edges_x[tx + 1] + SUBLATTICE_MARGIN_PX)
         sites = measure_sites(image[y0:y1, x0:x1], a_px, m_brighter, border_px=0.0).sites
         tree = cKDTree(sites[["x_px", "y_px"]].to_numpy())
         for k in np.flatnonzero((tile_y == ty) & (tile_x == tx)):

@@ -80,6 +80,12 @@ class Microscope:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def recorded_optics(self) -> dict:
+        """These optics under the keys a reader records them (:mod:`..io.optics`; layer metadata
+        ``"optics"``, the ``optics`` argument of the analysis and the segmentation)."""
+        return {"beam_energy_keV": self.energy_keV, "convergence_semiangle_mrad": self.semiangle_mrad,
+                "detector_inner_mrad": self.detector_inner_mrad, "detector_outer_mrad": self.detector_outer_mrad}
+
     def key(self) -> str:
         return ",".join(f"{k}={v:g}" for k, v in sorted(self.as_dict().items()))
 
