@@ -46,7 +46,9 @@ for path in sorted((shared / "real" / "scilink_mos2").glob("*.npy")):
     print(f"  fitted: source size {fo['source_size_A']} Å, relative noise {fo['relative_noise']}, Z exponent "
           f"{fo['z_exponent']:.2f} (model {fo['z_exponent_forward_model']:.2f}), M/X2 {fo['m_over_x2_image']:.2f}; "
           f"classes {({k: v['classes'] for k, v in lat['mixture'].items()})}; flagged {lat['n_flagged_sites']}; "
-          f"model/physics/both {({k: (v['model'], v['physics'], v['both']) for k, v in lat['model_vs_physics'].items()})}")
+          f"model/physics/both {({k: (v['model'], v['physics'], v['both']) for k, v in lat['model_vs_physics'].items()})}; "
+          f"unverifiable {({k: v['unverifiable'] for k, v in lat['mixture'].items()})}; reported "
+          f"{checked.sites.reported_class.astype(str).replace('', 'intact').value_counts().to_dict()}")
     counts = seg.defects.defect_class.value_counts().to_dict()
     print(f"{path.name}: stated pixel {pixel:.5f} Å → a = {result.lattice['a_A']:.3f} Å "
           f"(a1 {result.lattice['a1_A']:.3f}, a2 {result.lattice['a2_A']:.3f}, angle {result.lattice['angle_deg']:.1f}°), "

@@ -308,5 +308,42 @@ def test_one_answer_per_site_rule():
         "defect_class": ["V_XX", "", "V_XX", "", "V_X", "X_M"],
         "p_class": [0.99, 0.97, 0.6, 0.99, 0.99, 0.95],
         "flagged": [False, False, True, False, False, False],
+        "sublattice": ["X", "X", "X", "X", "X", "M"],
     })
     assert list(one_answer_per_site(sites)) == ["V_XX", "V_X", "V_X", "X_i", "", "X_M"]
+    # a class the noise lets no single site confirm is not counted, unless the physics names the site
+    assert list(one_answer_per_site(sites, {"X": ["V_X"], "M": []})) == ["V_XX", "", "", "X_i", "", "X_M"]
+    # a lattice-site class on the other sublattice contradicts the fitted lattice
+    wrong = sites.assign(sublattice=["X", "M", "M", "M", "X", "X"], defect_class="", flagged=False)
+    assert list(one_answer_per_site(wrong)) == ["V_X", "", "", "X_i", "", ""]
+
+
+def test_model_detections_the_noise_cannot_confirm_are_not_counted():
+    """Intact MoS2 at 1e4 e/Å², 0.4 Å/px (the default optics, whose calibration the suite shares): V_X's
+    calibrated level lies ~2.6 intact widths below S2, and the shipped model names dozens of the S2 peak's
+    lower tail V_X; none is counted, each is flagged for review and a note says why.  (The same happens
+    at 200 kV HAADF, 1e5 e/Å², where it was found: benchmarks/intact_presets.py.)"""
+    from napari_mx2_defects.analysis.api import analyze_image
+    from napari_mx2_defects.analysis.classes import VERIFIABLE_SD
+    from napari_mx2_defects.learn.inference import segment_image
+    from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
+    from napari_mx2_defects.twin.imperfections import Imperfections
+    from napari_mx2_defects.twin.microscope import OPTICS_PRESETS
+
+    microscope = OPTICS_PRESETS["80kV-HAADF"]
+    twin = simulate_twin(TwinRequest(material="MoS2", defects="", fov_A=100.0, pixel_size_A=0.4, seed=7,
+                                     microscope=microscope,
+                                     imperfections=Imperfections(dose_e_per_A2=1e4, scan_jitter_A=0.02)))
+    optics = microscope.recorded_optics()
+    seg = segment_image(twin.image, 0.4, material="MoS2", beam_energy_keV=microscope.energy_keV, optics=optics)
+    result = analyze_image(twin.image, 0.4, "MoS2", defects=seg.defects, beam_energy_keV=microscope.energy_keV,
+                           optics=optics)
+    sites = result.sites
+    mix = result.lattice["mixture"]["X"]
+    assert "V_X" in mix["unverifiable"]
+    assert abs(mix["seeds"]["V_X"] - mix["seeds"]["intact"]) < VERIFIABLE_SD * mix["intact_width"]
+    detected = sites.model_class.astype(str) == "V_X"
+    assert detected.sum() >= 10  # the model's false detections this guards against
+    assert (sites.reported_class.astype(str) == "V_X").sum() == 0
+    assert sites.flagged[detected].all()
+    assert any("V_X detections are not counted" in note for note in result.notes)

@@ -19,10 +19,10 @@ from scipy.spatial import cKDTree
 from ..core.jobs import stepper
 from ..core.parameters import DEFAULTS
 from ..core.validation import BOUNDS
-from ..core.classes import DEFECT_CLASSES
+from ..core.classes import DEFECT_CLASSES, SUBLATTICE_OF
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
-from .classes import fit_site_classes, z_contrast_levels
+from .classes import VERIFIABLE_SD, fit_site_classes, z_contrast_levels
 from .columns import real_image, values_at
 from .sites import find_holes, fit_source_size, forward_model, left_out, measure_sites, microscope_for, relative_noise
 from .statistics import concentration_table
@@ -452,8 +452,27 @@ def _classify_sites(sites: pd.DataFrame, levels, dopant, a_px: float, defects, n
     dirty = left_out(sites)  # carbon on a column lifts its intensity, a stack is not the monolayer: fit without them
     site_classes = fit_site_classes(sites[~dirty].reset_index(drop=True), levels, dopant)
     notes += site_classes.notes
-    _set_classes(sites, site_classes.classes, site_classes.p_class, site_classes.flagged, dopant, a_px, defects)
+    _set_classes(sites, site_classes.classes, site_classes.p_class, site_classes.flagged, dopant, a_px,
+                 defects, unverifiable=site_classes.unverifiable)
+    if "reported_class" in sites:
+        _note_unverifiable(sites, site_classes, notes)
     return site_classes
+
+
+def _note_unverifiable(sites: pd.DataFrame, site_classes, notes: list[str]) -> None:
+    """Say which of the model's detections are not counted (:func:`one_answer_per_site`), and why."""
+    left = sites[(sites.model_class.astype(str) != "") & (sites.reported_class.astype(str) == "")]
+    for (sub, name), n in left.groupby(["sublattice", "model_class"]).size().items():
+        head = f"{n} of the model's {name} detections are not counted (flagged for review)"
+        if SUBLATTICE_OF.get(name) != sub:
+            notes.append(f"{head}: they sit on {sub} sites of the fitted lattice, and {name} is a defect of the "
+                         f"other sublattice")
+            continue
+        mix = site_classes.mixtures[sub]
+        notes.append(f"{head}: {name}'s level {mix.seeds[name]:.2f} lies within {VERIFIABLE_SD:g} widths "
+                     f"({mix.intact_width:.3f}) of intact {sub} ({mix.seeds['']:.2f}), so at this image's noise "
+                     f"no single site of it can be confirmed; a higher dose, or a detector with more Z contrast, "
+                     f"would")
 
 
 def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, forward, alloy,
@@ -510,9 +529,9 @@ def _alloy_record(lattice: dict, sites: pd.DataFrame, region_masks, alloy, fit) 
 
 
 def _set_classes(sites: pd.DataFrame, classes, p_class, flagged, dopant, a_px: float, defects,
-                 dirty: np.ndarray | None = None) -> None:
+                 dirty: np.ndarray | None = None, unverifiable: dict[str, list[str]] | None = None) -> None:
     """Classes of the counted sites (``dirty``: contaminated or another phase, left '') with holes blanked and the model's
-    detections matched, into ``sites`` (in place)."""
+    detections matched, into ``sites`` (in place); ``unverifiable``: see :func:`one_answer_per_site`."""
     dirty = left_out(sites) if dirty is None else dirty
     n = len(sites)
     all_classes, all_p, all_flagged = np.full(n, "", dtype=object), np.full(n, np.nan), np.zeros(n, bool)
@@ -527,7 +546,9 @@ def _set_classes(sites: pd.DataFrame, classes, p_class, flagged, dopant, a_px: f
     sites["in_hole"] = in_hole
     if defects is not None and len(defects):
         sites["model_class"] = _match_to_sites(sites, defects)
-        sites["reported_class"] = one_answer_per_site(sites)
+        sites["reported_class"] = one_answer_per_site(sites, unverifiable)
+        left = (sites.model_class.astype(str) != "").to_numpy() & (sites.reported_class.astype(str) == "")
+        sites["flagged"] = sites.flagged.to_numpy(bool) | left  # the model's answers not counted: review
 
 
 def _check_scale(a_A: float, parent, pixel_size_A: float, self_calibrated: bool, from_model: bool,
@@ -567,14 +588,24 @@ def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str]) ->
     return levels, z_contrast
 
 
-def one_answer_per_site(sites: pd.DataFrame) -> np.ndarray:
+def one_answer_per_site(sites: pd.DataFrame, unverifiable: dict[str, list[str]] | None = None) -> np.ndarray:
     """The class reported for each site when a model's detections are given (``reported_class``).
 
     The rule: **the model localises, the calibrated site physics names lattice-site classes, the model
     alone names off-lattice classes.**  A site the model detects is reported with the physics class
     when the physics names a lattice-site defect there with a posterior ≥ ``MIN_POSTERIOR`` (its levels
     are calibrated on this image; the model's class is a twin-trained guess); otherwise with the
-    model's class (the physics is unsure, calls it intact, or the class is off-lattice).  A site the
+    model's class (the physics is unsure, calls it intact, or the class is off-lattice) — unless
+
+    * the model's class belongs to the other sublattice (``M_X`` on a metal site): the fitted lattice
+      contradicts it, or
+    * its calibrated level lies within :data:`~.classes.VERIFIABLE_SD` intact widths of intact on that
+      sublattice (``unverifiable[sublattice]``, :attr:`.classes.SublatticeMixture.unverifiable`): at this
+      image's noise nothing can confirm that single site;
+
+    such a site is reported intact (the caller flags it for review).  Without these, a model never
+    trained at such optics named the lower tail of the intact S2 peak V_X and bright metal columns M_X
+    (30 per 1,000 intact sites at 200 kV HAADF, 1e5 e/Å², 0.4 Å/px).  A site the
     model does not detect is reported intact: the physics' own calls stay in ``defect_class``, and how
     often the two agree is in ``model_vs_physics``.
     """
@@ -582,7 +613,13 @@ def one_answer_per_site(sites: pd.DataFrame) -> np.ndarray:
     physics = sites.defect_class.astype(str).to_numpy()
     sure = ~sites.flagged.to_numpy(bool)
     named = (model != "") & (physics != "") & sure
-    return np.where(named, physics, model).astype(object)
+    reported = np.where(named, physics, model).astype(object)
+    sublattice = sites.sublattice.astype(str).to_numpy()
+    belongs = np.array([SUBLATTICE_OF.get(name, "H") for name in model], dtype=object)
+    reported[~named & np.isin(belongs, ["M", "X"]) & (belongs != sublattice)] = ""
+    for sub, names in (unverifiable or {}).items():
+        reported[~named & (sublattice == sub) & np.isin(model, list(names))] = ""
+    return reported
 
 
 def model_physics_agreement(sites: pd.DataFrame) -> dict:

@@ -35,13 +35,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["MIN_POSTERIOR", "RESOLVABLE_SD", "SiteClasses", "SublatticeMixture", "fit_site_classes",
-           "z_contrast_levels"]
+__all__ = ["MIN_POSTERIOR", "RESOLVABLE_SD", "VERIFIABLE_SD", "SiteClasses", "SublatticeMixture",
+           "fit_site_classes", "z_contrast_levels"]
 
 #: Sites whose class posterior is below this are flagged for review.
 MIN_POSTERIOR = 0.9
 #: Two levels closer than this many fitted widths are not separable by intensity.
 RESOLVABLE_SD = 2.0
+#: A model's detection of a class is counted only when the class's calibrated level lies at least this many
+#: intact widths from intact: a site at that level is then e^(3²/2) ≈ 90 times likelier that class than
+#: intact.  Nearer, the image cannot confirm a single site, and a model never trained at such optics named
+#: the lower tail of the intact S2 peak V_X (200 kV HAADF, 1e5 e/Å²: V_X 1.3–2.0 widths from intact, against
+#: ≥ 8.6 at every held-out optics preset at that dose; benchmarks/RESULTS.md).
+VERIFIABLE_SD = 3.0
 #: Narrowest component, as a fraction of the intact peak's robust width (a class with few sites must
 #: not collapse onto them).
 WIDTH_FLOOR = 0.3
@@ -106,6 +112,14 @@ class SublatticeMixture:
     seeds: dict[str, float]
     dropped: dict[str, str] = field(default_factory=dict)
     tail: tuple[float, float, float] | None = None  # mean, sd, weight
+    intact_width: float = float("nan")  # the sublattice's robust width, in which separability is measured
+
+    @property
+    def unverifiable(self) -> list[str]:
+        """Classes whose calibrated level lies within :data:`VERIFIABLE_SD` widths of intact: at this
+        image's noise no single site of theirs can be confirmed by its intensity."""
+        return sorted(name for name, level in self.seeds.items()
+                      if name and abs(level - self.seeds[""]) < VERIFIABLE_SD * self.intact_width)
 
     def posteriors(self, x: np.ndarray) -> np.ndarray:
         """Posterior of each class (columns in ``classes`` order; the tail counts as intact).
@@ -145,7 +159,8 @@ class SublatticeMixture:
         return {"classes": [c or "intact" for c in self.classes], "means": self.means, "sds": self.sds,
                 "weights": self.weights, "intact_tail": list(self.tail) if self.tail else None,
                 "seeds": {k or "intact": v for k, v in self.seeds.items()},
-                "dropped": {k or "intact": v for k, v in self.dropped.items()}, "thresholds": self.thresholds}
+                "dropped": {k or "intact": v for k, v in self.dropped.items()}, "thresholds": self.thresholds,
+                "intact_width": self.intact_width, "unverifiable": self.unverifiable}
 
 
 @dataclass
@@ -157,6 +172,11 @@ class SiteClasses:
     flagged: np.ndarray
     mixtures: dict[str, SublatticeMixture]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def unverifiable(self) -> dict[str, list[str]]:
+        """Per sublattice, the classes no single site of which this image's noise lets one confirm."""
+        return {sub: mix.unverifiable for sub, mix in self.mixtures.items()}
 
 
 def _fit(x: np.ndarray, names: list[str], seeds: dict, sd0: float, tail: bool = True, seed: int = 0):
@@ -308,7 +328,7 @@ def fit_sublattice(x: np.ndarray, seeds: dict[str, float], preferred: str | None
         x = np.random.default_rng(0).choice(x, FIT_SAMPLE, replace=False)
     if len(x) < 3 * (len(names) + 1) or len(names) == 1:
         return SublatticeMixture("", [""], [float(np.mean(x)) if len(x) else intact], [sd0], [1.0], seeds,
-                                 {**dropped, **{n: "too few sites to fit" for n in names if n}})
+                                 {**dropped, **{n: "too few sites to fit" for n in names if n}}, intact_width=sd0)
     # the tail is for heavy skirts of the intact peak; where it would take a peak of its own, go without
     gm = _fit(x, names, seeds, sd0, True)
     tail = _tail_is_intact(gm, names)
@@ -326,7 +346,7 @@ def fit_sublattice(x: np.ndarray, seeds: dict[str, float], preferred: str | None
     weights = [float(w) for w in gm.weights_]
     k = len(names)
     return SublatticeMixture("", names, means[:k], sds[:k], weights[:k], seeds, dropped,
-                             tail=(means[k], sds[k], weights[k]) if tail else None)
+                             tail=(means[k], sds[k], weights[k]) if tail else None, intact_width=sd0)
 
 
 def fit_site_classes(sites: pd.DataFrame, levels: dict, dopant: str | None = None,

@@ -87,5 +87,6 @@ def add_runtime_option(parser) -> None:
     from ..core.parameters import RUNTIMES
 
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
-                        help="what runs the network: auto (ONNX Runtime int8 on the CPU, PyTorch on a GPU), "
-                             "torch, onnx (fp32) or onnx-int8")
+                        help="what runs the network: auto (OpenVINO on the CPU, PyTorch on a GPU), torch, "
+                             "onnx (ONNX Runtime fp32), onnx-int8, openvino (bf16 where the CPU has it) or "
+                             "openvino-int8")

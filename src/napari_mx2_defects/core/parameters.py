@@ -233,7 +233,7 @@ PIXEL_OVERRIDE = _p("image_pixel_size_A", "pixel size", None, "--pixel-size",
                     step=0.005, none="the file's")
 
 #: What may run the network (:mod:`..learn.runtime`): ``segment --runtime`` and the docks' runtime field.
-RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
 #: What ``segment`` and the *Find defects* dock ask for besides the image and the model.
 SEGMENT_PARAMETERS: tuple[Parameter | Pair, ...] = (PIXEL_OVERRIDE,)

@@ -32,7 +32,8 @@ class Segmentation:
     probabilities: np.ndarray | None  # float16 (n_classes, H, W) when asked for
     card: ModelCard
     device: str
-    runtime: str = "torch"  # what ran the network (learn.runtime): torch, torch-bfloat16, onnx, onnx-int8
+    runtime: str = "torch"  # what ran the network (learn.runtime): torch, torch-bfloat16, onnx, onnx-int8,
+    # openvino-bf16, openvino-fp32, openvino-int8
 
 
 _MODEL_CACHE: dict = {}
@@ -346,7 +347,7 @@ def segment_image(image: np.ndarray, pixel_size_A: float | None, model: str | Pa
     ``material`` the sublattice of each empty-site or single-chalcogen instance is checked against
     the fitted lattice (:func:`assign_sublattices`, at ``beam_energy_keV`` and the detector in ``optics``,
     the keys :func:`~..analysis.api.analyze_image` takes). ``runtime`` chooses what runs the network
-    (:mod:`.runtime`: ``auto`` is ONNX Runtime int8 on the CPU, PyTorch on a GPU).
+    (:mod:`.runtime`: ``auto`` is OpenVINO on the CPU, PyTorch on a GPU).
     """
     img = checked_image(image, pixel_size_A, "segmenting")
     net, card = load_model(model, device)

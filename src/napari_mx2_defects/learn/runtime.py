@@ -1,4 +1,4 @@
-"""Inference runtimes: one network, run by PyTorch or by ONNX Runtime, chosen per device.
+"""Inference runtimes: one network, run by PyTorch, ONNX Runtime or OpenVINO, chosen per device.
 
 A runner maps a batch of normalised tiles ``(n, 1, tile, tile)`` float32 to class probabilities
 ``(n, n_classes, tile, tile)`` float32 (the softmax is part of what it runs). The tiling, blending
@@ -17,9 +17,16 @@ Runtimes
     with ONNX Runtime's quantiser, its activation ranges calibrated on fast digital twins of several parents at the
     model's pixel size (:func:`calibration_tiles`, fixed seeds), so the quantised model never
     depends on the user's image. Held-out F1 against the PyTorch path is in benchmarks/RESULTS.md.
+``openvino``
+    The fp32 graph compiled by OpenVINO for this CPU at OpenVINO's own inference precision: bfloat16
+    on CPUs with bf16 units (AVX-512 BF16, AMX), fp32 elsewhere (the runner's name says which). On the
+    development machine's AMX cores it runs ~4× faster than ONNX Runtime int8 (benchmarks/RESULTS.md).
+``openvino-int8``
+    The same int8 graph as ``onnx-int8`` (quantised once by ONNX Runtime's quantiser), compiled by
+    OpenVINO: int8 convolutions on VNNI/AMX units.
 ``auto``
-    ``torch`` on a GPU (CUDA or MPS); on the CPU ``onnx-int8`` when onnxruntime is installed, else
-    ``torch``.
+    ``torch`` on a GPU (CUDA or MPS); on the CPU ``openvino`` when OpenVINO is installed, else
+    ``onnx-int8`` when onnxruntime is, else ``torch``.
 
 Exported graphs are built in a separate process (:func:`build_graphs`) and cached in ``<cache>/onnx/``
 (``$MX2_DEFECTS_ONNX_DIR``, else ``$MX2_DEFECTS_CACHE`` or the user cache folder)
@@ -33,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,11 +51,13 @@ from ..core.parameters import RUNTIMES
 __all__ = [
     "RUNTIMES",
     "OnnxRunner",
+    "OpenVinoRunner",
     "TorchRunner",
     "build_graphs",
     "calibration_tiles",
     "make_runner",
     "onnx_available",
+    "openvino_available",
     "resolve_runtime",
 ]
 
@@ -71,12 +81,33 @@ def onnx_available() -> bool:
     return True
 
 
+def openvino_available() -> bool:
+    """Whether OpenVINO can be imported here (its graphs come from the ONNX export, so onnx is needed too)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return onnx_available()
+
+
 def resolve_runtime(runtime: str, device) -> str:
     """The runtime ``auto`` stands for on ``device``; a named runtime that cannot run there is refused."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {str(runtime)[:40]!r}; use {', '.join(RUNTIMES)}")
     if runtime == "auto":
-        return "onnx-int8" if device.type == "cpu" and onnx_available() else "torch"
+        if device.type != "cpu":
+            return "torch"
+        return "openvino" if openvino_available() else "onnx-int8" if onnx_available() else "torch"
+    if runtime.startswith("openvino"):
+        if device.type != "cpu":
+            raise ValueError(
+                f"runtime {runtime} runs on the CPU; use --device cpu, or --runtime torch on {device.type}"
+            )
+        if not openvino_available():
+            raise ValueError(
+                f"runtime {runtime} needs openvino, onnxruntime and onnx (pip install openvino onnxruntime "
+                f"onnx); or use --runtime onnx-int8 or torch"
+            )
     if runtime.startswith("onnx"):
         if device.type != "cpu":
             raise ValueError(
@@ -133,6 +164,33 @@ class OnnxRunner:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: np.ascontiguousarray(batch, np.float32)})[0]
+
+
+class OpenVinoRunner:
+    """An OpenVINO compiled model on the CPU (dynamic batch and tile size; the CPU plugin prepares each new
+    shape on its first call). Safe to share between threads (the segment dock and a batch may run at once)."""
+
+    def __init__(self, graph: Path, name: str):
+        import openvino as ov
+        import torch
+
+        core = ov.Core()
+        self.compiled = core.compile_model(
+            core.read_model(str(graph)),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY"},
+        )
+        self._local = threading.local()  # an infer request serves one thread at a time: one per thread
+        precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        if name == "openvino":  # what the CPU runs the fp32 graph at
+            name = "openvino-bf16" if "bf16" in precision or "bfloat16" in precision else "openvino-fp32"
+        self.name = name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request.infer({0: np.ascontiguousarray(batch, np.float32)})[0].copy()
 
 
 def _file_digest(path: Path) -> str:
@@ -330,8 +388,8 @@ def make_runner(
     name = resolve_runtime(runtime, device)
     if name == "torch":
         return TorchRunner(net, device)
-    graph = _onnx_graph(Path(weights), "int8" if name == "onnx-int8" else "fp32", pixel_size_A, progress)
-    key = (str(graph), torch.get_num_threads())
+    graph = _onnx_graph(Path(weights), "int8" if name.endswith("-int8") else "fp32", pixel_size_A, progress)
+    key = (str(graph), name, torch.get_num_threads())
     if key not in _RUNNERS:
-        _RUNNERS[key] = OnnxRunner(graph, name)
+        _RUNNERS[key] = (OpenVinoRunner if name.startswith("openvino") else OnnxRunner)(graph, name)
     return _RUNNERS[key]

@@ -37,7 +37,7 @@ class SegmentWidget(JobWidget, Container):
         self.material.native.setEditable(True)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.runtime = ComboBox(label="runtime", choices=list(RUNTIMES), value="auto",
-                                tooltip="auto: ONNX Runtime int8 on the CPU, PyTorch on a GPU")
+                                tooltip="auto: OpenVINO on the CPU, PyTorch on a GPU")
         self.probabilities = CheckBox(label="add probability image", value=False)
         self.objects = CheckBox(label="add contours and boxes (Shapes)", value=False,
                                 tooltip="each defect and each cluster of adjacent defects as an object")
