@@ -118,6 +118,8 @@ class SublatticeMixture:
     def unverifiable(self) -> list[str]:
         """Classes whose calibrated level lies within :data:`VERIFIABLE_SD` widths of intact: at this
         image's noise no single site of theirs can be confirmed by its intensity."""
+        if "" not in self.seeds:  # an alloy's column types: no intact level to measure from
+            return []
         return sorted(name for name, level in self.seeds.items()
                       if name and abs(level - self.seeds[""]) < VERIFIABLE_SD * self.intact_width)
 

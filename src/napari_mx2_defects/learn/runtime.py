@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
+import queue
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,17 +180,24 @@ class OpenVinoRunner:
             "CPU",
             {"INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY"},
         )
-        self._local = threading.local()  # an infer request serves one thread at a time: one per thread
+        # an infer request serves one call at a time: a free one is taken from the pool, or a new one made.
+        # (Not one per thread in a threading.local: a request freed while Qt tears down a pooled thread's
+        # Python state crashed napari.)
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
         precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
         if name == "openvino":  # what the CPU runs the fp32 graph at
             name = "openvino-bf16" if "bf16" in precision or "bfloat16" in precision else "openvino-fp32"
         self.name = name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        return request.infer({0: np.ascontiguousarray(batch, np.float32)})[0].copy()
+        try:
+            request = self._free.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            return request.infer({0: np.ascontiguousarray(batch, np.float32)})[0].copy()
+        finally:
+            self._free.put(request)
 
 
 def _file_digest(path: Path) -> str:
