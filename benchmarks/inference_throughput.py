@@ -7,7 +7,7 @@ at 0.2 Å/pixel (the model's pixel size: no resampling) unless ``--pixel-size-A`
 Run:
 
     python benchmarks/inference_throughput.py [--sizes 1024 4096 8192] [--device auto] [--pixel-size-A 0.2]
-        [--runtime auto torch onnx onnx-int8] [--tile 384] [--overlap 32]
+        [--runtime auto torch onnx onnx-int8 openvino openvino-int8] [--tile 384] [--overlap 32]
 
 Each runtime's ONNX graph is exported (and quantised) before the clock starts; that is a
 once-per-machine cost, cached on disk (``learn.runtime``).

@@ -5,7 +5,7 @@ once and kept in memory; each runtime (``learn.runtime``) segments every one of 
 per-class instance F1 (1 Å matching, 1.5 Å border left out) is summed over all twins per runtime.
 Also reports the fraction of pixels whose class differs from the PyTorch path. Run:
 
-    python benchmarks/runtime_accuracy.py [--runtimes torch onnx onnx-int8 onnx-int8:512/32] [--n 2]
+    python benchmarks/runtime_accuracy.py [--runtimes torch onnx-int8 openvino openvino-int8 openvino:384/32] [--n 2]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument(
         "--runtimes",
         nargs="+",
-        default=["torch", "onnx", "onnx-int8"],
+        default=["torch", "onnx-int8", "openvino", "openvino-int8"],
         help="runtimes to compare, each optionally with its tiling: onnx-int8:512/32 (tile/overlap)",
     )
     parser.add_argument("--n", type=int, default=1, help="twins per parent, dose and pixel size")

@@ -52,6 +52,22 @@ def test_auto_falls_back_without_openvino(monkeypatch):
         resolve_runtime("openvino-int8", torch.device("cpu"))
 
 
+def test_auto_falls_back_when_openvino_cannot_compile(monkeypatch):
+    """OpenVINO imports but fails on this CPU: ``auto`` runs ONNX Runtime int8; a named ``openvino`` says why."""
+    from napari_mx2_defects.learn import runtime as rt
+
+    def broken(graph, name):
+        raise RuntimeError("no CPU plugin")
+
+    monkeypatch.setattr(rt, "_RUNNERS", {})
+    monkeypatch.setattr(rt, "OpenVinoRunner", broken)
+    net, card = load_model("default", "cpu")
+    runner = make_runner(net, model_path(), card.pixel_size_A, torch.device("cpu"), "auto")
+    assert runner.name == "onnx-int8"
+    with pytest.raises(RuntimeError, match="no CPU plugin"):
+        make_runner(net, model_path(), card.pixel_size_A, torch.device("cpu"), "openvino")
+
+
 def test_onnx_graphs_match_pytorch_and_are_cached(twin, tmp_path, monkeypatch):
     from napari_mx2_defects.learn.preprocess import normalisation_stats, normalise
 

@@ -452,23 +452,24 @@ def _classify_sites(sites: pd.DataFrame, levels, dopant, a_px: float, defects, n
     dirty = left_out(sites)  # carbon on a column lifts its intensity, a stack is not the monolayer: fit without them
     site_classes = fit_site_classes(sites[~dirty].reset_index(drop=True), levels, dopant)
     notes += site_classes.notes
-    _set_classes(sites, site_classes.classes, site_classes.p_class, site_classes.flagged, dopant, a_px,
-                 defects, unverifiable=site_classes.unverifiable)
-    if "reported_class" in sites:
-        _note_unverifiable(sites, site_classes, notes)
+    uncounted = _set_classes(sites, site_classes.classes, site_classes.p_class, site_classes.flagged, dopant, a_px,
+                             defects, unverifiable=site_classes.unverifiable)
+    _note_uncounted(sites, uncounted, site_classes.mixtures, notes)
     return site_classes
 
 
-def _note_unverifiable(sites: pd.DataFrame, site_classes, notes: list[str]) -> None:
-    """Say which of the model's detections are not counted (:func:`one_answer_per_site`), and why."""
-    left = sites[(sites.model_class.astype(str) != "") & (sites.reported_class.astype(str) == "")]
+def _note_uncounted(sites: pd.DataFrame, uncounted: np.ndarray, mixtures: dict, notes: list[str]) -> None:
+    """Say which of the model's detections are not counted (``uncounted``, :func:`one_answer_per_site`), and why."""
+    if not uncounted.any():
+        return
+    left = sites[uncounted]
     for (sub, name), n in left.groupby(["sublattice", "model_class"]).size().items():
         head = f"{n} of the model's {name} detections are not counted (flagged for review)"
         if SUBLATTICE_OF.get(name) != sub:
             notes.append(f"{head}: they sit on {sub} sites of the fitted lattice, and {name} is a defect of the "
                          f"other sublattice")
             continue
-        mix = site_classes.mixtures[sub]
+        mix = mixtures[sub]
         notes.append(f"{head}: {name}'s level {mix.seeds[name]:.2f} lies within {VERIFIABLE_SD:g} widths "
                      f"({mix.intact_width:.3f}) of intact {sub} ({mix.seeds['']:.2f}), so at this image's noise "
                      f"no single site of it can be confirmed; a higher dose, or a detector with more Z contrast, "
@@ -504,7 +505,8 @@ def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, forwa
     columns = np.full(len(sites), "", dtype=object)
     columns[~dirty] = fit.columns
     defect = np.array([defect_class_of(s, c) for s, c in zip(sub, fit.columns)], dtype=object)
-    _set_classes(sites, defect, fit.p_class, fit.flagged, None, a_px, defects, dirty=dirty)
+    uncounted = _set_classes(sites, defect, fit.p_class, fit.flagged, None, a_px, defects, dirty=dirty)
+    _note_uncounted(sites, uncounted, {}, notes)  # no intact level per sublattice: only the other-sublattice rule
     sites["species"] = np.where((columns == EMPTY) | sites.in_hole.to_numpy(bool), "", columns)
     levels = counted_levels(fit, metals, chalcogens, parent.phase)
     record = {"z_exponent": None, "applied": False,
@@ -529,9 +531,10 @@ def _alloy_record(lattice: dict, sites: pd.DataFrame, region_masks, alloy, fit) 
 
 
 def _set_classes(sites: pd.DataFrame, classes, p_class, flagged, dopant, a_px: float, defects,
-                 dirty: np.ndarray | None = None, unverifiable: dict[str, list[str]] | None = None) -> None:
+                 dirty: np.ndarray | None = None, unverifiable: dict[str, list[str]] | None = None) -> np.ndarray:
     """Classes of the counted sites (``dirty``: contaminated or another phase, left '') with holes blanked and the model's
-    detections matched, into ``sites`` (in place); ``unverifiable``: see :func:`one_answer_per_site`."""
+    detections matched, into ``sites`` (in place; ``unverifiable``: see :func:`one_answer_per_site`); returns the
+    mask of the model's detections that are not counted (flagged for review)."""
     dirty = left_out(sites) if dirty is None else dirty
     n = len(sites)
     all_classes, all_p, all_flagged = np.full(n, "", dtype=object), np.full(n, np.nan), np.zeros(n, bool)
@@ -547,8 +550,11 @@ def _set_classes(sites: pd.DataFrame, classes, p_class, flagged, dopant, a_px: f
     if defects is not None and len(defects):
         sites["model_class"] = _match_to_sites(sites, defects)
         sites["reported_class"] = one_answer_per_site(sites, unverifiable)
-        left = (sites.model_class.astype(str) != "").to_numpy() & (sites.reported_class.astype(str) == "")
-        sites["flagged"] = sites.flagged.to_numpy(bool) | left  # the model's answers not counted: review
+        uncounted = ((sites.model_class.astype(str) != "") & (sites.reported_class.astype(str) == "")).to_numpy()
+        uncounted = uncounted & ~in_hole
+        sites["flagged"] = sites.flagged.to_numpy(bool) | uncounted  # the model's answers not counted: review
+        return uncounted
+    return np.zeros(n, bool)
 
 
 def _check_scale(a_A: float, parent, pixel_size_A: float, self_calibrated: bool, from_model: bool,

@@ -162,7 +162,8 @@ class SublatticeMixture:
                 "weights": self.weights, "intact_tail": list(self.tail) if self.tail else None,
                 "seeds": {k or "intact": v for k, v in self.seeds.items()},
                 "dropped": {k or "intact": v for k, v in self.dropped.items()}, "thresholds": self.thresholds,
-                "intact_width": self.intact_width, "unverifiable": self.unverifiable}
+                "intact_width": self.intact_width if np.isfinite(self.intact_width) else None,
+                "unverifiable": self.unverifiable}
 
 
 @dataclass

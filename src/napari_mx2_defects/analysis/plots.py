@@ -16,7 +16,7 @@ __all__ = ["class_average_figure", "concentration_figure", "draw_class_averages"
 def draw_histogram(ax, result) -> None:
     """Histogram of normalised site intensities per sublattice with the mixture the classes come from:
     each fitted component (class, mean, width), the thresholds where the class changes, and the sites
-    flagged for review (posterior below 0.9)."""
+    flagged for review (posterior below 0.9, or a model answer not counted)."""
     from .sites import left_out
 
     keep = ~result.sites.in_hole

@@ -20,7 +20,7 @@ Runtimes
 ``openvino``
     The fp32 graph compiled by OpenVINO for this CPU at OpenVINO's own inference precision: bfloat16
     on CPUs with bf16 units (AVX-512 BF16, AMX), fp32 elsewhere (the runner's name says which). On the
-    development machine's AMX cores it runs ~4× faster than ONNX Runtime int8 (benchmarks/RESULTS.md).
+    development machine's AMX cores it runs ~3× faster than ONNX Runtime int8 (benchmarks/RESULTS.md).
 ``openvino-int8``
     The same int8 graph as ``onnx-int8`` (quantised once by ONNX Runtime's quantiser), compiled by
     OpenVINO: int8 convolutions on VNNI/AMX units.
@@ -41,6 +41,7 @@ import hashlib
 import logging
 import os
 import queue
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,22 +99,14 @@ def resolve_runtime(runtime: str, device) -> str:
         if device.type != "cpu":
             return "torch"
         return "openvino" if openvino_available() else "onnx-int8" if onnx_available() else "torch"
-    if runtime.startswith("openvino"):
-        if device.type != "cpu":
-            raise ValueError(
-                f"runtime {runtime} runs on the CPU; use --device cpu, or --runtime torch on {device.type}"
-            )
-        if not openvino_available():
-            raise ValueError(
-                f"runtime {runtime} needs openvino, onnxruntime and onnx (pip install openvino onnxruntime "
-                f"onnx); or use --runtime onnx-int8 or torch"
-            )
+    if runtime.startswith(("onnx", "openvino")) and device.type != "cpu":
+        raise ValueError(f"runtime {runtime} runs on the CPU; use --device cpu, or --runtime torch on {device.type}")
+    if runtime.startswith("openvino") and not openvino_available():
+        raise ValueError(
+            f"runtime {runtime} needs openvino, onnxruntime and onnx (pip install openvino onnxruntime onnx); "
+            f"or use --runtime onnx-int8 or torch"
+        )
     if runtime.startswith("onnx"):
-        if device.type != "cpu":
-            raise ValueError(
-                f"runtime {runtime} runs on the CPU; use --device cpu, or --runtime torch on "
-                f"{device.type}"
-            )
         if not onnx_available():
             raise ValueError(
                 f"runtime {runtime} needs onnxruntime and onnx (pip install onnxruntime onnx); "
@@ -175,18 +168,18 @@ class OpenVinoRunner:
         import torch
 
         core = ov.Core()
-        self.compiled = core.compile_model(
-            core.read_model(str(graph)),
-            "CPU",
-            {"INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY"},
-        )
+        # fp32 graphs run at bf16 where the CPU has bf16 units, else at fp32 (stated, not left to the plugin:
+        # on ARM its default is fp16, which was never measured here); int8 graphs keep their own precision
+        bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        config = {"INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY"}
+        if name == "openvino":
+            config["INFERENCE_PRECISION_HINT"] = "bf16" if bf16 else "f32"
+            name = "openvino-bf16" if bf16 else "openvino-fp32"
+        self.compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
         # an infer request serves one call at a time: a free one is taken from the pool, or a new one made.
         # (Not one per thread in a threading.local: a request freed while Qt tears down a pooled thread's
         # Python state crashed napari.)
         self._free: queue.SimpleQueue = queue.SimpleQueue()
-        precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-        if name == "openvino":  # what the CPU runs the fp32 graph at
-            name = "openvino-bf16" if "bf16" in precision or "bfloat16" in precision else "openvino-fp32"
         self.name = name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -195,7 +188,7 @@ class OpenVinoRunner:
         except queue.Empty:
             request = self.compiled.create_infer_request()
         try:
-            return request.infer({0: np.ascontiguousarray(batch, np.float32)})[0].copy()
+            return request.infer({0: np.ascontiguousarray(batch, np.float32)})[0]  # outputs are copies
         finally:
             self._free.put(request)
 
@@ -359,7 +352,7 @@ def _onnx_graph(
     graph = _graph_path(weights, precision)
     if graph.is_file():
         return graph
-    progress(0.0, f"preparing the model for ONNX Runtime ({precision}; once per model, about 10 s)")
+    progress(0.0, f"exporting the model for the CPU runtime ({precision}; once per model, about 10 s)")
     code = ("import sys; from napari_mx2_defects.learn.runtime import build_graphs; "
             "build_graphs(*sys.argv[1:3], float(sys.argv[3]))")
     proc = subprocess.run(
@@ -378,6 +371,7 @@ def _onnx_graph(
 
 
 _RUNNERS: dict = {}
+_RUNNERS_LOCK = threading.RLock()  # two docks may ask for the same runner at once: compile it once
 
 
 def make_runner(
@@ -389,7 +383,8 @@ def make_runner(
     progress: Callable[[float, str], None] = lambda f, m: None,
 ):
     """A runner for ``net`` (loaded from ``weights``) under ``runtime`` (see the module docstring);
-    ONNX sessions are cached per graph."""
+    ONNX Runtime sessions and OpenVINO models are cached per graph, runtime and thread count. Under
+    ``auto``, an OpenVINO that imports but cannot compile the graph here falls back to ``onnx-int8``."""
     import torch
 
     name = resolve_runtime(runtime, device)
@@ -397,6 +392,13 @@ def make_runner(
         return TorchRunner(net, device)
     graph = _onnx_graph(Path(weights), "int8" if name.endswith("-int8") else "fp32", pixel_size_A, progress)
     key = (str(graph), name, torch.get_num_threads())
-    if key not in _RUNNERS:
-        _RUNNERS[key] = (OpenVinoRunner if name.startswith("openvino") else OnnxRunner)(graph, name)
-    return _RUNNERS[key]
+    with _RUNNERS_LOCK:
+        if key not in _RUNNERS:
+            try:
+                _RUNNERS[key] = (OpenVinoRunner if name.startswith("openvino") else OnnxRunner)(graph, name)
+            except Exception as exc:  # noqa: BLE001 - any failure of OpenVINO here: ONNX Runtime instead
+                if runtime != "auto" or not name.startswith("openvino"):
+                    raise
+                log.warning("OpenVINO could not run the model here (%s); using ONNX Runtime int8", exc)
+                return make_runner(net, weights, pixel_size_A, device, "onnx-int8", progress)
+        return _RUNNERS[key]
