@@ -64,6 +64,10 @@ def test_auto_falls_back_when_openvino_cannot_compile(monkeypatch):
     net, card = load_model("default", "cpu")
     runner = make_runner(net, model_path(), card.pixel_size_A, torch.device("cpu"), "auto")
     assert runner.name == "onnx-int8"
+    # the failure is remembered: the next auto call does not try OpenVINO again
+    monkeypatch.setattr(rt, "OpenVinoRunner", lambda graph, name: pytest.fail("compiled again"))
+    assert make_runner(net, model_path(), card.pixel_size_A, torch.device("cpu"), "auto") is runner
+    monkeypatch.setattr(rt, "OpenVinoRunner", broken)
     with pytest.raises(RuntimeError, match="no CPU plugin"):
         make_runner(net, model_path(), card.pixel_size_A, torch.device("cpu"), "openvino")
 

@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from ..core.jobs import stepper
 from ..core.parameters import DEFAULTS
 from ..core.validation import BOUNDS
-from ..core.classes import DEFECT_CLASSES, SUBLATTICE_OF
+from ..core.classes import DEFECT_CLASSES, on_home_sublattice
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
 from .classes import VERIFIABLE_SD, fit_site_classes, z_contrast_levels
@@ -465,7 +465,7 @@ def _note_uncounted(sites: pd.DataFrame, uncounted: np.ndarray, mixtures: dict, 
     left = sites[uncounted]
     for (sub, name), n in left.groupby(["sublattice", "model_class"]).size().items():
         head = f"{n} of the model's {name} detections are not counted (flagged for review)"
-        if SUBLATTICE_OF.get(name) != sub:
+        if not on_home_sublattice([name], [sub])[0]:
             notes.append(f"{head}: they sit on {sub} sites of the fitted lattice, and {name} is a defect of the "
                          f"other sublattice")
             continue
@@ -621,8 +621,7 @@ def one_answer_per_site(sites: pd.DataFrame, unverifiable: dict[str, list[str]] 
     named = (model != "") & (physics != "") & sure
     reported = np.where(named, physics, model).astype(object)
     sublattice = sites.sublattice.astype(str).to_numpy()
-    belongs = np.array([SUBLATTICE_OF.get(name, "H") for name in model], dtype=object)
-    reported[~named & np.isin(belongs, ["M", "X"]) & (belongs != sublattice)] = ""
+    reported[~named & ~on_home_sublattice(model, sublattice)] = ""
     for sub, names in (unverifiable or {}).items():
         reported[~named & (sublattice == sub) & np.isin(model, list(names))] = ""
     return reported

@@ -200,12 +200,10 @@ def _defect_sites(sites: pd.DataFrame) -> np.ndarray:
 def _instances(sites: pd.DataFrame, name: str) -> np.ndarray:
     """Sites of class ``name`` on the sublattice the class belongs to (a model may put a V_M, an empty
     column, on a chalcogen site; averaged with the metal ones it would mix two environments)."""
-    from ..core.classes import SUBLATTICE_OF
+    from ..core.classes import on_home_sublattice
 
     on = (_classes(sites) == name).to_numpy() & _defect_sites(sites)
-    home = SUBLATTICE_OF.get(name)
-    if home in ("M", "X"):
-        on &= sites.sublattice.to_numpy() == home
+    on &= on_home_sublattice([name] * len(sites), sites.sublattice.to_numpy())
     return np.flatnonzero(on)
 
 

@@ -7,7 +7,10 @@ predict them, the analysis counts them and the front ends colour them with :data
 
 from __future__ import annotations
 
-__all__ = ["CLASS_COLORS", "CLASS_IDS", "CLASS_NAMES", "DEFECT_CLASSES", "EVERY_CLASS", "SUBLATTICE_OF", "class_grouping"]
+import numpy as np
+
+__all__ = ["CLASS_COLORS", "CLASS_IDS", "CLASS_NAMES", "DEFECT_CLASSES", "EVERY_CLASS", "SUBLATTICE_OF", "class_grouping",
+           "on_home_sublattice"]
 
 #: id -> (name, meaning, sublattice the defect sits on)
 DEFECT_CLASSES: dict[int, tuple[str, str, str]] = {
@@ -42,6 +45,14 @@ CLASS_COLORS: dict[int, tuple[float, float, float, float]] = {
 }
 #: Class name → the sublattice it sits on (``M`` metal, ``X`` chalcogen column, ``H`` hollow site).
 SUBLATTICE_OF: dict[str, str] = {name: sub for name, _, sub in DEFECT_CLASSES.values()}
+
+
+def on_home_sublattice(names, sublattice) -> np.ndarray:
+    """Per site, whether class ``names[i]`` may sit on a site of ``sublattice[i]`` (``M``/``X``): a
+    lattice-site class only on its own sublattice (``M_X`` not on a metal site); intact ('') and
+    off-lattice classes anywhere."""
+    home = np.array([SUBLATTICE_OF.get(str(name), "H") for name in names], dtype=object)
+    return ~np.isin(home, ["M", "X"]) | (home == np.asarray(sublattice, dtype=object))
 
 #: The class grouping that keeps every defect class apart (see :func:`class_grouping`).
 EVERY_CLASS = len(DEFECT_CLASSES)

@@ -32,8 +32,7 @@ class Segmentation:
     probabilities: np.ndarray | None  # float16 (n_classes, H, W) when asked for
     card: ModelCard
     device: str
-    runtime: str = "torch"  # what ran the network (learn.runtime): torch, torch-bfloat16, onnx, onnx-int8,
-    # openvino-bf16, openvino-fp32, openvino-int8
+    runtime: str = "torch"  # what ran the network: a learn.runtime runner's name (torch-bfloat16, openvino-bf16…)
 
 
 _MODEL_CACHE: dict = {}

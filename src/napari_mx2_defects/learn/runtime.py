@@ -18,8 +18,8 @@ Runtimes
     model's pixel size (:func:`calibration_tiles`, fixed seeds), so the quantised model never
     depends on the user's image. Held-out F1 against the PyTorch path is in benchmarks/RESULTS.md.
 ``openvino``
-    The fp32 graph compiled by OpenVINO for this CPU at OpenVINO's own inference precision: bfloat16
-    on CPUs with bf16 units (AVX-512 BF16, AMX), fp32 elsewhere (the runner's name says which). On the
+    The fp32 graph compiled by OpenVINO for this CPU, run at bfloat16 on CPUs with bf16 units (AVX-512
+    BF16, AMX) and at fp32 elsewhere (the runner's name says which). On the
     development machine's AMX cores it runs ~3× faster than ONNX Runtime int8 (benchmarks/RESULTS.md).
 ``openvino-int8``
     The same int8 graph as ``onnx-int8`` (quantised once by ONNX Runtime's quantiser), compiled by
@@ -392,7 +392,10 @@ def make_runner(
         return TorchRunner(net, device)
     graph = _onnx_graph(Path(weights), "int8" if name.endswith("-int8") else "fp32", pixel_size_A, progress)
     key = (str(graph), name, torch.get_num_threads())
+    fallback = (str(graph), "auto", torch.get_num_threads())  # what auto ran after OpenVINO failed here
     with _RUNNERS_LOCK:
+        if runtime == "auto" and fallback in _RUNNERS:
+            return _RUNNERS[fallback]
         if key not in _RUNNERS:
             try:
                 _RUNNERS[key] = (OpenVinoRunner if name.startswith("openvino") else OnnxRunner)(graph, name)
@@ -400,5 +403,6 @@ def make_runner(
                 if runtime != "auto" or not name.startswith("openvino"):
                     raise
                 log.warning("OpenVINO could not run the model here (%s); using ONNX Runtime int8", exc)
-                return make_runner(net, weights, pixel_size_A, device, "onnx-int8", progress)
+                _RUNNERS[fallback] = make_runner(net, weights, pixel_size_A, device, "onnx-int8", progress)
+                return _RUNNERS[fallback]
         return _RUNNERS[key]
