@@ -129,3 +129,71 @@ def test_corrections_snap_to_the_fitted_sites_of_their_sublattice():
     snapped, moved = snap_to_sites(clicks.assign(x_A=[0.4, 1.5, 0.5, 5.0]), sites)
     np.testing.assert_allclose(snapped[["x_A", "y_A"]].to_numpy()[:2], [[0.0, 0.0], [1.82, 0.0]])
     assert moved == 2
+
+
+def test_a_model_worse_on_the_held_out_part_is_not_saved(tmp_path, monkeypatch):
+    """Training that makes the model worse on the held-out strip (here: weights wiped, as a diverged run would
+    leave them) saves nothing: the model already in the folder is kept byte for byte, the report says why, the
+    command exits 3 and says so."""
+    import napari_mx2_defects.learn.finetune as ft
+    from napari_mx2_defects.twin.api import TwinRequest, simulate_twin
+    from napari_mx2_defects.twin.imperfections import Imperfections
+
+    twin = simulate_twin(TwinRequest(material="MoS2", fov_A=60, pixel_size_A=0.2, seed=4, defects="V_X=4%,V_M=1%",
+                                     imperfections=Imperfections(dose_e_per_A2=1e6)))
+
+    def diverged(model, *args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+        return [{"epoch": 1, "loss": float("nan"), "seconds": 0.0}], 0.0
+
+    monkeypatch.setattr(ft, "fit", diverged)
+    out = tmp_path / "tuned"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"an earlier model")
+    corrections = [Correction(twin.image, 0.2, twin.defects[["x_A", "y_A", "defect_class"]], name="twin.tif")]
+    path, report = ft.finetune(corrections, "MoS2", out, config=FinetuneConfig(epochs=1, twins=1),
+                               log=lambda m: None, overwrite=True)
+    assert path is None and report["saved"] is False
+    assert report["mean_f1"]["before"] > 0.5 > report["mean_f1"]["after"]
+    assert "not saved" in report["why"] and "as it was" in report["why"]
+    assert (out / "model.safetensors").read_bytes() == b"an earlier model"
+    assert not (out / "model.json").exists()
+
+
+def test_finetune_takes_the_files_optics_as_analyze_does(tmp_path, monkeypatch):
+    """The command models an ADF file as ADF: the lattice fit gets the file's optics and the twins its detector
+    (it used to build its microscope from the beam energy alone, i.e. the HAADF default)."""
+    import napari_mx2_defects.learn.finetune as ft
+    from napari_mx2_defects.cli.main import main
+    from napari_mx2_defects.io.writer import write_calibrated_tiff
+
+    seen = {}
+
+    def record(corrections, material, out, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(ft, "finetune", record)
+    image = tmp_path / "adf.tif"
+    write_calibrated_tiff(image, np.random.default_rng(0).random((64, 64), np.float32), 0.2)
+    import napari_mx2_defects.io.formats as formats
+
+    real_load = formats.load_images
+
+    def adf_file(path, *args, **kwargs):  # as a reader gives a file that records an ADF detector
+        images = real_load(path, *args, **kwargs)
+        for im in images:
+            im.optics = {"detector_inner_mrad": 40.0, "detector_outer_mrad": 160.0}
+        return images
+
+    monkeypatch.setattr(formats, "load_images", adf_file)
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"x_A": [5.0], "y_A": [5.0], "defect_class": ["V_X"]}).to_csv(labels, index=False)
+    assert main(["finetune", str(image), "--labels", str(labels), "--material", "MoS2", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert seen["optics"]["detector_inner_mrad"] == 40.0
+    assert seen["microscope"].detector_inner_mrad == 40.0 and seen["microscope"].detector_outer_mrad == 160.0

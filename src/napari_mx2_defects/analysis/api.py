@@ -22,9 +22,10 @@ from ..core.validation import BOUNDS
 from ..core.classes import DEFECT_CLASSES, on_home_sublattice
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
-from .classes import VERIFIABLE_SD, fit_site_classes, z_contrast_levels
+from .classes import RESOLVABLE_SD, VERIFIABLE_SD, fit_site_classes, z_contrast_levels
 from .columns import real_image, values_at
-from .sites import find_holes, fit_source_size, forward_model, left_out, measure_sites, microscope_for, relative_noise
+from .sites import (find_holes, fit_source_size, follow_the_field, forward_model, left_out, measure_sites, microscope_for,
+                    relative_noise)
 from .statistics import concentration_table
 
 __all__ = ["ANALYSIS_FILES", "COMPOSITION_FILE", "CONTAMINATION_FILE", "PHASE_MAP_FILE", "PHASE_TABLE_FILE", "SITES_COLUMNS", "AnalysisResult", "analyze_image", "model_physics_agreement"]
@@ -124,7 +125,7 @@ class AnalysisResult:
             raise ValueError(f"the analysis writes {', '.join(known)}; cannot write {unknown or 'nothing'}")
         files = [n for n in known if n in files]
         stage = StagedOutput(out_dir, files, overwrite=overwrite)
-        columns = SITES_COLUMNS + [c for c in ("species", "intensity_corrected", "region", "in_hole", "in_contamination", "phase", "in_other_phase",
+        columns = SITES_COLUMNS + [c for c in ("local_level", "species", "intensity_corrected", "region", "in_hole", "in_contamination", "phase", "in_other_phase",
                                                   "model_class", "reported_class")
                                    if c in self.sites]
         writers = {
@@ -293,7 +294,9 @@ def analyze_image(
             phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), forward.microscope)
         _phase_notes(sites, phases.record["monolayer"], notes)
     step(0.7, "classifying sites")
+    field = None
     if alloy is None:
+        field = _follow_the_field(sites, pixel_size_A, notes)
         levels, z_contrast = _image_levels(sites, forward, microscope, notes)
         site_classes = _classify_sites(sites, levels, dopant, meas.a_px, defects, notes)
     else:
@@ -307,6 +310,8 @@ def analyze_image(
     concentrations = _concentrations(sites, region_masks, levels, cell_area, notes)
     lattice = _lattice_record(meas, sites, parent, pixel_size_A, self_calibrated, cell_area, energy)
     _record_fits(lattice, sites, z_contrast, forward, site_classes)
+    if field is not None:
+        lattice["intensity_reference"] = field
     if contamination is not None:
         dirty_m = (sites.sublattice == "M") & sites.in_contamination & ~sites.in_hole
         lattice["contamination"] = {**contamination_record,  # area as the concentrations count it: metal sites
@@ -453,27 +458,44 @@ def _classify_sites(sites: pd.DataFrame, levels, dopant, a_px: float, defects, n
     site_classes = fit_site_classes(sites[~dirty].reset_index(drop=True), levels, dopant)
     notes += site_classes.notes
     uncounted = _set_classes(sites, site_classes.classes, site_classes.p_class, site_classes.flagged, dopant, a_px,
-                             defects, unverifiable=site_classes.unverifiable)
-    _note_uncounted(sites, uncounted, site_classes.mixtures, notes)
+                             defects, mixtures=site_classes.mixtures)
+    _note_uncounted(sites, uncounted, site_classes.mixtures, notes, dopant)
     return site_classes
 
 
-def _note_uncounted(sites: pd.DataFrame, uncounted: np.ndarray, mixtures: dict, notes: list[str]) -> None:
-    """Say which of the model's detections are not counted (``uncounted``, :func:`one_answer_per_site`), and why."""
+def _note_uncounted(sites: pd.DataFrame, uncounted: np.ndarray, mixtures: dict, notes: list[str],
+                    dopant: str | None = None) -> None:
+    """Say which of the model's detections are not counted (``uncounted``, :func:`one_answer_per_site`), and
+    why, and which were read as the named dopant's look-alike."""
+    for sub, mix in mixtures.items():
+        for name, winner in mix.merged_into.items():
+            n = int(((sites.sublattice == sub) & (sites.model_class.astype(str) == name)
+                     & (sites.reported_class.astype(str) == winner)).sum()) if "reported_class" in sites else 0
+            if n:
+                notes.append(f"{n} of the model's {name} detections on {sub} sites are counted as "
+                             f"{winner}{f'({dopant})' if dopant and winner == 'TM_D' else ''}: at this noise the two "
+                             f"levels cannot be told apart, and you named the dopant")
     if not uncounted.any():
         return
     left = sites[uncounted]
-    for (sub, name), n in left.groupby(["sublattice", "model_class"]).size().items():
+    for (sub, name), group in left.groupby(["sublattice", "model_class"]):
+        n = len(group)
         head = f"{n} of the model's {name} detections are not counted (flagged for review)"
         if not on_home_sublattice([name], [sub])[0]:
             notes.append(f"{head}: they sit on {sub} sites of the fitted lattice, and {name} is a defect of the "
                          f"other sublattice")
             continue
         mix = mixtures[sub]
-        notes.append(f"{head}: {name}'s level {mix.seeds[name]:.2f} lies within {VERIFIABLE_SD:g} widths "
-                     f"({mix.intact_width:.3f}) of intact {sub} ({mix.seeds['']:.2f}), so at this image's noise "
-                     f"no single site of it can be confirmed; a higher dose, or a detector with more Z contrast, "
-                     f"would")
+        if name in mix.unverifiable:
+            notes.append(f"{head}: {name}'s level {mix.seeds[name]:.2f} lies within {VERIFIABLE_SD:g} widths "
+                         f"({mix.intact_width:.3f}) of intact {sub} ({mix.seeds['']:.2f}), so at this image's noise "
+                         f"no single site of it can be confirmed; a higher dose, or a detector with more Z contrast, "
+                         f"would")
+        else:
+            read_as = mix.merged_into.get(name, name)
+            notes.append(f"{head}: their columns are as bright as intact {sub} (within {RESOLVABLE_SD:g} widths of "
+                         f"{mix.seeds['']:.2f}), at least e^{VERIFIABLE_SD ** 2 / 2:g} times likelier intact than at "
+                         f"{read_as}'s level {mix.seeds[read_as]:.2f}")
 
 
 def _classify_alloy(img, sites: pd.DataFrame, parent, pixel_size_A: float, forward, alloy,
@@ -531,9 +553,9 @@ def _alloy_record(lattice: dict, sites: pd.DataFrame, region_masks, alloy, fit) 
 
 
 def _set_classes(sites: pd.DataFrame, classes, p_class, flagged, dopant, a_px: float, defects,
-                 dirty: np.ndarray | None = None, unverifiable: dict[str, list[str]] | None = None) -> np.ndarray:
+                 dirty: np.ndarray | None = None, mixtures: dict | None = None) -> np.ndarray:
     """Classes of the counted sites (``dirty``: contaminated or another phase, left '') with holes blanked and the model's
-    detections matched, into ``sites`` (in place; ``unverifiable``: see :func:`one_answer_per_site`); returns the
+    detections matched, into ``sites`` (in place; ``mixtures``: see :func:`one_answer_per_site`); returns the
     mask of the model's detections that are not counted (flagged for review)."""
     dirty = left_out(sites) if dirty is None else dirty
     n = len(sites)
@@ -549,7 +571,7 @@ def _set_classes(sites: pd.DataFrame, classes, p_class, flagged, dopant, a_px: f
     sites["in_hole"] = in_hole
     if defects is not None and len(defects):
         sites["model_class"] = _match_to_sites(sites, defects)
-        sites["reported_class"] = one_answer_per_site(sites, unverifiable)
+        sites["reported_class"] = one_answer_per_site(sites, mixtures)
         uncounted = ((sites.model_class.astype(str) != "") & (sites.reported_class.astype(str) == "")).to_numpy()
         uncounted = uncounted & ~in_hole
         sites["flagged"] = sites.flagged.to_numpy(bool) | uncounted  # the model's answers not counted: review
@@ -578,6 +600,27 @@ def _record_fits(lattice: dict, sites: pd.DataFrame, z_contrast: dict, forward, 
         lattice["model_vs_physics"] = model_physics_agreement(sites)
 
 
+#: A local intact level varying by more than this (p95/p5 − 1) across the field is said in the notes.
+DRIFT_NOTE = 0.10
+
+
+def _follow_the_field(sites: pd.DataFrame, pixel_size_A: float, notes: list[str]) -> dict:
+    """Each column's intensity against its own neighbourhood of the same sublattice (:func:`.sites.follow_the_field`;
+    contaminated and other-phase sites are no guide to the intact level), and what to say of the drift."""
+    record = follow_the_field(sites, ~left_out(sites))
+    if not record.get("applied"):
+        return record
+    record["radius_A"] = {k: round(v * pixel_size_A, 2) for k, v in record.pop("radius_px").items()}
+    spread = {k: hi / lo - 1 for k, (lo, hi) in record["drift_p5_p95"].items() if lo > 0}
+    if spread and max(spread.values()) > DRIFT_NOTE:
+        worst = max(spread, key=spread.get)
+        notes.append(f"the intact {worst} level drifts by {100 * spread[worst]:.0f} % across the field (5th to 95th "
+                     f"percentile; contamination, thickness or scan): each column is measured against its "
+                     f"{record['neighbours']} nearest columns of the same sublattice (within "
+                     f"~{record['radius_A'][worst]:.0f} Å)")
+    return record
+
+
 def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str]) -> tuple[dict, dict]:
     """The forward model's levels re-scaled to the image's Z contrast (intact M/X2), with what to say."""
     clean = ~left_out(sites)
@@ -594,20 +637,27 @@ def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str]) ->
     return levels, z_contrast
 
 
-def one_answer_per_site(sites: pd.DataFrame, unverifiable: dict[str, list[str]] | None = None) -> np.ndarray:
+def one_answer_per_site(sites: pd.DataFrame, mixtures: dict | None = None) -> np.ndarray:
     """The class reported for each site when a model's detections are given (``reported_class``).
 
     The rule: **the model localises, the calibrated site physics names lattice-site classes, the model
     alone names off-lattice classes.**  A site the model detects is reported with the physics class
     when the physics names a lattice-site defect there with a posterior ≥ ``MIN_POSTERIOR`` (its levels
     are calibrated on this image; the model's class is a twin-trained guess); otherwise with the
-    model's class (the physics is unsure, calls it intact, or the class is off-lattice) — unless
+    model's class (the physics is unsure, calls it intact, or the class is off-lattice) — read as the named
+    dopant's TM_D where the physics found its level and the model's class inseparable at this noise
+    (``mixtures[sub].merged_into``: a light dopant and a single chalcogen on a metal site, say; the model,
+    trained on twins, names real Ti in WSe2 X_M) — unless
 
     * the model's class belongs to the other sublattice (``M_X`` on a metal site): the fitted lattice
       contradicts it, or
     * its calibrated level lies within :data:`~.classes.VERIFIABLE_SD` intact widths of intact on that
-      sublattice (``unverifiable[sublattice]``, :attr:`.classes.SublatticeMixture.unverifiable`): at this
-      image's noise nothing can confirm that single site;
+      sublattice (:attr:`.classes.SublatticeMixture.unverifiable`): at this image's noise nothing can
+      confirm that single site, or
+    * the site's own intensity refutes it (:meth:`.classes.SublatticeMixture.refutes`: inside the intact
+      peak and ≥ 90 times likelier intact than at the class's level).  This judges the column by the
+      calibrated level, not by the mixture: a mixture that lost a rare class calls its columns intact,
+      but their intensities still lie at the class's level and are not refuted;
 
     such a site is reported intact (the caller flags it for review).  Without these, a model never
     trained at such optics named the lower tail of the intact S2 peak V_X and bright metal columns M_X
@@ -615,15 +665,25 @@ def one_answer_per_site(sites: pd.DataFrame, unverifiable: dict[str, list[str]] 
     model does not detect is reported intact: the physics' own calls stay in ``defect_class``, and how
     often the two agree is in ``model_vs_physics``.
     """
-    model = sites.model_class.astype(str).to_numpy()
+    model = sites.model_class.astype(str).to_numpy().astype(object)
     physics = sites.defect_class.astype(str).to_numpy()
+    sublattice = sites.sublattice.astype(str).to_numpy()
+    mixtures = mixtures or {}
+    for sub, mix in mixtures.items():
+        for name, winner in mix.merged_into.items():
+            model[(sublattice == sub) & (model == name)] = winner
     sure = ~sites.flagged.to_numpy(bool)
     named = (model != "") & (physics != "") & sure
     reported = np.where(named, physics, model).astype(object)
-    sublattice = sites.sublattice.astype(str).to_numpy()
     reported[~named & ~on_home_sublattice(model, sublattice)] = ""
-    for sub, names in (unverifiable or {}).items():
-        reported[~named & (sublattice == sub) & np.isin(model, list(names))] = ""
+    intensity = sites.intensity.to_numpy(float) if "intensity" in sites else None
+    for sub, mix in mixtures.items():
+        on = ~named & (sublattice == sub)
+        reported[on & np.isin(model, mix.unverifiable)] = ""
+        if intensity is not None:
+            for name in set(model[on]) - {""}:
+                mine = on & (model == name)
+                reported[mine & mix.refutes(name, intensity)] = ""
     return reported
 
 

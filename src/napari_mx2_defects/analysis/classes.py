@@ -113,6 +113,19 @@ class SublatticeMixture:
     dropped: dict[str, str] = field(default_factory=dict)
     tail: tuple[float, float, float] | None = None  # mean, sd, weight
     intact_width: float = float("nan")  # the sublattice's robust width, in which separability is measured
+    merged_into: dict[str, str] = field(default_factory=dict)  # a class the noise cannot tell from the named dopant's
+
+    def refutes(self, name: str, x: np.ndarray) -> np.ndarray:
+        """Whether each intensity ``x`` refutes class ``name`` on this sublattice: the site sits inside the intact
+        peak (within :data:`RESOLVABLE_SD` intact widths of intact) and is ≥ e^(VERIFIABLE_SD²/2) ≈ 90 times
+        likelier intact than at ``name``'s calibrated level (both at the intact width).  A class without a level
+        here (off-lattice) or an alloy's column types are never refuted."""
+        x = np.asarray(x, float)
+        if "" not in self.seeds or name not in self.seeds or not name or not np.isfinite(self.intact_width):
+            return np.zeros(x.shape, bool)
+        intact, level, w = self.seeds[""], self.seeds[name], self.intact_width
+        log_ratio = ((x - level) ** 2 - (x - intact) ** 2) / (2 * w**2)
+        return (np.abs(x - intact) <= RESOLVABLE_SD * w) & (log_ratio >= VERIFIABLE_SD**2 / 2)
 
     @property
     def unverifiable(self) -> list[str]:
@@ -311,6 +324,7 @@ def fit_sublattice(x: np.ndarray, seeds: dict[str, float], preferred: str | None
     seeds[""] = intact
     sd0 = max(1.4826 * float(np.median(np.abs(x - np.median(x)))) if len(x) else 0.05, 0.01)
     dropped: dict[str, str] = {}
+    merged_into: dict[str, str] = {}
     # pairs of levels closer than the noise separates: keep the named dopant's, else the one nearer intact
     names = sorted(seeds, key=seeds.get)
     for a, b in zip(names[:-1], names[1:]):
@@ -323,6 +337,8 @@ def fit_sublattice(x: np.ndarray, seeds: dict[str, float], preferred: str | None
         else:
             continue  # both kept; the posterior says how sure each site is
         winner = b if loser == a else a
+        if winner:
+            merged_into[loser] = winner
         dropped[loser] = (f"level {seeds[loser]:.2f} within {RESOLVABLE_SD:g} widths ({sd0:.3f}) of "
                           f"{winner or 'intact'} ({seeds[winner]:.2f}): not separable at this noise")
     names = [n for n in names if n not in dropped]
@@ -331,7 +347,8 @@ def fit_sublattice(x: np.ndarray, seeds: dict[str, float], preferred: str | None
         x = np.random.default_rng(0).choice(x, FIT_SAMPLE, replace=False)
     if len(x) < 3 * (len(names) + 1) or len(names) == 1:
         return SublatticeMixture("", [""], [float(np.mean(x)) if len(x) else intact], [sd0], [1.0], seeds,
-                                 {**dropped, **{n: "too few sites to fit" for n in names if n}}, intact_width=sd0)
+                                 {**dropped, **{n: "too few sites to fit" for n in names if n}}, intact_width=sd0,
+                                 merged_into=merged_into)
     # the tail is for heavy skirts of the intact peak; where it would take a peak of its own, go without
     gm = _fit(x, names, seeds, sd0, True)
     tail = _tail_is_intact(gm, names)
@@ -349,7 +366,8 @@ def fit_sublattice(x: np.ndarray, seeds: dict[str, float], preferred: str | None
     weights = [float(w) for w in gm.weights_]
     k = len(names)
     return SublatticeMixture("", names, means[:k], sds[:k], weights[:k], seeds, dropped,
-                             tail=(means[k], sds[k], weights[k]) if tail else None, intact_width=sd0)
+                             tail=(means[k], sds[k], weights[k]) if tail else None, intact_width=sd0,
+                             merged_into=merged_into)
 
 
 def fit_site_classes(sites: pd.DataFrame, levels: dict, dopant: str | None = None,

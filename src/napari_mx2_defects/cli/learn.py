@@ -207,8 +207,9 @@ def _cmd_finetune(args):
 
     from ..inputs import image_plane, pixel_size_A
     from ..io.formats import load_images
+    from ..analysis.sites import microscope_for
+    from ..core.parameters import DEFAULTS
     from ..learn.finetune import Correction, FinetuneConfig, file_sha256, finetune, read_corrections
-    from ..twin.microscope import Microscope
 
     if len(args.labels) != len(args.images):
         raise ValueError(f"give one --labels table per image: {len(args.images)} images, {len(args.labels)} tables")
@@ -216,7 +217,7 @@ def _cmd_finetune(args):
                             device=args.device)
     region = _parse_region(args.region)
     tables = [read_corrections(t, option="--labels") for t in args.labels]  # bad tables are refused before any image is read
-    corrections, energies = [], set()
+    corrections, energies, optics_seen = [], set(), []
     for path, table, labels in zip(args.images, tables, args.labels):
         image = load_images(path)[0]
         pixel = pixel_size_A(image.scale_A, image.calibrated, args.image_pixel_size_A, path.name)
@@ -227,16 +228,24 @@ def _cmd_finetune(args):
             print(f"note: {note}", file=sys.stderr)
         if image.beam_energy_keV:
             energies.add(float(image.beam_energy_keV))
+        optics_seen.append(dict(image.optics or {}))
         corrections.append(Correction(np.asarray(data, float), float(pixel), table, region, name=path.name,
                                       sha256=file_sha256(path), labels_name=Path(labels).name))
     energy = args.energy if args.energy is not None else (energies.pop() if len(energies) == 1 else None)
-    microscope = Microscope(energy_keV=energy) if energy is not None else None
+    # the optics the files record (one set for all: the first image's), as analyze takes them: an ADF file is
+    # modelled as ADF in the lattice fit and the twins
+    optics = optics_seen[0] if optics_seen else {}
+    microscope = microscope_for(energy if energy is not None else DEFAULTS["energy_keV"], optics)
     command = command_line()
     path, report = finetune(corrections, args.material, args.out, base_model=args.model, dopant=args.dopant,
-                            config=config, microscope=microscope, command=command, progress=progress_printer(args.quiet),
-                            log=(lambda m: None) if args.quiet else print, overwrite=args.overwrite)
+                            config=config, microscope=microscope, optics=optics, command=command,
+                            progress=progress_printer(args.quiet), log=(lambda m: None) if args.quiet else print,
+                            overwrite=args.overwrite)
     before, after = report["mean_f1"]["before"], report["mean_f1"]["after"]
     print(f"held-out instance F1 (mean over classes): {before:.3f} before, {after:.3f} after fine-tuning")
+    if not report["saved"]:
+        print(f"the fine-tuned model was {report['why']}", file=sys.stderr)
+        return 3
     print(f"  wrote {path}\n  wrote {path.with_suffix('.json')}")
     return 0
 

@@ -8,8 +8,13 @@ the source size fitted there (the blur of the user's microscope).  Targets are t
 discs of :data:`~napari_mx2_defects.twin.api.DEFECT_RADIUS_A` at each defect that twins carry, so the
 corrected image trains exactly like a twin.  The bottom ``holdout_fraction`` of each reviewed region
 is held out: the model is scored there (per-instance F1, as the papers report it) before and after,
-and the card records both.  Twins of the same parent at the model's pixel size are mixed in (half
-of the draws) so the model does not forget what it knew.
+and the card records both; the strip of ``validation_fraction`` above it picks the best epoch, so the
+held-out part decides nothing but whether the result is kept.  A model worse there than the one it
+started from (lower mean F1 over the classes either names) is **not saved**: any model already in the
+output folder stays, and the report says so (``saved``).  Twins of the same parent at the model's
+pixel size are mixed in (half of the draws) so the model does not forget what it knew; they and the
+lattice fit take the optics the file records (``optics``, as ``analyze`` does: an ADF image is
+modelled as ADF).
 
 This is what ``mx2-defects finetune`` and the *Fine-tune* API call; nothing here touches napari.
 """
@@ -77,6 +82,7 @@ class FinetuneConfig:
     twins: int = 8
     twin_fov_A: float = 60.0
     holdout_fraction: float = 0.25
+    validation_fraction: float = 0.15  # the strip above the held-out part that picks the best epoch
     match_radius_A: float = 1.0
     seed: int = 0
     device: str = "auto"
@@ -88,6 +94,8 @@ class FinetuneConfig:
             setattr(self, name, BOUNDS[name].check(getattr(self, name)))
         if not 0.05 <= self.holdout_fraction <= 0.5:
             raise ValueError(f"the held-out fraction must be between 0.05 and 0.5, got {self.holdout_fraction}")
+        if not 0.05 <= self.validation_fraction <= 0.3:
+            raise ValueError(f"the validation fraction must be between 0.05 and 0.3, got {self.validation_fraction}")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -180,7 +188,8 @@ def snap_to_sites(defects: pd.DataFrame, sites: pd.DataFrame,
 
 
 def _fit_lattices(corrections: list[Correction], material: str, energy_keV: float | None,
-                  log: Callable[[str], None], cancelled: CancelFn) -> tuple[list[Correction], list[dict]]:
+                  log: Callable[[str], None], cancelled: CancelFn,
+                  optics: dict | None = None) -> tuple[list[Correction], list[dict]]:
     """Each correction snapped to the sites the analysis fits on its image, and what was fitted
     (moved defects, source size); an image whose lattice cannot be fitted is used as it was placed."""
     from dataclasses import replace
@@ -193,7 +202,7 @@ def _fit_lattices(corrections: list[Correction], material: str, energy_keV: floa
             raise Cancelled("fine-tuning cancelled")
         try:
             result = analyze_image(np.asarray(corr.image, float), corr.pixel_size_A, material,
-                                   beam_energy_keV=energy_keV, cancelled=cancelled)
+                                   beam_energy_keV=energy_keV, optics=optics, cancelled=cancelled)
         except ValueError as exc:
             log(f"{corr.name}: no lattice fitted ({exc}); its corrections are used where they were placed")
             snapped.append(corr)
@@ -206,12 +215,15 @@ def _fit_lattices(corrections: list[Correction], material: str, energy_keV: floa
     return snapped, fits
 
 
-def _split(image, labels, defects, pixel_size_A, fraction):
-    """Training (top) and held-out (bottom) parts of one reviewed region."""
+def _split(image, labels, defects, pixel_size_A, fraction, validation_fraction):
+    """Training (top), validation (the strip above the held-out part) and held-out (bottom) parts of one
+    reviewed region."""
     cut = int(round(image.shape[0] * (1 - fraction)))
+    top = int(round(image.shape[0] * (1 - fraction - validation_fraction)))
     held = defects[defects.y_A >= cut * pixel_size_A].copy()
     held["y_A"] -= cut * pixel_size_A
-    return (image[:cut], labels[:cut]), (image[cut:], labels[cut:], held.reset_index(drop=True))
+    return ((image[:top], labels[:top]), (image[top:cut], labels[top:cut]),
+            (image[cut:], labels[cut:], held.reset_index(drop=True)))
 
 
 def _instances(net, card, image: np.ndarray, pixel_size_A: float, device) -> pd.DataFrame:
@@ -276,20 +288,25 @@ def _twins(material: str, dopant: str | None, config: FinetuneConfig, pixel_size
 
 
 def finetune(corrections: list[Correction], material: str, out: str | Path, base_model: str | Path = "default",
-             dopant: str | None = None, config: FinetuneConfig | None = None, microscope=None, command: str = "",
+             dopant: str | None = None, config: FinetuneConfig | None = None, microscope=None,
+             optics: dict | None = None, command: str = "",
              progress: ProgressFn = no_progress, log: Callable[[str], None] = print, cancelled: CancelFn = never,
              overwrite: bool = False,
              on_step: Callable[[int, float], None] | None = None) -> tuple[Path, dict]:
     """Fine-tune ``base_model`` on reviewed images; write ``out/model.safetensors`` and its card.
 
     Nothing is written until training has finished (atomically, weights and card together); a
-    cancelled or interrupted run leaves any previous model in ``out`` as it was. ``on_step(step,
-    loss)`` gets each training step's loss.
+    cancelled or interrupted run, or a model worse on the held-out part than ``base_model``, leaves any
+    previous model in ``out`` as it was. ``on_step(step, loss)`` gets each training step's loss.
+    ``microscope`` images the twins (its source size is fitted on the images); ``optics`` is what the
+    files record (:attr:`~..io.formats.CalibratedImage.optics`), given to the lattice fit as
+    :func:`~..analysis.api.analyze_image` takes it.
 
     Returns
     -------
     path, report
-        The checkpoint and ``{"held_out": {"before": …, "after": …}, "history": […]}``.
+        The checkpoint (None when it was not saved) and ``{"held_out": {"before": …, "after": …},
+        "history": […], "mean_f1": {…}, "saved": bool, "why": str}``.
     """
     from ..io.atomic import check_output_file
     from ..twin.parents import get_parent
@@ -315,7 +332,7 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
     if config.fit_lattice:  # targets on the fitted sites; twins at the source size fitted on the images
         progress(0.01, "fitting the lattice of the reviewed images")
         energy = microscope.energy_keV if microscope is not None else None
-        corrections, fits = _fit_lattices(corrections, material, energy, log, cancelled)
+        corrections, fits = _fit_lattices(corrections, material, energy, log, cancelled, optics)
         sources = [f["source_size_A"] for f in fits if f["source_size_A"] is not None]
         if sources:
             from dataclasses import replace
@@ -326,16 +343,15 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
         moved = sum(f["moved_to_sites"] for f in fits)
         source = microscope.source_size_A if microscope is not None else 0.0
         log(f"{moved} corrected defects moved onto fitted sites; twins at source size {source:.2f} Å")
-    train_x, train_y, held, counts = _correction_sets(corrections, model_px, config.holdout_fraction)
+    train_x, train_y, val_x, val_y, held, counts = _correction_sets(corrections, model_px, config.holdout_fraction,
+                                                                     config.validation_fraction)
     before = _held_out_scores(model, base_card, held, device, config.match_radius_A)
     log("held out before fine-tuning: " + ", ".join(f"{k} F1 {v['f1']:.3f}" if v["f1"] is not None else f"{k} –"
                                                      for k, v in before.items()))
     twin_x, twin_y = _twins(material, dopant, config, model_px, microscope, progress, cancelled)
     xs = train_x + twin_x
     ys = train_y + twin_y
-    # validation (to keep the best epoch): the held-out strips at the model's pixel size
-    val_x = [normalise(resample_to(h[0], h[3], model_px, order=1)) for h in held]
-    val_y = [resample_to(h[1], h[3], model_px, order=0).astype(np.int64) for h in held]
+    # validation (to keep the best epoch): the strips above the held-out parts, never trained on
     xs_all, ys_all = xs + val_x, ys + val_y
     train_idx = np.arange(len(xs))
     val_idx = np.arange(len(xs), len(xs_all))
@@ -361,25 +377,38 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
                  command, before, after, best, history, fits)
     if cancelled():
         raise Cancelled("fine-tuning cancelled")
+    mean_f1 = {"before": _mean_f1(before), "after": _mean_f1(after)}
+    report = {"held_out": {"before": before, "after": after}, "history": history, "mean_f1": mean_f1}
+    if mean_f1["after"] < mean_f1["before"] or not np.isfinite(mean_f1["after"]):
+        why = (f"not saved: on the held-out part the fine-tuned model is worse than {base_path.name} (mean "
+               f"instance F1 {mean_f1['before']:.3f} before, {mean_f1['after']:.3f} after); keep using "
+               f"{base_path.name}" + (f", and the model already in {out} is as it was" if target.exists() else "")
+               + "; correct more of the image, or check the corrections and the dopant")
+        log(why)
+        progress(1.0, "done: the model was not saved")
+        return None, {**report, "saved": False, "why": why}
     progress(0.95, "saving the model")
     out.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(model, card, target, overwrite=overwrite)
     progress(1.0, "done")
-    return path, {"held_out": {"before": before, "after": after}, "history": history,
-                  "mean_f1": {"before": _mean_f1(before), "after": _mean_f1(after)}}
+    return path, {**report, "saved": True, "why": ""}
 
 
-def _correction_sets(corrections: list[Correction], model_px: float, holdout_fraction: float):
-    """Training images and targets at the model's pixel size, held-out strips and the defects per image."""
-    train_x, train_y, held, counts = [], [], [], []
+def _correction_sets(corrections: list[Correction], model_px: float, holdout_fraction: float,
+                     validation_fraction: float):
+    """Training and validation images and targets at the model's pixel size, held-out strips and the
+    defects per image."""
+    train_x, train_y, val_x, val_y, held, counts = [], [], [], [], [], []
     for corr in corrections:
         image, labels, defects = correction_targets(corr)
-        (ti, tl), (hi, hl, hd) = _split(image, labels, defects, corr.pixel_size_A, holdout_fraction)
-        train_x.append(normalise(resample_to(ti, corr.pixel_size_A, model_px, order=1)))
-        train_y.append(resample_to(tl, corr.pixel_size_A, model_px, order=0).astype(np.int64))
-        held.append((hi, hl, hd, corr.pixel_size_A))
+        px = corr.pixel_size_A
+        (ti, tl), (vi, vl), (hi, hl, hd) = _split(image, labels, defects, px, holdout_fraction, validation_fraction)
+        for x, y, xs, ys in ((ti, tl, train_x, train_y), (vi, vl, val_x, val_y)):
+            xs.append(normalise(resample_to(x, px, model_px, order=1)))
+            ys.append(resample_to(y, px, model_px, order=0).astype(np.int64))
+        held.append((hi, hl, hd, px))
         counts.append({k: int(v) for k, v in defects.defect_class.value_counts().items()})
-    return train_x, train_y, held, counts
+    return train_x, train_y, val_x, val_y, held, counts
 
 
 def _card(base_card, base_path, corrections, counts, n_twins, material, dopant, config, microscope, command,

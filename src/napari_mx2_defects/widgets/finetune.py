@@ -240,12 +240,12 @@ class FinetuneWidget(JobWidget, Container):
         ]
         material, dopant = self.material.value, self.dopant.value.strip() or None
         model, runtime, overwrite = self._model(), self.runtime.value, bool(self.replace.value)
-        energy = meta.get("beam_energy_keV")
-        microscope = None
-        if energy:
-            from ..twin.microscope import Microscope
+        from ..analysis.sites import microscope_for
+        from ..core.parameters import DEFAULTS
 
-            microscope = Microscope(energy_keV=float(energy))
+        energy, optics = meta.get("beam_energy_keV"), dict(meta.get("optics") or {})
+        # the optics the file records, as Find defects and Defect statistics take them (ADF stays ADF)
+        microscope = microscope_for(float(energy) if energy else DEFAULTS["energy_keV"], optics)
         self._context = (layer, pixel)
         self.losses = []
         self._draw_losses()
@@ -263,6 +263,7 @@ class FinetuneWidget(JobWidget, Container):
                 dopant=dopant,
                 config=config,
                 microscope=microscope,
+                optics=optics,
                 command=command,
                 overwrite=overwrite,
                 progress=lambda f, m: progress(0.9 * f, m),
@@ -270,6 +271,8 @@ class FinetuneWidget(JobWidget, Container):
                 cancelled=cancelled,
                 on_step=self._bridge.stepped.emit,
             )
+            if path is None:  # worse on the held-out part than the model it started from: nothing saved
+                return {"path": None, "report": report, "segmentation": None}
             seg = segment_image(
                 data,
                 pixel,
@@ -277,6 +280,7 @@ class FinetuneWidget(JobWidget, Container):
                 runtime=runtime,
                 material=material,
                 beam_energy_keV=energy,
+                optics=optics,
                 progress=lambda f, m: progress(0.9 + 0.1 * f, f"re-count: {m}"),
                 cancelled=cancelled,
             )
@@ -289,6 +293,12 @@ class FinetuneWidget(JobWidget, Container):
 
         layer, pixel = self._context
         seg = result["segmentation"]
+        if seg is None:
+            self.result = result
+            self._draw_losses()
+            self.status.value = f"⚠ the fine-tuned model was {result['report']['why']}"
+            self.progress.value = 100
+            return
         name = f"{layer.name} fine-tuned"
         _, points, *_ = add_layers(self.viewer, segmentation_layers(seg, layer, pixel, name=name))
         self.editing.attach(points)
