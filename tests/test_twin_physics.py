@@ -244,3 +244,32 @@ def test_frozen_phonons_are_averaged_and_recorded():
     assert thermal.image.mean() == pytest.approx(static.image.mean(), rel=0.1)
     with pytest.raises(ValueError, match="frozen phonons"):
         TwinRequest(frozen_phonons=-1)
+
+
+def test_a_structure_is_the_parent_its_majority_makes():
+    """A MoS2 cell holding one W, one Se in an S2 column and a missing S is MoS2 (it was calibrated as MoSe2: the
+    heaviest chalcogen present), its lattice constant is the cell's, and the Se+S column is a chalcogen site."""
+    from dataclasses import replace
+
+    from napari_mx2_defects.twin.api import structure_parent
+    from napari_mx2_defects.twin.parents import get_parent
+    from napari_mx2_defects.twin.structures import build_lattice, lattice_from_atoms
+
+    table = get_parent("MoS2")
+    atoms = build_lattice(replace(table, a_A=3.22), cells=(6, 4)).atoms  # a strained cell: 3.22 Å, not 3.184
+    symbols = atoms.get_chemical_symbols()
+    s_atoms = [i for i, s in enumerate(symbols) if s == "S"]
+    symbols[s_atoms[0]] = "Se"
+    symbols[[i for i, s in enumerate(symbols) if s == "Mo"][3]] = "W"
+    atoms.set_chemical_symbols(symbols)
+    se = atoms.positions[s_atoms[0], :2].copy()
+    del atoms[s_atoms[5]]
+    parent = structure_parent(atoms)
+    assert (parent.metal, parent.chalcogen, parent.phase) == ("Mo", "S", "2H")
+    assert parent.a_A == pytest.approx(3.22, abs=0.005) and parent.thickness_A == table.thickness_A
+    sites = lattice_from_atoms(atoms, parent).sites
+    column = sites.iloc[int(np.argmin(np.hypot(sites.x_A - se[0], sites.y_A - se[1])))]
+    assert column.sublattice == "X" and column.n_atoms == 2
+    assert structure_parent(build_lattice(table, cells=(4, 3)).atoms) == table  # the table's own cell: unchanged
+    with pytest.raises(ValueError, match="no metal and chalcogen"):
+        structure_parent(atoms[[i for i, s in enumerate(atoms.get_chemical_symbols()) if s == "S"]])

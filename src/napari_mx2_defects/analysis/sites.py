@@ -185,7 +185,7 @@ def follow_the_field(sites: pd.DataFrame, reference: np.ndarray | None = None,
         reach = np.empty_like(local)
         points = xy[mine]
         for start in range(0, len(points), _FIELD_BLOCK):
-            d, idx = tree.query(points[start:start + _FIELD_BLOCK], k=k)
+            d, idx = tree.query(points[start:start + _FIELD_BLOCK], k=k, workers=-1)
             idx = idx.reshape(len(idx), -1)
             local[start:start + len(idx)] = np.median(values[idx], axis=1)
             reach[start:start + len(idx)] = np.asarray(d).reshape(len(idx), -1)[:, -1]

@@ -6,10 +6,11 @@ scheduler and sizes before any work; outputs are written atomically (:mod:`.io.a
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-from ..core.parameters import FINETUNE_PARAMETERS, SEGMENT_PARAMETERS
+from ..core.parameters import ADAPT_PARAMETERS, FINETUNE_PARAMETERS, SEGMENT_PARAMETERS
 from ..core.validation import BOUNDS, check_allocation
 from .options import add_parameters, add_runtime_option, command_line, progress_printer
 from .options import bound_type as _t
@@ -18,6 +19,8 @@ __all__ = ["SEGMENT_FILES", "add_learn_commands"]
 
 #: What ``segment`` writes: the only names its ``--overwrite`` replaces.
 SEGMENT_FILES = ["labels.tif", "defects.csv"]
+#: What ``segment --adapt`` writes besides: the teaching, the adapted model's path and the agreement before and after.
+ADAPT_FILES = ["adaptation.json"]
 #: Peak bytes per pixel of segmentation at the model's pixel size (labels, scores, tiles, margin).
 SEGMENT_BYTES_PER_PIXEL = 24
 
@@ -63,9 +66,13 @@ def _cmd_segment(args):
 
     from ..analysis.objects import OBJECT_FILES
 
-    names = SEGMENT_FILES + (OBJECT_FILES if args.objects else [])
+    if args.adapt and not args.material:
+        raise ValueError("--adapt needs --material: the site physics that teaches the model fits the parent's lattice")
+    if args.dopant and not args.adapt:
+        raise ValueError("--dopant is used by --adapt here (the analysis takes it as analyze --dopant): add --adapt")
+    names = SEGMENT_FILES + (OBJECT_FILES if args.objects else []) + (ADAPT_FILES if args.adapt else [])
     # before any work; a new result without --objects removes an older result's objects (they would not match)
-    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=OBJECT_FILES)
+    stage = StagedOutput(args.out, names, overwrite=args.overwrite, replaces=OBJECT_FILES + ADAPT_FILES)
     from ..learn.checkpoint import card_path, default_model_path, read_card
 
     model = default_model_path() if args.model == "default" else Path(args.model)
@@ -86,12 +93,29 @@ def _cmd_segment(args):
     data, note = image_plane(image.data, args.image.name)
     if note and not args.quiet:
         print(f"note: {note}", file=sys.stderr)
-    seg = segment_image(data, pixel, model=args.model, device=args.device, material=args.material,
-                        beam_energy_keV=image.beam_energy_keV, optics=image.optics, runtime=args.runtime,
-                        progress=progress_printer(args.quiet))
+    adapted = None
+    if args.adapt:
+        from ..learn.adapt import adapt_to_image
+
+        adapted = adapt_to_image(data, pixel, args.material, dopant=args.dopant or None,
+                                 beam_energy_keV=image.beam_energy_keV, optics=image.optics, base_model=args.model,
+                                 runtime=args.runtime, device=args.device, name=args.image.name,
+                                 progress=progress_printer(args.quiet),
+                                 log=(lambda m: None) if args.quiet else print)
+        seg = adapted.segmentation
+    else:
+        seg = segment_image(data, pixel, model=args.model, device=args.device, material=args.material,
+                            beam_energy_keV=image.beam_energy_keV, optics=image.optics, runtime=args.runtime,
+                            progress=progress_printer(args.quiet))
     with stage as staging:
         write_calibrated_tiff(staging / "labels.tif", seg.labels, pixel, title=LABELS_TITLE)
         seg.defects[DEFECTS_COLUMNS[:4]].to_csv(staging / "defects.csv", index=False)
+        if adapted is not None:
+            (staging / "adaptation.json").write_text(json.dumps(
+                {"model": str(adapted.model), "adapted": adapted.adapted, "reused": adapted.reused,
+                 "message": adapted.message, "taught": adapted.taught,
+                 "model_vs_physics": {"before": adapted.agreement_before, "after": adapted.agreement_after},
+                 "held_out": adapted.report.get("mean_f1")}, indent=2, default=str))
         if args.objects:
             from ..analysis.objects import defect_objects
 
@@ -102,6 +126,8 @@ def _cmd_segment(args):
           ", ".join(f"{k} {v}" for k, v in seg.defects.defect_class.value_counts().items()))
     if args.objects:
         print("objects: " + ", ".join(f"{v} {k}" for k, v in objects.counts().items()))
+    if adapted is not None:
+        print(adapted.summary())
     for name in names:
         print(f"  wrote {out / name}")
     return 0
@@ -337,6 +363,7 @@ def add_learn_commands(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     add_runtime_option(p)
     p.add_argument("--material", help="parent (e.g. MoSe2): checks each vacancy's sublattice against the lattice")
+    add_parameters(p, ADAPT_PARAMETERS)
     p.add_argument("--objects", action="store_true",
                    help="also write each defect's and each cluster's contour and box: defect_objects.csv, "
                         "defect_objects.geojson")

@@ -39,7 +39,7 @@ from .inference import ModelScaleTiles, _predict_tiled, instances_from_labels
 from .models import ARCHITECTURES, build_model, pick_device
 from .preprocess import NORMALISATION, normalise, resample_to
 from .runtime import TorchRunner
-from .train import TrainConfig, _class_weights, fit
+from .train import IGNORE_LABEL, TrainConfig, _class_weights, fit
 
 __all__ = ["FINETUNE_FILES", "Correction", "FinetuneConfig", "correction_targets", "finetune",
            "read_corrections", "snap_to_sites"]
@@ -68,6 +68,10 @@ class Correction:
     name: str = "image"
     sha256: str = ""
     labels_name: str = ""
+    #: Positions (``x_A, y_A``) whose class is not known: their discs are left out of the loss and the scores
+    #: (:data:`~.train.IGNORE_LABEL`) instead of counting as intact. Adaptation puts the sites the site physics
+    #: is unsure of here.
+    unknown: pd.DataFrame | None = None
 
 
 @dataclass
@@ -154,6 +158,10 @@ def correction_targets(correction: Correction) -> tuple[np.ndarray, np.ndarray, 
     d = correction.defects
     labels = label_mask(image.shape, (px, px), d.x_A, d.y_A, [CLASS_IDS[c] for c in d.defect_class]) \
         if len(d) else np.zeros(image.shape, np.uint8)
+    u = correction.unknown
+    if u is not None and len(u):
+        unknown = label_mask(image.shape, (px, px), u.x_A, u.y_A, np.ones(len(u), np.uint8)) > 0
+        labels[unknown & (labels == 0)] = IGNORE_LABEL
     inside = (d.x_A >= j0 * px) & (d.x_A < j1 * px) & (d.y_A >= i0 * px) & (d.y_A < i1 * px)
     kept = d[inside].copy()
     kept["x_A"] -= j0 * px
@@ -240,8 +248,12 @@ def _held_out_scores(net, card, held: list, device, radius_A: float, border_A: f
     total: dict = {}
     net.eval()
     with torch.no_grad():
-        for image, _, truth, px in held:
+        for image, labels, truth, px in held:
             pred = _instances(net, card, image, px, device)
+            if len(pred):  # a detection where the class is not known is neither right nor wrong
+                i = np.clip(np.round(pred.y_A.to_numpy(float) / px).astype(int), 0, labels.shape[0] - 1)
+                j = np.clip(np.round(pred.x_A.to_numpy(float) / px).astype(int), 0, labels.shape[1] - 1)
+                pred = pred[labels[i, j] != IGNORE_LABEL]
             h, w = image.shape[0] * px, image.shape[1] * px
 
             def interior(t):

@@ -21,6 +21,9 @@ from .preprocess import NORMALISATION, normalise, resample_to
 __all__ = ["TrainConfig", "fit", "per_class_pixel_metrics", "train"]
 
 N_CLASSES = len(CLASS_NAMES)
+#: Target value of pixels whose class is not known (a site the site physics is unsure of, in adaptation):
+#: they add nothing to the loss and are not scored.
+IGNORE_LABEL = 255
 
 
 @dataclass
@@ -83,7 +86,8 @@ def _batch(xs, ys, indices, crop, rng, augment=True):
 
 
 def _class_weights(ys) -> torch.Tensor:
-    counts = np.bincount(np.concatenate([y.ravel() for y in ys]), minlength=N_CLASSES).astype(float)
+    values = np.concatenate([y.ravel() for y in ys])
+    counts = np.bincount(values[values != IGNORE_LABEL], minlength=N_CLASSES)[:N_CLASSES].astype(float)
     freq = counts / counts.sum()
     weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-8)), 0.0)
     weights /= weights[0] if weights[0] > 0 else 1.0
@@ -91,9 +95,12 @@ def _class_weights(ys) -> torch.Tensor:
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """Soft Dice over the classes present in the training set (lattice included)."""
-    prob = logits.softmax(1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    """Soft Dice over the classes present in the training set (lattice included); pixels at
+    :data:`IGNORE_LABEL` take no part."""
+    known = (target != IGNORE_LABEL).unsqueeze(1).float()
+    prob = logits.softmax(1) * known
+    onehot = F.one_hot(torch.where(target == IGNORE_LABEL, 0, target), logits.shape[1]).permute(0, 3, 1, 2).float()
+    onehot = onehot * known
     inter = (prob * onehot).sum((0, 2, 3))
     denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     dice = (2 * inter + 1.0) / (denom + 1.0)
@@ -283,7 +290,8 @@ def fit(model, xs, ys, train_idx, val_idx, config: TrainConfig, device, class_we
             bx, by = _batch(xs, ys, rng.choice(train_idx, config.batch_size, p=p), config.crop_px, rng)
             bx, by = bx.to(device), by.to(device)
             logits = model(bx)
-            loss = F.cross_entropy(logits, by, weight=class_weights) + dice_loss(logits, by, present)
+            loss = F.cross_entropy(logits, by, weight=class_weights, ignore_index=IGNORE_LABEL) + \
+                dice_loss(logits, by, present)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -328,5 +336,6 @@ def evaluate_pixels(model, xs, ys, device) -> dict:
         t = torch.from_numpy(np.pad(x, ((0, ph), (0, pw)), mode="reflect"))[None, None].to(device)
         preds.append(model(t).argmax(1)[0, :h, :w].cpu().numpy())
         targets.append(y)
-    return per_class_pixel_metrics(np.concatenate([p.ravel() for p in preds]),
-                                   np.concatenate([t.ravel() for t in targets]))
+    pred, target = np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() for t in targets])
+    known = target != IGNORE_LABEL
+    return per_class_pixel_metrics(pred[known], target[known])

@@ -18,7 +18,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from .parents import Parent
+from .parents import CHALCOGENS, Parent
 
 __all__ = ["GrainBoundary", "Lattice", "add_holes", "build_lattice", "lattice_from_atoms"]
 
@@ -282,7 +282,8 @@ def lattice_from_atoms(
     if extent is None:
         extent = (float(atoms.cell[0, 0]), float(atoms.cell[1, 1]))
     n = len(atoms)
-    metal_mask = np.array([s != parent.chalcogen for s in atoms.get_chemical_symbols()], dtype=bool)
+    # a column holding any metal is a metal site; a Se in an MoS2 cell is a chalcogen (substitution), not a metal
+    metal_mask = np.array([s not in CHALCOGENS for s in atoms.get_chemical_symbols()], dtype=bool)
     z_metal = float(np.median(atoms.positions[metal_mask, 2])) if metal_mask.any() else float(
         np.mean(atoms.positions[:, 2]) if n else 0.0
     )
