@@ -30,6 +30,8 @@ __all__ = [
     "PIXEL_OVERRIDE",
     "REQUEST_PARAMETERS",
     "SEGMENT_PARAMETERS",
+    "ADAPT_PARAMETERS",
+    "DOPANT",
     "SIMULATE_PARAMETERS",
     "TWIN_PARAMETERS",
     "Pair",
@@ -235,8 +237,21 @@ PIXEL_OVERRIDE = _p("image_pixel_size_A", "pixel size", None, "--pixel-size",
 #: What may run the network (:mod:`..learn.runtime`): ``segment --runtime`` and the docks' runtime field.
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
-#: What ``segment`` and the *Find defects* dock ask for besides the image and the model.
+#: The dopant a user names: ``segment``/``analyze --dopant`` and the *Find defects* and *Defect statistics* docks.
+DOPANT = _p("dopant", "dopant", "", "--dopant", "dopant element on metal sites, lighter or heavier than the host "
+            "(e.g. Ti, W): named TM_D with dopant=…; adaptation to the image looks for it", kind=str)
+
+#: What ``segment`` and the *Find defects* dock (and ``finetune``, ``uncertain`` and their docks) ask for besides
+#: the image and the model.
 SEGMENT_PARAMETERS: tuple[Parameter | Pair, ...] = (PIXEL_OVERRIDE,)
+
+#: What ``segment`` and the *Find defects* dock ask for to adapt the model to the image (:mod:`..learn.adapt`).
+ADAPT_PARAMETERS: tuple[Parameter | Pair, ...] = (
+    DOPANT,
+    _p("adapt", "adapt the model to this image (uses the parent)", False, "--adapt",
+       "fine-tune the model on this image where the calibrated site physics is sure of a site (posterior ≥ 0.99), "
+       "with twins at the file's optics; the adapted model is kept for this image only and reused", kind=bool),
+)
 
 #: What ``analyze`` and the *Defect statistics* dock ask for besides the image, the parent and the defects.
 ANALYSIS_PARAMETERS: tuple[Parameter | Pair, ...] = (
@@ -251,8 +266,7 @@ ANALYSIS_PARAMETERS: tuple[Parameter | Pair, ...] = (
           _p("detector_outer_mrad", "detector outer angle", 0.0, "--detector")),
          help="annular detector angles in mrad for the forward model (default: the file's, else 50 200)",
          optional=True, ordered=True),
-    _p("dopant", "dopant", "", "--dopant", "dopant element on metal sites, lighter or heavier than the host "
-       "(e.g. Ti, W): reported as TM_D with dopant=…", kind=str),
+    DOPANT,
     _p("exclude_contamination", "exclude contamination (amorphous carbon)", False, "--exclude-contamination",
        "map amorphous contamination on the layer and count defects per cm² over the clean area only", kind=bool),
     _p("map_phases", "map phases and stacking (1L/2L/3L, 2H/3R, 1T)", False, "--phases",
