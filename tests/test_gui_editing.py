@@ -75,7 +75,7 @@ def _find_defects_output(viewer, widget):
                           device="cpu", runtime="torch",
                           card=SimpleNamespace(architecture="unet", classes=dict(CLASS_NAMES)))
     widget._context = (image, 0.1)
-    widget._on_done((seg, None))  # the job returns the segmentation and its objects (none asked for)
+    widget._on_done((seg, None, None))  # the job returns the segmentation, its objects and the adaptation (none)
     points = viewer.layers[-1]
     assert type(points).__name__ == "Points" and viewer.layers.selection.active is points
     viewer.reset_view()

@@ -19,7 +19,8 @@ def test_top_level_manifest_is_valid():
     assert len(manifest.contributions.writers) == 2
     assert {w.display_name for w in manifest.contributions.widgets} == {"Simulate digital twin", "Find defects",
                                                                         "Defect statistics", "Batch folder",
-                                                                        "Fine-tune on corrections", "Dose response"}
+                                                                        "Fine-tune on corrections", "Dose response",
+                                                                        "Series"}
     assert manifest.contributions.sample_data
 
 

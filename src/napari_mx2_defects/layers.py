@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 
 from .core.classes import CLASS_COLORS, CLASS_NAMES
+from .io.writer import save_with
 
 __all__ = ["DEFECT_POINT_SIZE_A", "LayerData", "add_layers", "contamination_layer", "corrections_from_layers", "image_frame",
            "image_pyramid", "label_pyramid",
            "label_colormap", "label_colormap_layer", "phase_labels_layer", "phase_layer", "phase_legend", "label_features", "napari_get_points_reader", "object_layers",
-           "points_table", "read_points_csv", "strain_layers", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
+           "points_table", "read_points_csv", "region_layer", "strain_layers", "reviewed_regions_A", "science_positions", "segmentation_layers", "sites_layer",
            "twin_layers", "uncertain_layer"]
 
 LayerData = tuple[Any, dict, str]
@@ -39,7 +40,7 @@ def _points(table: pd.DataFrame, pixel_size_A: tuple[float, float], name: str, c
         "border_width": 0.15,
         "border_width_is_relative": True,
         "units": ["angstrom", "angstrom"],
-        "metadata": metadata,
+        "metadata": {**metadata, **save_with("points")},
     }
     if colour_by in features and len(features):  # each class in its legend colour (as the Labels colormap)
         kwargs["border_color_cycle"] = {CLASS_NAMES[c]: CLASS_COLORS[c][:3] + (1.0,) for c in CLASS_COLORS if c}
@@ -67,7 +68,7 @@ def twin_layers(twin, name: str = "twin") -> list[LayerData]:
                             "multiscale": isinstance(truth, list),
                             "colormap": label_colormap_layer(), "opacity": 0.6,
                             "features": label_features(),
-                            "metadata": {**meta, "class_names": CLASS_NAMES}}, "labels")
+                            "metadata": {**meta, "class_names": CLASS_NAMES, **save_with("labels")}}, "labels")
     defects = twin.defects[["x_A", "y_A", "defect_class", "element"]]
     points = _points(defects, twin.pixel_size_A, f"{name} truth defects", "defect_class", DEFECT_POINT_SIZE_A,
                      {"pixel_size_A": meta["pixel_size_A"]})
@@ -77,7 +78,8 @@ def twin_layers(twin, name: str = "twin") -> list[LayerData]:
 
         layers.append(phase_labels_layer(twin.phase_labels, f"{name} truth phases",
                                          monolayer_phase(twin.lattice.parent), scale=scale,
-                                         metadata={"stacking": twin.settings["request"].get("stacking", "")}))
+                                         metadata={"stacking": twin.settings["request"].get("stacking", ""),
+                                                   **save_with("labels")}))
     return layers
 
 
@@ -118,7 +120,7 @@ def sites_layer(result, name: str = "sites") -> LayerData:
         "border_color": "defect_class",
         "border_color_cycle": ["#00000000", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"],
         "units": ["angstrom", "angstrom"],
-        "metadata": {"lattice": result.lattice},
+        "metadata": {"lattice": result.lattice, **save_with("points")},
     }
     return coords, kwargs, "points"
 
@@ -167,12 +169,13 @@ def segmentation_layers(seg, image_layer, pixel_size_A: float, name: str | None 
     base = name or image_layer.name
     scale = [float(v) for v in image_layer.scale[-2:]]
     translate = [float(v) for v in image_layer.translate[-2:]]
-    units = ["angstrom", "angstrom"]
+    units = image_frame(image_layer, pixel_size_A)["units"]  # the image's (Å, or pixels when uncalibrated)
     levels = label_pyramid(seg.labels)
     labels = (levels, {"name": f"{base} defects", "multiscale": isinstance(levels, list), "scale": scale, "translate": translate, "opacity": 0.6,
                            "colormap": label_colormap_layer(), "units": units, "features": label_features(),
                            "metadata": {"pixel_size_A": float(pixel_size_A), "calibrated": True,
-                                        "model": seg.card.architecture, "class_names": seg.card.classes}}, "labels")
+                                        "model": seg.card.architecture, "class_names": seg.card.classes,
+                                        **save_with("labels")}}, "labels")
     coords, kwargs, _ = _points(seg.defects, (pixel_size_A, pixel_size_A), f"{base} defect points", "defect_class",
                                 DEFECT_POINT_SIZE_A, {"pixel_size_A": float(pixel_size_A)})
     kwargs.update(image_frame(image_layer, pixel_size_A))
@@ -186,17 +189,24 @@ def segmentation_layers(seg, image_layer, pixel_size_A: float, name: str | None 
     return layers
 
 
-def image_frame(layer, pixel_size_A: float) -> dict[str, list[float]]:
-    """``scale`` and ``translate`` that put science positions (Å from the image origin, measured with
-    ``pixel_size_A``) on top of the image ``layer`` in world coordinates.
+def image_frame(layer, pixel_size_A: float) -> dict[str, list]:
+    """``scale``, ``translate`` and ``units`` that put science positions (Å from the image origin, measured
+    with ``pixel_size_A``) on top of the image ``layer`` in world coordinates.
 
     The one place layers ↔ science positions are mapped: a calibrated layer gives scale 1 and its own
     origin offset (a Velox file's −76.8 Å), an uncalibrated one with a typed-in pixel size gives
-    1/pixel so the overlay still lands on the right pixels.
+    1/pixel so the overlay still lands on the right pixels. The units are the image's (Å, or pixels for
+    an uncalibrated file), so napari finds every layer in one unit and does not warn.
     """
     scale = np.asarray(layer.scale[-2:], float)
     translate = np.asarray(layer.translate[-2:], float)
-    return {"scale": list(scale / float(pixel_size_A)), "translate": list(translate)}
+    return {"scale": list(scale / float(pixel_size_A)), "translate": list(translate), "units": layer_units(layer)}
+
+
+def layer_units(layer) -> list[str]:
+    """The units of ``layer``'s last two axes as napari names them (``angstrom``, ``pixel``)."""
+    units = getattr(layer, "units", None)
+    return [str(u) for u in units[-2:]] if units is not None and len(units) >= 2 else ["angstrom", "angstrom"]
 
 
 def science_positions(world_yx: np.ndarray, layer, pixel_size_A: float) -> np.ndarray:
@@ -208,6 +218,9 @@ def science_positions(world_yx: np.ndarray, layer, pixel_size_A: float) -> np.nd
 
 def add_layers(viewer, layer_data: list[LayerData]) -> list:
     """Add ``LayerData`` tuples to a viewer; returns the layers (as napari's reader path would)."""
+    from .io.writer import remind_writers
+
+    remind_writers()  # a first save of these layers through napari's own writer says which one keeps Å
     return [getattr(viewer, f"add_{kind}")(data, **kwargs) for data, kwargs, kind in layer_data]
 
 
@@ -230,8 +243,8 @@ def uncertain_layer(table: pd.DataFrame, image_layer, pixel_size_A: float,
     features = table.drop(columns=["x_A", "y_A"]).reset_index(drop=True)
     kwargs = {"name": name or f"{image_layer.name} uncertain sites", "features": features,
               "size": 1.6 * DEFECT_POINT_SIZE_A, "face_color": "transparent", "border_width": 0.12,
-              "border_width_is_relative": True, "units": ["angstrom", "angstrom"],
-              "metadata": {"pixel_size_A": float(pixel_size_A), "review": "uncertain sites"}}
+              "border_width_is_relative": True,
+              "metadata": {"pixel_size_A": float(pixel_size_A), "review": "uncertain sites", **save_with("points")}}
     if len(table):
         kwargs.update(border_color="uncertainty", border_colormap="plasma",
                       border_contrast_limits=(0.0, 0.5))  # 0.5: two classes equally likely
@@ -255,7 +268,7 @@ def object_layers(objects, image_layer, pixel_size_A: float, name: str | None = 
     polygons = [np.asarray(ring, float)[:-1, ::-1] for ring in objects.contours_A]  # (y, x), open ring
     boxes = [np.array([[r.y_min_A, r.x_min_A], [r.y_min_A, r.x_max_A], [r.y_max_A, r.x_max_A],
                        [r.y_max_A, r.x_min_A]]) for r in table.itertuples()]
-    common = {"features": table, "face_color": "transparent", "units": ["angstrom", "angstrom"],
+    common = {"features": table, "face_color": "transparent",
               "metadata": {"pixel_size_A": float(pixel_size_A), "objects": "defect objects"},
               **image_frame(image_layer, pixel_size_A)}
     contours = (polygons, {**common, "name": f"{base} defect contours", "shape_type": "polygon",
@@ -281,7 +294,7 @@ def strain_layers(strain, image_layer, pixel_size_A: float, name: str | None = N
         limit = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
         layers.append((values, {"name": f"{base} {label}", "scale": scale, "translate": translate,
                                 "colormap": "PiYG", "contrast_limits": (-(limit or 1.0), limit or 1.0),
-                                "opacity": 0.6, "visible": key == "e_xx", "units": ["angstrom", "angstrom"],
+                                "opacity": 0.6, "visible": key == "e_xx", "units": frame["units"],
                                 "metadata": {"strain_component": key, "window_A": strain.window_A}}, "image"))
     return layers
 
@@ -293,9 +306,10 @@ def contamination_layer(result, image_layer, name: str | None = None) -> LayerDa
     return (result.contamination.astype(np.uint8),
             {"name": name or f"{image_layer.name} contamination", "opacity": 0.35,
              "scale": [s * result.lattice["pixel_size_A"] for s in frame["scale"]], "translate": frame["translate"],
-             "units": ["angstrom", "angstrom"], "features": pd.DataFrame({"index": [0, 1],
+             "units": frame["units"], "features": pd.DataFrame({"index": [0, 1],
                                                                           "class": ["clean", "contaminated"]}),
-             "metadata": {"contamination": result.lattice.get("contamination", {})}}, "labels")
+             "metadata": {"contamination": result.lattice.get("contamination", {}), **save_with("labels")}},
+            "labels")
 
 
 #: Display colours (RGBA) of the phase map's ids (1 + index in :data:`~.twin.stacking.PHASES`): the
@@ -348,8 +362,26 @@ def phase_layer(result, image_layer, name: str | None = None) -> LayerData:
     record = result.lattice["phases"]
     return phase_labels_layer(result.phases, name or f"{image_layer.name} phases", record["monolayer"],
                               scale=[s * result.lattice["pixel_size_A"] for s in frame["scale"]],
-                              translate=frame["translate"],
-                              metadata={"phases": {k: v for k, v in record.items() if k != "references"}})
+                              translate=frame["translate"], units=frame["units"],
+                              metadata={"phases": {k: v for k, v in record.items() if k != "references"},
+                                        **save_with("labels")})
+
+
+#: Edge colour of reviewed regions: outlined, never filled, so the columns inside stay visible.
+REGION_EDGE = "yellow"
+
+
+def region_layer(image_layer, pixel_size_A: float, boxes_A=(), name: str | None = None) -> LayerData:
+    """Shapes layer for the regions a user reviewed, on top of ``image_layer``: rectangles ``(x0, y0, x1, y1)``
+    in Å from the image origin (none: an empty layer to draw them in), outlined in :data:`REGION_EDGE` with no
+    fill (napari's default fill is opaque white and hides the image). :func:`reviewed_regions_A` reads them
+    back."""
+    rectangles = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for x0, y0, x1, y1 in boxes_A]
+    frame = image_frame(image_layer, pixel_size_A)
+    return (rectangles, {"name": name or f"{image_layer.name} reviewed region", "shape_type": "rectangle",
+                         "face_color": "transparent", "edge_color": REGION_EDGE, "edge_width": 2 * pixel_size_A,
+                         "ndim": 2, "metadata": {"pixel_size_A": float(pixel_size_A), "review": "reviewed region"},
+                         **frame}, "shapes")
 
 
 def reviewed_regions_A(shapes, image_layer, pixel_size_A: float) -> list[tuple[float, float, float, float]]:
@@ -386,7 +418,9 @@ def corrections_from_layers(points, image_layer, pixel_size_A: float,
 
 
 def _points_header(path) -> list[str] | None:
-    """The column names of a CSV whose header holds ``x_A`` and ``y_A``, else None."""
+    """The column names of a points CSV this plugin reads, else None: one whose header holds ``x_A`` and
+    ``y_A`` (the plugin's writer and commands), or napari's own points CSV (``index, axis-0, axis-1, …`` then
+    the features; not its shapes CSV, which has ``shape-type``)."""
     from pathlib import Path
 
     from .io.tables import MAX_POINTS_CSV_BYTES
@@ -399,30 +433,74 @@ def _points_header(path) -> list[str] | None:
             header = handle.readline(64 * 1024).strip().split(",")
     except (OSError, UnicodeDecodeError):
         return None
-    return header if {"x_A", "y_A"} <= set(header) else None
+    return header if {"x_A", "y_A"} <= set(header) or _napari_axes(header) else None
+
+
+def _napari_axes(header) -> list[str]:
+    """The ``axis-N`` columns of napari's points CSV header (``index`` first, at least two axes), else []."""
+    axes = [c for c in header if c.startswith("axis-") and c[5:].isdigit()]
+    if not header or header[0] != "index" or len(axes) < 2 or "shape-type" in header:
+        return []
+    return sorted(axes, key=lambda c: int(c[5:]))
 
 
 def napari_get_points_reader(path):
     """npe2 reader: the points tables the plugin writes (``defects.csv``, ``truth.csv``, a saved Points
-    layer: ``x_A``, ``y_A`` in Å plus features) reopen as Points layers with their features."""
+    layer: ``x_A``, ``y_A`` in Å plus features) and napari's own points CSV (*File → Save* with napari's
+    writer) reopen as Points layers in Å with their features."""
     paths = [path] if isinstance(path, str) or not hasattr(path, "__iter__") else list(path)
     if not paths or not all(_points_header(p) for p in paths):
         return None
     return read_points_csv
 
 
-def read_points_csv(path) -> list[LayerData]:
-    """Points layer data of one or more points tables (positions in Å, every other column a feature),
-    read and checked by :func:`~.io.tables.read_points_table` as ``analyze --defects`` reads them."""
+def napari_points_table(path) -> pd.DataFrame:
+    """napari's own points CSV as a points table: the last two ``axis-N`` columns are y and x (napari writes
+    the layer's data coordinates, which for this plugin's Points layers are Å from the image origin) as
+    ``y_A``, ``x_A``; every other column but ``index`` and the other axes is a feature, numbers and
+    True/False read back as such (napari writes every cell as text when one feature is text)."""
     from pathlib import Path
 
-    from .io.tables import read_points_table
+    try:
+        table = pd.read_csv(path, keep_default_na=False, dtype=str)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{Path(path).name}: not a CSV table ({' '.join(str(exc).split())[:100]})") from None
+    axes = _napari_axes(list(table.columns))
+    out = pd.DataFrame({"x_A": table[axes[-1]], "y_A": table[axes[-2]]})
+    for column in table.columns:
+        if column == "index" or column in axes:
+            continue
+        values = table[column]
+        if len(values) and values.isin(["True", "False"]).all():
+            out[column] = values.eq("True")
+            continue
+        numbers = pd.to_numeric(values.replace({"": "nan"}), errors="coerce")
+        numeric = numbers.notna() | values.str.lower().isin(["nan", ""])
+        out[column] = numbers if len(values) and numeric.all() and numbers.notna().any() else values
+    return out
+
+
+def read_points_csv(path) -> list[LayerData]:
+    """Points layer data of one or more points tables (positions in Å, every other column a feature),
+    read and checked by :func:`~.io.tables.read_points_table` as ``analyze --defects`` reads them; napari's
+    own points CSV through :func:`napari_points_table` and the same checks."""
+    from pathlib import Path
+
+    from .io.tables import check_points_table, read_points_table
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers = []
     for p in map(Path, paths):
-        table = read_points_table(p)
+        header = _points_header(p) or []
+        if {"x_A", "y_A"} <= set(header):
+            table = read_points_table(p)
+        else:
+            table = check_points_table(napari_points_table(p), p.name,
+                                       what="napari's points CSV lists index, axis-0, axis-1 …")
         colour = "defect_class" if "defect_class" in table else ""
         layers.append(_points(table, (1.0, 1.0), p.stem, colour, DEFECT_POINT_SIZE_A,
                               {"source": str(p), "calibrated": True}))
+    from .io.writer import remind_writers
+
+    remind_writers()
     return layers

@@ -1,7 +1,7 @@
 """``mx2-defects``: the parser, one-line errors and Ctrl-C handling of every command.
 
 Each science package has its command module beside this one (:mod:`.info`, :mod:`.twin`,
-:mod:`.learn`, :mod:`.analysis`, :mod:`.batch`, :mod:`.demo`); shared helpers — options generated from the
+:mod:`.learn`, :mod:`.analysis`, :mod:`.batch`, :mod:`.series`, :mod:`.demo`); shared helpers — options generated from the
 parameters, the progress printer — are in :mod:`.options`.
 """
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo_command
     from .info import add_info_command
     from .learn import add_learn_commands
+    from .series import add_series_command
     from .twin import add_twin_commands
 
     add_info_command(sub)
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_learn_commands(sub)
     add_analysis_commands(sub)
     add_batch_command(sub)
+    add_series_command(sub)
     add_demo_command(sub)
     for command in sub.choices.values():  # --debug is also accepted after the subcommand
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -34,6 +34,9 @@ __all__ = [
     "DOPANT",
     "SIMULATE_PARAMETERS",
     "TWIN_PARAMETERS",
+    "DOSE_PER_FRAME",
+    "SERIES_PARAMETERS",
+    "SERIES_TWIN_PARAMETERS",
     "Pair",
     "Parameter",
     "check_values",
@@ -321,3 +324,39 @@ def check_values(parameters: Iterable[Parameter | Pair], values: Mapping[str, An
         else:
             checked[p.name] = p.check(values.get(p.name, p.default), option_of(p))
     return checked
+
+
+# --- frame series (``mx2-defects series``, ``simulate --frames``, the *Series* dock) ---------------------------
+# Their bounds are registered here beside the declarations (``setdefault``: an entry in validation.BOUNDS wins).
+for _key, _bound in {
+    "n_frames": Bound("number of frames", "", 1, 10_000, integer=True, option="--frames"),
+    "drift_A_per_frame": Bound("drift per frame", "Å per frame", -20.0, 20.0, option="--frame-drift"),
+}.items():
+    BOUNDS.setdefault(_key, _bound)
+
+#: The dose each frame of a series delivers: ``series --dose-per-frame`` and the *Series* dock (None: the file's
+#: beam current × dwell time per pixel area).
+DOSE_PER_FRAME = _p("dose_per_frame_e_per_A2", "dose per frame", None, "--dose-per-frame",
+                    "electron dose of each frame in e/Å² (default: the file's beam current × dwell time per pixel "
+                    "area, where it records both)", bound="dose_e_per_A2", step=1e4, none="the file's")
+
+#: What ``series`` and the *Series* dock ask for besides the stack, the parent and the model: the dose per frame
+#: and the analysis' calibration options (as ``analyze`` takes them).
+SERIES_PARAMETERS: tuple[Parameter | Pair, ...] = (
+    DOSE_PER_FRAME,
+    *(p for p in ANALYSIS_PARAMETERS if p.name in ("image_pixel_size_A", "beam_energy_keV", "detector_mrad",
+                                                    "dopant")),
+)
+
+#: What ``simulate --frames`` and a series twin add to a twin request: frames, damage and drift between frames.
+SERIES_TWIN_PARAMETERS: tuple[Parameter | Pair, ...] = (
+    _p("n_frames", "frames", 1, "--frames", "number of frames of a series (1: one image); each frame is imaged "
+       "at --dose and damaged by it", kind=int),
+    _p("damage", "beam damage (barn)", "", "--damage", "cross-sections in barn of the processes each frame's dose "
+       "drives: X_loss (each chalcogen atom), M_loss (each metal atom), V_X->V_XX (the last atom of a V_X column; "
+       "default X_loss's), e.g. X_loss=12,M_loss=0.5", kind=str),
+    Pair("frame_drift_A", "--frame-drift", ("DX", "DY"),
+         (_p("frame_drift_x_A", "drift x per frame", 0.0, "--frame-drift", bound="drift_A_per_frame", step=0.1),
+          _p("frame_drift_y_A", "drift y per frame", 0.0, "--frame-drift", bound="drift_A_per_frame", step=0.1)),
+         help="how far the specimen moves in the image from one frame to the next, in Å (x, y)"),
+)

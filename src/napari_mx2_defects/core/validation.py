@@ -103,7 +103,10 @@ class Bound:
 
     def check(self, value) -> float | int:
         """``value`` as a number if it lies within the bound; a one-line ValueError otherwise."""
-        label = f"{self.option} ({self.name})" if self.option else self.name
+        # a command's option says what it sets (``--minutes (training time limit)``); a dock's field label
+        # already is the words
+        label = (f"{self.option} ({self.name})" if self.option.startswith("-") else self.option) if self.option \
+            else self.name
         u = f" {self.unit}" if self.unit else ""
         if isinstance(value, bool):
             raise ValueError(f"{label} must be {self.describe()}, got {value!r}")

@@ -52,7 +52,10 @@ def layer_data(image, source: str | Path) -> LayerData:
         "metadata": image.layer_metadata(source),
     }
     if is_labels_image(image):
-        return image.data, {**kwargs, "opacity": 0.6}, "labels"
+        from .writer import save_with
+
+        return image.data, {**kwargs, "opacity": 0.6, "metadata": {**kwargs["metadata"], **save_with("labels")}}, \
+            "labels"
     return image.data, {**kwargs, "colormap": "gray"}, "image"
 
 
@@ -66,15 +69,60 @@ def read_stem(path: str | list[str]) -> list[LayerData]:
     layer metadata carries the calibration and, under ``"optics"``, the optics the
     file records (convergence and detector angles in mrad, camera length in mm,
     dwell time in s, probe current in A, beam energy in keV).
+
+    Opened from napari's window (*File → Open*, drag and drop), a refused file is not raised: napari
+    would bury the reason under its generic "Tried to read … Try associating a different plugin". Its
+    reason is shown as the error toast itself and nothing is opened (napari's "no layers" answer).
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: list[LayerData] = []
+    refused: list[str] = []
     for p in paths:
-        for image in load_images(p):
+        try:
+            images = load_images(p)
+        except ReaderError as exc:
+            if not _opened_from_napari_window():
+                raise
+            refused.append(str(exc))
+            continue
+        for image in images:
             for message in image.warnings:
                 _notify(message)
             layers.append(layer_data(image, p))
-    return layers
+    for reason in refused:
+        _refused(reason)
+    if any(kind == "labels" for _, _, kind in layers):
+        from .writer import remind_writers
+
+        remind_writers()
+    return layers if layers or not refused else [(None,)]
+
+
+def _opened_from_napari_window() -> bool:
+    """Whether napari's window is opening the file (``QtViewer._qt_open``: *File → Open*, drag and drop,
+    *Open with plugin*), where napari replaces a reader's error by a generic one; a script's
+    ``viewer.open`` gets the reader's own error."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_qt_open" and code.co_filename.replace("\\", "/").endswith("napari/_qt/qt_viewer.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _refused(reason: str) -> None:
+    """A refused file's reason as napari's error toast (and in the log)."""
+    import logging
+
+    logging.getLogger("napari_mx2_defects").warning("refused: %s", reason)
+    try:
+        from napari.utils.notifications import show_error
+    except ImportError:  # pragma: no cover - napari is a dependency
+        return
+    show_error(f"MX2 defects cannot open this file: {reason}")
 
 
 def _notify(message: str) -> None:
@@ -85,5 +133,3 @@ def _notify(message: str) -> None:
     except ImportError:  # pragma: no cover - napari is a dependency
         return
     show_warning(message)
-
-

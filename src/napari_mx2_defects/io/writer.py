@@ -22,10 +22,85 @@ import pandas as pd
 from ..core.multiscale import full_resolution
 from .atomic import atomic_path
 
-__all__ = ["LABELS_TITLE", "labels_title", "points_table", "write_calibrated_tiff", "write_labels", "write_points"]
+__all__ = ["LABELS_TITLE", "SAVE_WITH", "labels_title", "points_table", "remind_writers", "save_with",
+           "write_calibrated_tiff", "write_labels", "write_points"]
 
 #: Title of every labels TIFF the plugin writes; the reader opens such files as Labels layers.
 LABELS_TITLE = "defect labels"
+
+#: The file type to choose in napari's *Save Selected Layer(s)* dialog for each kind of layer this plugin makes,
+#: as the dialog lists it (the manifest's display name and the writer's). napari 0.9 offers its own writers
+#: first and has no per-plugin default (``settings.plugins.extension2writer`` is declared but never read), so a
+#: layer says in its metadata (``save_with``) which writer keeps its pixel size in Å and its features.
+SAVE_WITH = {"labels": "MX2 defects calibrated TIFF (*.tif *.tiff)", "points": "MX2 defects points CSV (Å) (*.csv)"}
+
+#: When this plugin's writers last wrote (``time.monotonic()``), to tell a save through them from one through
+#: napari's own.
+_LAST_WRITE = [float("-inf")]
+_REMINDED = [False]
+#: napari's Save commands (*File → Save Selected Layer(s)…*, *Save All Layers…*) and whether each saves the
+#: selection only.
+SAVE_COMMANDS = {"napari.window.file.save_layers_dialog.selected": True,
+                 "napari.window.file.save_layers_dialog": False}
+
+
+def save_with(kind: str) -> dict:
+    """Layer metadata naming the writer to choose for a ``kind`` ("labels", "points") layer of this plugin
+    (and, inside napari's window, the watch on its Save commands that says it once: :func:`remind_writers`)."""
+    remind_writers()
+    return {"save_with": SAVE_WITH[kind]}
+
+
+def remind_writers(viewer=None) -> None:
+    """Watch napari's Save commands in ``viewer``'s window (default: napari's current viewer): after the first
+    save of a layer of this plugin (metadata ``save_with``) that did not go through this plugin's writers, say
+    once which file type keeps its calibration. Connected once per window, from napari's GUI thread; nothing
+    happens outside napari (the commands never import it)."""
+    import sys
+
+    if "napari" not in sys.modules or "qtpy" not in sys.modules:
+        return
+    import weakref
+
+    import napari
+    from qtpy.QtCore import QThread
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None or QThread.currentThread() is not app.thread():
+        return
+    viewer = viewer or napari.current_viewer()
+    menu = getattr(getattr(viewer, "window", None), "file_menu", None)
+    if menu is None:
+        return
+    ref = weakref.ref(viewer)
+    for action in menu.actions():
+        selected = SAVE_COMMANDS.get(getattr(action, "_command_id", None))
+        if selected is None or action.property("mx2_save_reminder"):
+            continue
+        action.setProperty("mx2_save_reminder", True)
+        # connected after napari's own slot: runs once its (modal) Save dialog has saved
+        action.triggered.connect(lambda *_, selected=selected: _saved(ref(), selected))
+
+
+def _saved(viewer, selected: bool) -> None:
+    import time
+
+    if viewer is None or _REMINDED[0] or time.monotonic() - _LAST_WRITE[0] < 30.0:  # said, or saved through ours
+        return
+    from napari.utils.notifications import show_info
+
+    layers = list(viewer.layers.selection) if selected else list(viewer.layers)
+    kinds = sorted({type(layer).__name__.lower() for layer in layers if "save_with" in (layer.metadata or {})})
+    kinds = [k for k in kinds if k in SAVE_WITH]
+    if not kinds:
+        return
+    _REMINDED[0] = True
+    lost = {"labels": "labels lose their pixel size in Å", "points": "points lose the image's origin"}
+    choices = " and ".join(f"'{SAVE_WITH[k]}' for {k}" for k in kinds)
+    show_info(f"napari's own file types, listed first in the Save dialog, drop what these layers carry: "
+              f"{'; '.join(lost[k] for k in kinds)}. To keep them choose {choices} "
+              f"(each layer's metadata 'save_with' names it). Said once.")
 
 
 def labels_title(name: str = "") -> str:
@@ -111,6 +186,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     calibrated = metadata.get("calibrated", scale is not None)
     pixel = tuple(float(s) for s in scale[-2:]) if (scale is not None and calibrated) else None
     out = write_calibrated_tiff(path, labels, pixel, title=labels_title(meta.get("name", "")))
+    _wrote()
     return [str(out)]
 
 
@@ -139,4 +215,11 @@ def write_points(path: str, data: Any, meta: dict) -> list[str]:
     table = points_table(data, meta)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
+    _wrote()
     return [str(out)]
+
+
+def _wrote() -> None:
+    import time
+
+    _LAST_WRITE[0] = time.monotonic()

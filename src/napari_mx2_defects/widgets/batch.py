@@ -23,7 +23,39 @@ from ..twin.parents import list_parents
 from ._worker import JobWidget
 from .fields import field_values, make_fields
 
-__all__ = ["BatchWidget"]
+__all__ = ["BATCH_COLUMNS", "BatchWidget", "TABLE_ROWS", "summary_view"]
+
+#: The dock's summary columns: ``batch``'s shown columns with the file's warnings (summary.csv's notes) after
+#: its status, so a wrong lattice or a failed self-calibration is seen in the table, not only in the CSV.
+BATCH_COLUMNS = (*SHOWN_COLUMNS[:2], "warnings", *SHOWN_COLUMNS[2:])
+#: Rows the summary shows without scrolling.
+TABLE_ROWS = 8
+#: Row colours: a file with warnings (amber) and a failed file (red), light enough to read dark text on.
+ROW_COLOURS = {"warning": "#fff0c2", "failed": "#ffd0d0"}
+
+
+def summary_view(summary) -> tuple[dict[str, list], list[str]]:
+    """The batch summary as the dock shows it: ``{column: values}`` of :data:`BATCH_COLUMNS` (numbers rounded
+    for reading, the warnings as one line each) and each row's level: ``"failed"``, ``"warning"`` or ``""``."""
+    import pandas as pd
+
+    def cell(column, value):
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            return ""
+        if isinstance(value, float):
+            return f"{value:.3g}" if column.endswith("per_cm2") else f"{value:.4g}"
+        return value
+
+    table = {c: [] for c in BATCH_COLUMNS}
+    levels = []
+    for _, row in summary.iterrows():
+        notes = "" if "notes" not in row or pd.isna(row["notes"]) else str(row["notes"]).strip()
+        for column in BATCH_COLUMNS:
+            value = notes if column == "warnings" else row[column] if column in row else ""
+            table[column].append(cell(column, value))
+        failed = str(row.get("status", "")) == "failed"
+        levels.append("failed" if failed else "warning" if notes else "")
+    return table, levels
 
 
 class BatchWidget(JobWidget, Container):
@@ -45,8 +77,9 @@ class BatchWidget(JobWidget, Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100)
         self.status = Label(value="")
-        self.table = Table(value={c: [] for c in SHOWN_COLUMNS}, label="summary")
+        self.table = Table(value={c: [] for c in BATCH_COLUMNS}, label="summary")
         self.table.read_only = True
+        self.levels: list[str] = []
         self.extend(
             [
                 self.inputs,
@@ -66,6 +99,9 @@ class BatchWidget(JobWidget, Container):
         )
         self.result = None
         self._init_runner()
+        from ._worker import _show_rows
+
+        _show_rows(self.table, TABLE_ROWS)  # after fit_dock's default of a few rows
 
     def run(self, *_):
         """Start the batch in a thread worker (returns the worker, or None with a message)."""
@@ -79,7 +115,11 @@ class BatchWidget(JobWidget, Container):
             self.status.value = "⚠ choose an output folder"
             return None
         model = str(self.model.value) if str(self.model.value or "") not in ("", ".") else "default"
-        values = field_values(self, ANALYSIS_PARAMETERS)
+        try:
+            values = field_values(self, ANALYSIS_PARAMETERS)
+        except ValueError as exc:
+            self.status.value = f"⚠ {exc}"
+            return None
         material, runtime = self.material.value, self.runtime.value
         workers, overwrite = int(self.workers.value), bool(self.overwrite.value)
 
@@ -101,12 +141,31 @@ class BatchWidget(JobWidget, Container):
 
     def _on_done(self, result) -> None:
         self.result = result
-        import pandas as pd
-
-        summary = result.summary
-        self.table.value = {
-            c: ["" if pd.isna(v) else v for v in summary[c]] if c in summary else [""] * len(summary)
-            for c in SHOWN_COLUMNS
-        }
-        self.status.value = result.describe()
+        self.show_summary(result.summary)
+        warned = self.levels.count("warning")
+        self.status.value = result.describe() + (
+            f"; ⚠ {warned} file{'s' if warned > 1 else ''} with warnings (amber rows, see the warnings column)"
+            if warned else "")
         self.progress.value = 100
+
+    def show_summary(self, summary) -> None:
+        """Fill the table from a batch summary; rows of files with warnings amber, failed files red (the
+        reason in the row's tooltip)."""
+        from qtpy.QtGui import QBrush, QColor
+
+        data, self.levels = summary_view(summary)
+        self.table.value = data
+        view = self.table.native
+        warn_column = BATCH_COLUMNS.index("warnings")
+        for row, level in enumerate(self.levels):
+            tip = data["warnings"][row] or data["error"][row]
+            for column in range(view.columnCount()):
+                item = view.item(row, column)
+                if item is None:
+                    continue
+                if level:
+                    item.setBackground(QBrush(QColor(ROW_COLOURS[level])))
+                    item.setForeground(QBrush(QColor("#000000")))
+                if tip:
+                    item.setToolTip(tip)
+        view.setColumnWidth(warn_column, 220)

@@ -9,7 +9,21 @@ from magicgui.widgets import SpinBox, Table
 from ..core.parameters import RUNTIMES
 from ._worker import JobWidget
 
-__all__ = ["DoseResponseWidget", "enough_dose_table"]
+__all__ = ["DoseResponseWidget", "enough_dose_table", "format_dose"]
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def format_dose(dose: float) -> str:
+    """A dose in e/Å² as a reader writes it, to 3 significant digits: ``3,400``, ``1.16 × 10⁴``, ``2 × 10⁶``."""
+    if dose != dose:
+        return "–"
+    if abs(dose) < 1e4:
+        return f"{float(f'{dose:.3g}'):,.0f}" if abs(dose) >= 100 else f"{dose:.3g}"
+    mantissa, exponent = f"{dose:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    power = f"10{str(int(exponent)).translate(_SUPERSCRIPT)}"
+    return power if mantissa == "1" else f"{mantissa} × {power}"
 
 
 def enough_dose_table(response) -> dict[str, list]:
@@ -20,7 +34,7 @@ def enough_dose_table(response) -> dict[str, list]:
         table["class"].append(row.defect_class)
         table["F1 plateau"].append(f"{row.d0:.3f}")
         dose = row.dose_for_f1_0_9_e_per_A2
-        table["dose for F1 0.9 (e/Å²)"].append("never (plateau below)" if dose != dose else f"{dose:.3g}")
+        table["dose for F1 0.9 (e/Å²)"].append("never (plateau below)" if dose != dose else format_dose(dose))
     return table
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, SpinBox, Widget
 
-from ..core.parameters import Pair, Parameter, flatten
+from ..core.parameters import Pair, Parameter, check_values, flatten
 
 __all__ = ["field_option", "field_values", "make_fields"]
 
@@ -68,11 +68,13 @@ def make_fields(parameters: Iterable[Parameter | Pair], overrides: Mapping[str, 
     return fields
 
 
-def field_values(container, parameters: Iterable[Parameter | Pair]) -> dict:
+def field_values(container, parameters: Iterable[Parameter | Pair], check: bool = True) -> dict:
     """``{name: value}`` of the fields of ``parameters`` in ``container`` (a pair as a tuple).
 
     An optional number left at 0 is ``None`` (no dose: noise-free); an optional pair whose first
-    field is 0 is ``None`` (no grain boundary).
+    field is 0 is ``None`` (no grain boundary). With ``check`` (the default) every value is checked against
+    its parameter first, and a refused one raises a one-line ValueError that names the dock's field (its
+    label), never the command's option: the science's own checks behind the dock would name ``--minutes``.
     """
     values = {}
     for p in parameters:
@@ -82,6 +84,8 @@ def field_values(container, parameters: Iterable[Parameter | Pair]) -> dict:
         else:
             value = getattr(container, p.name).value
             values[p.name] = None if p.optional and not value else value
+    if check:
+        check_values(parameters, values, field_option(container))
     return values
 
 

@@ -258,13 +258,9 @@ class StatisticsWidget(JobWidget, Container):
                    + ("; phases " + ", ".join(f"{p or 'unassigned'} {100 * f:.0f} %" for p, f in
                                               zip(result.phase_table().phase, result.phase_table().fraction))
                       if result.phases is not None else ""))
-        # every note the CLI prints is shown here too: in the dock and as a notification
+        # every note the CLI prints is shown here too: all in the dock, each distinct one once as a notification
         self.status.value = "\n".join([summary, result.optics_summary(), *(f"⚠ {note}" for note in result.notes)])
-        if result.notes:
-            from napari.utils.notifications import show_warning
-
-            for note in result.notes:
-                show_warning(note)
+        self._toast_once(result.notes)
         self.export_csv_button.enabled = True
         self.export_png_button.enabled = True
         self.structure = None
