@@ -259,3 +259,19 @@ def test_parallel_dose_noise_is_poisson_and_independent_of_the_thread_count(monk
     assert abs(counts.mean() - lam) < 4 * np.sqrt(lam / counts.size)
     assert abs(counts.var() / lam - 1) < 0.1
     assert len({tuple(counts[i : i + 16, 0]) for i in range(0, 96, 16)}) == 6  # blocks draw different numbers
+
+
+def test_a_periodic_cell_larger_than_asked_is_said():
+    """An unrotated lattice is a periodic cell of whole orthogonal cells: a 12 Å request of MoS2 becomes
+    12.7 × 16.5 Å, and the twin says so (issue 30: a 12 Å PRISM request returned 16.5 × 12.7 Å without a word);
+    a rotated lattice is exactly the field asked for and nothing is said."""
+    from napari_mx2_defects.twin.api import TwinRequest, _extent_notes
+    from napari_mx2_defects.twin.parents import get_parent
+    from napari_mx2_defects.twin.structures import build_lattice
+
+    lattice = build_lattice(get_parent("MoS2"), 12.0)
+    (note,) = _extent_notes(TwinRequest(material="MoS2", fov_A=12.0, method="prism"), lattice, lattice.extent_xy_A)
+    assert "12 Å field of view became 12.7 × 16.5 Å" in note
+    rotated = build_lattice(get_parent("MoS2"), 12.0, rotation_deg=10.0)
+    assert _extent_notes(TwinRequest(material="MoS2", fov_A=12.0, rotation_deg=10.0), rotated,
+                         rotated.extent_xy_A) == []

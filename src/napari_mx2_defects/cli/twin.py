@@ -50,6 +50,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     paths = [Path(args.out) / n for n in twin.files if (Path(args.out) / n).exists()]
     print(f"twin {twin.image.shape[1]}×{twin.image.shape[0]} px at {twin.pixel_size_A[1]:.4f} Å/px, "
           f"{len(twin.defects)} defects, {twin.settings['seconds']:.1f} s")
+    for note in twin.settings.get("notes", []):
+        print(f"note: {note}")
     for p in paths:
         print(f"  wrote {p}")
     return 0

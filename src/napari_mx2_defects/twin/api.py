@@ -379,6 +379,20 @@ def _lattice_for(request: TwinRequest, rng: np.random.Generator) -> tuple[Lattic
     return lattice, parent
 
 
+def _extent_notes(request: TwinRequest, lattice: Lattice, extent) -> list[str]:
+    """What to say when the image is not the field of view asked for: an unrotated lattice is a periodic cell (abTEM
+    needs one, and the fast mode images the same cell), so the field is rounded up to whole orthogonal cells
+    (a × a√3)."""
+    if request.structure_path or not lattice.periodic:
+        return []
+    fx, fy = (float(v) for v in extent)
+    if max(abs(fx / request.fov_A - 1), abs(fy / request.fov_A - 1)) <= 0.02:
+        return []
+    return [f"the image is a periodic cell of whole orthogonal cells ({lattice.parent.a_A:g} × "
+            f"{lattice.parent.a_A * 3 ** 0.5:.2f} Å): the {request.fov_A:g} Å field of view became {fx:.1f} × {fy:.1f} Å "
+            f"(x × y); a rotated lattice images exactly the field asked for"]
+
+
 def _standard_examples(parent: Parent, z_metal_A: float) -> dict[str, list[tuple[str, float]]]:
     """Column types every calibration of a parent includes, so one calibration serves most twins.
 
@@ -467,7 +481,7 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
         "pixel_size_A": list(pixel),
         "periodic": lattice.periodic,
         "messy": {**lattice.messy, "holes": lattice.holes},
-        "notes": placed.notes,
+        "notes": list(placed.notes) + _extent_notes(request, lattice, extent),
         "alloy_atoms": alloyed,
         "image_units": "counts (detected electrons)" if state.counts else "fraction of incident beam",
         "calibration": None if calibration is None else calibration.to_json(),

@@ -103,4 +103,5 @@ class SimulateWidget(JobWidget, Container):
         base = f"{twin.settings['parent']['formula']} twin seed {twin.settings['request']['seed']}"
         for data, kwargs, kind in twin_layers(twin, name=base):
             getattr(self.viewer, f"add_{kind}")(data, **kwargs)
-        self.status.value = f"done: {len(twin.defects)} defects, {twin.settings['seconds']:.1f} s"
+        self.status.value = "\n".join([f"done: {len(twin.defects)} defects, {twin.settings['seconds']:.1f} s",
+                                       *(f"⚠ {note}" for note in twin.settings.get("notes", []))])
