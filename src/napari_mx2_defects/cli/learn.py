@@ -240,7 +240,7 @@ def _cmd_finetune(args):
     if len(args.labels) != len(args.images):
         raise ValueError(f"give one --labels table per image: {len(args.images)} images, {len(args.labels)} tables")
     config = FinetuneConfig(minutes=args.minutes, twins=args.twins, epochs=args.epochs, seed=args.seed,
-                            device=args.device)
+                            device=args.device, keep_worse=bool(args.keep_worse))
     region = _parse_region(args.region)
     tables = [read_corrections(t, option="--labels") for t in args.labels]  # bad tables are refused before any image is read
     corrections, energies, optics_seen = [], set(), []
@@ -272,6 +272,8 @@ def _cmd_finetune(args):
     if not report["saved"]:
         print(f"the fine-tuned model was {report['why']}", file=sys.stderr)
         return 3
+    if report["why"]:
+        print(f"warning: the fine-tuned model was {report['why']}", file=sys.stderr)
     print(f"  wrote {path}\n  wrote {path.with_suffix('.json')}")
     return 0
 

@@ -286,6 +286,9 @@ FINETUNE_PARAMETERS: tuple[Parameter | Pair, ...] = (
     _p("epochs", "epochs", 12, "--epochs", "most epochs of training", kind=int),
     _p("twins", "twins mixed in", 8, "--twins", "twins of the parent (same optics) mixed in so the model "
        "does not forget", kind=int),
+    _p("keep_worse", "keep a model worse on the held-out part", False, "--keep-worse",
+       "save the fine-tuned model even when it scores worse on the held-out part than the one it started from "
+       "(without it such a model is not saved)", kind=bool),
 )
 
 #: Everything ``simulate`` and the *Simulate digital twin* dock ask for, in the order they show it.

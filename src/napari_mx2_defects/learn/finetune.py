@@ -92,6 +92,7 @@ class FinetuneConfig:
     device: str = "auto"
     twin_defects: str = "V_X=2%,V_XX=0.5%,V_M=0.5%"
     fit_lattice: bool = True  # snap corrections to the fitted sites; twins at the fitted source size
+    keep_worse: bool = False  # save a model worse on the held-out part than the one it started from, saying so
 
     def __post_init__(self) -> None:
         for name in ("minutes", "twins", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed"):
@@ -391,7 +392,12 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
         raise Cancelled("fine-tuning cancelled")
     mean_f1 = {"before": _mean_f1(before), "after": _mean_f1(after)}
     report = {"held_out": {"before": before, "after": after}, "history": history, "mean_f1": mean_f1}
-    if mean_f1["after"] < mean_f1["before"] or not np.isfinite(mean_f1["after"]):
+    worse = mean_f1["after"] < mean_f1["before"] or not np.isfinite(mean_f1["after"])
+    if worse and config.keep_worse:
+        why = (f"saved as asked although on the held-out part it is worse than {base_path.name} (mean instance F1 "
+               f"{mean_f1['before']:.3f} before, {mean_f1['after']:.3f} after)")
+        log(why)
+    elif worse:
         why = (f"not saved: on the held-out part the fine-tuned model is worse than {base_path.name} (mean "
                f"instance F1 {mean_f1['before']:.3f} before, {mean_f1['after']:.3f} after); keep using "
                f"{base_path.name}" + (f", and the model already in {out} is as it was" if target.exists() else "")
@@ -403,7 +409,7 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
     out.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(model, card, target, overwrite=overwrite)
     progress(1.0, "done")
-    return path, {**report, "saved": True, "why": ""}
+    return path, {**report, "saved": True, "why": why if worse else ""}
 
 
 def _correction_sets(corrections: list[Correction], model_px: float, holdout_fraction: float,
