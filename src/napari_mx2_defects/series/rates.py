@@ -201,17 +201,13 @@ def process_exposure(process: str, classes: np.ndarray, sublattice: np.ndarray) 
     n_frames = classes.shape[0]
     if n_frames < 2:
         return np.zeros(0, int), np.zeros(0, int)
-    if process == "X_loss":
-        cols = classes[:, sublattice == "X"]
-        missing, part = _lookup(cols, MISSING_X)
+    # atom loss: (sublattice, missing atoms per class, atoms in an intact column)
+    losses = {"X_loss": ("X", MISSING_X, 2), "M_loss": ("M", MISSING_M, 1)}
+    if process in losses:
+        sub, table, full = losses[process]
+        missing, part = _lookup(classes[:, sublattice == sub], table)
         both = part[:-1] & part[1:]
-        at_risk = np.where(both, 2 - missing[:-1], 0).sum(axis=1)
-        events = np.where(both, missing[1:] - missing[:-1], 0).sum(axis=1)
-    elif process == "M_loss":
-        cols = classes[:, sublattice == "M"]
-        missing, part = _lookup(cols, MISSING_M)
-        both = part[:-1] & part[1:]
-        at_risk = np.where(both, 1 - missing[:-1], 0).sum(axis=1)
+        at_risk = np.where(both, full - missing[:-1], 0).sum(axis=1)
         events = np.where(both, missing[1:] - missing[:-1], 0).sum(axis=1)
     elif process == "V_X→V_XX":
         cols = classes[:, sublattice == "X"]
