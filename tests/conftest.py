@@ -35,3 +35,24 @@ def _calibration_cache(tmp_path_factory):
     if "MX2_DEFECTS_CACHE" not in os.environ:
         os.environ["MX2_DEFECTS_CACHE"] = str(tmp_path_factory.mktemp("calibrations"))
     yield
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Name every failure once more, one short line each, as the very last lines before the totals.
+
+    On CI pytest prints each failure's whole message in its short summary (a byte comparison can
+    fill thousands of lines), and only the end of the log may be kept: this list keeps the names."""
+    result = yield  # pytest's own summaries first (this wrapper is the outermost)
+    failed = terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
+    if not failed:
+        return result
+    terminalreporter.section("failures, one line each")
+    for report in failed:
+        try:
+            message = report.longrepr.reprcrash.message
+        except AttributeError:
+            message = str(report.longrepr)
+        first = next((line.strip() for line in str(message).splitlines() if line.strip()), "")
+        terminalreporter.write_line(f"{report.when:>8} {report.nodeid}: {first[:200]}")
+    return result

@@ -15,8 +15,8 @@ import pytest
 
 abtem = pytest.importorskip("abtem")
 
+from napari_mx2_defects.core.jobs import Cancelled  # noqa: E402
 from napari_mx2_defects.twin.abtem_runner import (  # noqa: E402
-    Cancelled,
     FrozenPhononSettings,
     _potential,
     estimate_seconds,

@@ -72,3 +72,81 @@ def test_the_layering_test_sees_an_upward_import(tmp_path):
     bad.write_text("from ..learn.inference import segment_image\n\n\ndef f():\n"
                    "    import napari_mx2_defects.widgets.segment\n")
     assert _imports(bad, root=tmp_path) == [("learn", 1), ("widgets", 5)]
+
+
+def _module_graph(root: Path = ROOT, package: str = "napari_mx2_defects") -> dict[str, set[str]]:
+    """Module → the package's modules it imports (module-level and deferred imports alike)."""
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = [package, *path.relative_to(root).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        here = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(package + ".")):
+                if node.level:
+                    base = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module
+                for alias in node.names:
+                    found = next((t for t in (f"{target}.{alias.name}", target) if t in modules), None)
+                    if found and found != name:
+                        edges[name].add(found)
+            elif isinstance(node, ast.Import):
+                edges[name].update(a.name for a in node.names if a.name in modules and a.name != name)
+    return edges
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles: strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle():
+    """No module reaches itself through imports, deferred ones included (batch → cli.main → cli.batch
+    → batch was one: the one-line messages now live in core.messages)."""
+    assert _cycles(_module_graph()) == []
+
+
+def test_the_circle_test_sees_a_deferred_circle(tmp_path):
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / "__init__.py").write_text("")
+    (tmp_path / "batch.py").write_text("def f():\n    from .cli.main import message\n")
+    (tmp_path / "cli" / "main.py").write_text("from .batch import run\n")
+    (tmp_path / "cli" / "batch.py").write_text("from ..batch import f\n")
+    (tmp_path / "core.py").write_text("")
+    assert _cycles(_module_graph(tmp_path, "pkg")) == [["pkg.batch", "pkg.cli.batch", "pkg.cli.main"]]

@@ -134,7 +134,7 @@ def _state(folder: Path, path: Path) -> str:
 
 
 def _row(name: str, folder: str, seconds: float, segmentation, result) -> dict:
-    from .cli.main import _one_line  # the commands' one-line text
+    from .core.messages import one_line as _one_line  # the commands' one-line text
 
     lat = result.lattice
     row = {
@@ -254,7 +254,7 @@ def process_file_or_reason(*args, **kwargs) -> dict:
     try:
         return process_file(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - every failure of one file is a row of the summary
-        from .cli.main import error_message
+        from .core.messages import error_message
 
         reason = error_message(exc)  # the commands' one-line message for the same error
         return {"file": Path(args[0]).name, "folder": Path(args[1]).name, "status": "failed", "error": reason}

@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 
 from ..core.jobs import stepper
 from ..core.parameters import DEFAULTS
+from ..core.pixels import pixel_size_key
 from ..core.validation import BOUNDS
 from ..core.classes import DEFECT_CLASSES, on_home_sublattice
 from ..twin.parents import get_parent
@@ -264,8 +265,9 @@ def analyze_image(
     energy = float(BOUNDS["energy_keV"].check(beam_energy_keV)) if beam_energy_keV else DEFAULTS["energy_keV"]
     microscope = microscope_for(energy, optics)
     pixel_size_A = _pixel_size(img, pixel_size_A, parent, microscope, dopant, border_A, notes)
+    pixel_key = pixel_size_key(pixel_size_A)  # every cached model below is keyed on it
     step(0.15, "forward model of site intensities (first time per material: ~20 s of abTEM)")
-    forward = forward_model(parent.key, round(float(pixel_size_A), 4), microscope, dopant)
+    forward = forward_model(parent.key, pixel_key, microscope, dopant)
     step(0.5, "finding columns")
     meas = measure_sites(img, parent.a_A / pixel_size_A, forward.m_brighter, border_px=border_A / pixel_size_A)
     notes += meas.notes
@@ -276,22 +278,22 @@ def analyze_image(
     step(0.6, "fitting the forward model's blur to the image's columns")
     noise = relative_noise(img)
     nominal = forward
-    forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, round(float(pixel_size_A), 4), microscope,
+    forward, blur = fit_source_size(img, sites, meas.a_px, parent.key, pixel_key, microscope,
                                     dopant, noise)
     phases = None
     if map_phases:
         step(0.65, "mapping phases and stacking (forward-model twins of each phase at the fitted optics)")
-        phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), forward.microscope)
+        phases = _phases(img, meas, sites, parent, pixel_key, forward.microscope)
         if sites.in_other_phase.any():
             # several phases: the blur above was fitted on all of them. Map at the nominal optics, decide the
             # metal sublattice and fit the blur on the monolayer's own columns, and map again at that blur
-            phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), nominal.microscope)
+            phases = _phases(img, meas, sites, parent, pixel_key, nominal.microscope)
             _metal_from_monolayer(sites, phases.record["monolayer"], forward.m_brighter, notes)
             step(0.67, "fitting the blur on the monolayer's columns and mapping again")
             monolayer = _inside_monolayer(sites, 1.5 * meas.a_px)
             forward, blur = fit_source_size(img, sites[monolayer].reset_index(drop=True), meas.a_px, parent.key,
-                                            round(float(pixel_size_A), 4), microscope, dopant, noise)
-            phases = _phases(img, meas, sites, parent, round(float(pixel_size_A), 4), forward.microscope)
+                                            pixel_key, microscope, dopant, noise)
+            phases = _phases(img, meas, sites, parent, pixel_key, forward.microscope)
         _phase_notes(sites, phases.record["monolayer"], notes)
     step(0.7, "classifying sites")
     field = None
@@ -300,7 +302,7 @@ def analyze_image(
         levels, z_contrast = _image_levels(sites, forward, microscope, notes)
         site_classes = _classify_sites(sites, levels, dopant, meas.a_px, defects, notes)
     else:
-        levels, z_contrast, site_classes = _classify_alloy(img, sites, parent, round(float(pixel_size_A), 4),
+        levels, z_contrast, site_classes = _classify_alloy(img, sites, parent, pixel_key,
                                                            forward, alloy, meas.a_px, defects, notes)
     z_contrast.update(blur)
     a_A = meas.a_px * pixel_size_A

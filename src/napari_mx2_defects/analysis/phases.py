@@ -48,6 +48,8 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from ..core.pixels import pixel_size_key
+
 __all__ = ["UNASSIGNED_FRACTION", "WINDOW_A_UNITS", "PhaseMap", "map_phases", "phase_references",
            "phase_triplets"]
 
@@ -334,7 +336,7 @@ def map_phases(image: np.ndarray, sites: pd.DataFrame, a_px: float, parent_key: 
     from .sites import _nn_px
 
     parent = get_parent(parent_key)
-    references = phase_references(parent.key, round(float(pixel_size_A), 4), microscope)
+    references = phase_references(parent.key, pixel_size_key(pixel_size_A), microscope)
     names = list(references)
     refs = np.array([references[n] for n in names])
     monolayer = monolayer_phase(parent)

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .. import __version__
+from ..core.messages import error_message
 
 __all__ = ["build_parser", "main"]
 
@@ -18,7 +19,7 @@ __all__ = ["build_parser", "main"]
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``error: argument --cs: … (see 'mx2-defects simulate --help')``."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         one_line = " ".join(str(message).split())
         self.exit(2, f"error: {one_line} (see '{self.prog} --help')\n")
 
@@ -52,37 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the full traceback of an error")
     return parser
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def error_message(exc: BaseException) -> str:
-    """One line saying what went wrong and, where it can, what to change."""
-    if isinstance(exc, OSError) and exc.filename is not None and not str(exc).startswith(("error", "--")):
-        reason = (exc.strerror or type(exc).__name__).lower()
-        target = exc.filename if exc.filename2 is None else f"{exc.filename} → {exc.filename2}"
-        hints = {
-            PermissionError: "choose a location you can write to (or fix its permissions)",
-            NotADirectoryError: "a part of the path is a file, not a folder; choose another path",
-            IsADirectoryError: "that is a folder; give a file name",
-            FileNotFoundError: "check the path",
-        }
-        hint = next((h for cls, h in hints.items() if isinstance(exc, cls)), "")
-        if exc.errno == 28:  # ENOSPC
-            hint = "free some disk space or choose another --out"
-        return _one_line(f"{target}: {reason}{'; ' + hint if hint else ''}")
-    if isinstance(exc, MemoryError):
-        return "not enough memory for this job; use a smaller image, --fov or --size"
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, KeyError):
-        text = f"missing or unknown entry {text}"
-    known = (ValueError, OSError, KeyError)
-    if not isinstance(exc, known) or type(exc).__module__.startswith(("safetensors", "zarr", "distributed")):
-        text = f"{type(exc).__name__}: {text}"
-    return _one_line(text)
 
 
 def _ignore_sigint() -> None:
@@ -160,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit:
         raise
-    except Exception as exc:  # noqa: BLE001 - every error is one line unless --debug
+    except Exception as exc:
         if debug:
             raise
         message = error_message(exc)

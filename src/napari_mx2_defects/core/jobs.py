@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["CancelFn", "Cancelled", "ProgressFn", "never", "no_progress", "stepper"]
+__all__ = ["CancelFn", "Cancelled", "ProgressFn", "check_cancelled", "never", "no_progress", "stepper"]
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -21,7 +21,7 @@ class Cancelled(RuntimeError):
 
 def no_progress(fraction: float, message: str) -> None:
     """A progress callback that ignores what it is told."""
-    return None
+    return
 
 
 def never() -> bool:
@@ -29,13 +29,19 @@ def never() -> bool:
     return False
 
 
+def check_cancelled(cancelled: CancelFn, what: str) -> None:
+    """Raise :class:`Cancelled` ("``what`` cancelled") if the job was cancelled: the one check every
+    long job makes between its steps."""
+    if cancelled():
+        raise Cancelled(f"{what} cancelled")
+
+
 def stepper(progress: ProgressFn, cancelled: CancelFn, what: str) -> ProgressFn:
     """``step(fraction, message)``: raise :class:`Cancelled` ("``what`` cancelled") if the job was
     cancelled, else report progress — the check between the steps of a job."""
 
     def step(fraction: float, message: str) -> None:
-        if cancelled():
-            raise Cancelled(f"{what} cancelled")
+        check_cancelled(cancelled, what)
         progress(fraction, message)
 
     return step

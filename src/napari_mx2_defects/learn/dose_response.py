@@ -166,7 +166,7 @@ def dose_response(model: str = "default", materials=("MoSe2", "WS2"), doses=(1e3
                   progress=lambda f, m: None, cancelled=lambda: False) -> DoseResponse:
     """Score ``model`` on held-out twins (:func:`~.evaluate.held_out_twins`: the same structures at every
     dose) per class grouping and dose, and fit eqn. 1 to F1 and IoU per class."""
-    from ..core.jobs import Cancelled
+    from ..core.jobs import check_cancelled
     from .evaluate import _add, held_out_twins, inside_border, instance_scores, match_instances
     from .inference import segment_image
 
@@ -175,8 +175,7 @@ def dose_response(model: str = "default", materials=("MoSe2", "WS2"), doses=(1e3
     overlaps: dict = {}
     images: dict = {}
     for j, n_jobs, dose, material, k, twin in held_out_twins(materials, doses, n_per, seed, fov_A, defects):
-        if cancelled():
-            raise Cancelled("dose-response cancelled")
+        check_cancelled(cancelled, "dose-response")
         seg = segment_image(twin.image, twin.pixel_size_A[1], model=model, material=material, runtime=runtime)
         pred, truth = inside_border(seg.defects, twin, border_A), inside_border(twin.truth_table(), twin, border_A)
         for n, grouping in groupings.items():

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.validation import BOUNDS
 from ..core.classes import CLASS_IDS
-from ..core.jobs import Cancelled, CancelFn, ProgressFn, never, no_progress
+from ..core.jobs import CancelFn, ProgressFn, check_cancelled, never, no_progress
+from ..core.validation import BOUNDS
 from .checkpoint import ModelCard, card_path, default_model_path, save_checkpoint
 from .evaluate import _add, instance_scores, match_instances
 from .inference import ModelScaleTiles, _predict_tiled, instances_from_labels
@@ -207,8 +207,7 @@ def _fit_lattices(corrections: list[Correction], material: str, energy_keV: floa
 
     snapped, fits = [], []
     for corr in corrections:
-        if cancelled():
-            raise Cancelled("fine-tuning cancelled")
+        check_cancelled(cancelled, "fine-tuning")
         try:
             result = analyze_image(np.asarray(corr.image, float), corr.pixel_size_A, material,
                                    beam_energy_keV=energy_keV, optics=optics, cancelled=cancelled)
@@ -285,8 +284,7 @@ def _twins(material: str, dopant: str | None, config: FinetuneConfig, pixel_size
     defects = config.twin_defects + (f",TM_D({dopant})=1%" if dopant else "")
     xs, ys = [], []
     for k in range(config.twins):
-        if cancelled():
-            raise Cancelled("fine-tuning cancelled")
+        check_cancelled(cancelled, "fine-tuning")
         dose = float(10 ** rng.uniform(5, 7))
         request = TwinRequest(material=material, fov_A=config.twin_fov_A, pixel_size_A=pixel_size_A,
                               defects=defects, seed=int(config.seed * 1000 + k),
@@ -388,8 +386,7 @@ def finetune(corrections: list[Correction], material: str, out: str | Path, base
                                                     for k, v in after.items()))
     card = _card(base_card, base_path, corrections, counts, len(twin_x), material, dopant, config, microscope,
                  command, before, after, best, history, fits)
-    if cancelled():
-        raise Cancelled("fine-tuning cancelled")
+    check_cancelled(cancelled, "fine-tuning")
     mean_f1 = {"before": _mean_f1(before), "after": _mean_f1(after)}
     report = {"held_out": {"before": before, "after": after}, "history": history, "mean_f1": mean_f1}
     worse = mean_f1["after"] < mean_f1["before"] or not np.isfinite(mean_f1["after"])

@@ -13,9 +13,17 @@ from scipy.spatial import cKDTree
 
 from ..core.classes import CLASS_NAMES
 from ..core.parameters import DEFAULTS
+from ..core.pixels import pixel_size_key
 from .checkpoint import ModelCard, default_model_path, load_checkpoint
 from .models import pick_device
-from .preprocess import needs_resampling, normalisation_stats, normalise, resample_to, sample_step, stats_of_sample
+from .preprocess import (
+    needs_resampling,
+    normalisation_stats,
+    normalise,
+    resample_to,
+    sample_step,
+    stats_of_sample,
+)
 from .runtime import make_runner
 
 __all__ = ["Segmentation", "instances_from_labels", "load_model", "segment_image", "segment_layer_image"]
@@ -133,7 +141,7 @@ def _predict_tiled(runner: Callable[[np.ndarray], np.ndarray], source: ModelScal
     outputs of an 8192² image take 134 MB. All probabilities (float16, n_classes × H × W) are
     kept only on request.
     """
-    from ..core.jobs import Cancelled
+    from ..core.jobs import check_cancelled
 
     h, w = source.shape
     stats = source.normalisation_stats()
@@ -157,8 +165,7 @@ def _predict_tiled(runner: Callable[[np.ndarray], np.ndarray], source: ModelScal
     weight = np.zeros((tile, pad_w), np.float32)
     for r_index, r in enumerate(rows):
         for start in range(0, len(cols), batch_size):
-            if cancelled():
-                raise Cancelled("segmentation cancelled")
+            check_cancelled(cancelled, "segmentation")
             chunk = cols[start : start + batch_size]
             p = runner(np.stack([tile_at(r, c) for c in chunk])[:, None])
             for k, c in enumerate(chunk):
@@ -290,7 +297,7 @@ def assign_sublattices(labels: np.ndarray, pixel_size_A: float, image: np.ndarra
     if not found:
         return out, 0
     energy = float(beam_energy_keV) if beam_energy_keV else DEFAULTS["energy_keV"]
-    m_brighter = forward_model(parent.key, round(float(pixel_size_A), 4), microscope_for(energy, optics)).m_brighter
+    m_brighter = forward_model(parent.key, pixel_size_key(pixel_size_A), microscope_for(energy, optics)).m_brighter
     a_px = parent.a_A / pixel_size_A
     nn_px = a_px / np.sqrt(3)
     centroids = np.array([[cc.mean(), rr.mean()] for _, rr, cc in found])

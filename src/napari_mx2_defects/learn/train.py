@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.validation import BOUNDS, check_allocation
 from ..core.classes import CLASS_NAMES
+from ..core.validation import BOUNDS, check_allocation
 from .checkpoint import ModelCard, card_path, save_checkpoint, weights_path
 from .dataset import load_dataset, open_dataset
 from .models import ARCHITECTURES, build_model, pick_device
@@ -266,7 +266,7 @@ def fit(model, xs, ys, train_idx, val_idx, config: TrainConfig, device, class_we
     """
     from tqdm.auto import tqdm
 
-    from ..core.jobs import Cancelled
+    from ..core.jobs import check_cancelled
 
     rng = np.random.default_rng(config.seed)
     present = class_weights > 0
@@ -285,8 +285,7 @@ def fit(model, xs, ys, train_idx, val_idx, config: TrainConfig, device, class_we
         bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=None)
         for _ in bar:
-            if cancelled():
-                raise Cancelled("training cancelled")
+            check_cancelled(cancelled, "training")
             bx, by = _batch(xs, ys, rng.choice(train_idx, config.batch_size, p=p), config.crop_px, rng)
             bx, by = bx.to(device), by.to(device)
             logits = model(bx)

@@ -32,7 +32,7 @@ import pandas as pd
 from scipy import ndimage
 
 from ..core.classes import CLASS_NAMES
-from ..core.jobs import Cancelled, never, no_progress
+from ..core.jobs import check_cancelled, never, no_progress
 
 __all__ = ["CANDIDATE_P_DEFECT", "UNCERTAIN_COLUMNS", "rank_uncertain_sites"]
 
@@ -99,8 +99,7 @@ def rank_uncertain_sites(
     total = None
     votes = []
     for k, (forward, inverse) in enumerate(transforms):
-        if cancelled():
-            raise Cancelled("ranking cancelled")
+        check_cancelled(cancelled, "ranking")
         oriented = np.ascontiguousarray(forward(img))
 
         def step(f, m, k=k):

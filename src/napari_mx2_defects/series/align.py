@@ -86,7 +86,7 @@ def measure_drift(frames: np.ndarray, pixel_size_A: float, basis_A: np.ndarray |
     from skimage.filters import window as make_window
     from skimage.registration import phase_cross_correlation
 
-    from ..core.jobs import Cancelled
+    from ..core.jobs import check_cancelled
 
     frames = np.asarray(frames)
     n = frames.shape[0]
@@ -100,8 +100,7 @@ def measure_drift(frames: np.ndarray, pixel_size_A: float, basis_A: np.ndarray |
     drift = np.zeros((n, 2))
     first = previous = _prepared(frames[0], window)
     for k in range(1, n):
-        if cancelled():
-            raise Cancelled("series cancelled")
+        check_cancelled(cancelled, "series")
         current = _prepared(frames[k], window)
         step = content_shift(previous, current)
         if basis_A is not None:

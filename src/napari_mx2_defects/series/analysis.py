@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.jobs import Cancelled
+from ..core.jobs import check_cancelled
 from .rates import CROSS_SECTION_COLUMNS, cross_sections, expected_counts, missing_chalcogens
 from .tracking import TRACK_COLUMNS, defect_tracks, index_sites
 
@@ -208,8 +208,7 @@ def analyze_series(stack: FrameStack, material: str = "MoS2", values: Mapping | 
         raise ValueError("a series needs at least 2 frames")
 
     def check():
-        if cancelled():
-            raise Cancelled("series cancelled")
+        check_cancelled(cancelled, "series")
 
     analysed = []
     a_values = []

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.jobs import CancelFn, Cancelled, ProgressFn, never, no_progress
+from ..core.jobs import CancelFn, ProgressFn, check_cancelled, never, no_progress
 from .rates import BARN_A2, PROCESSES, cross_sections, missing_chalcogens
 
 __all__ = ["SERIES_TWIN_FILES", "SeriesTwin", "SeriesTwinRequest", "parse_damage", "simulate_series"]
@@ -232,8 +232,7 @@ def simulate_series(request: SeriesTwinRequest, progress: ProgressFn = no_progre
     site_members = [np.asarray(m, int) for m in lattice.site_atoms]
     history_all = []
     for k in range(n):
-        if cancelled():
-            raise Cancelled("series twin cancelled")
+        check_cancelled(cancelled, "series twin")
         progress(0.15 + 0.8 * k / n, f"frame {k + 1} of {n}")
         origin = origin0 - travel[k]
         # the columns as they are now, around the field of view (the specimen is periodic)
@@ -304,13 +303,13 @@ def simulate_series(request: SeriesTwinRequest, progress: ProgressFn = no_progre
         rows.append(row)
     settings = {
         "request": request.as_dict(),
-        "specimen": {"extent_xy_A": list(map(float, period)), "n_atoms": int(len(atoms)),
+        "specimen": {"extent_xy_A": list(map(float, period)), "n_atoms": len(atoms),
                      "initial_defects": specimen.truth_table().defect_class.value_counts().to_dict()},
         "pixel_size_A": [pixel, pixel],
         "dose_per_frame_e_per_A2": dose,
         "damage_barn": dict(sig),
         "drift_A_per_frame": list(map(float, drift)),
-        "n_common_sites": int(len(common)),
+        "n_common_sites": len(common),
         "cumulative_dose": "frame k shows the structure after k frames of dose (k × dose per frame)",
         "calibration": specimen.settings["calibration"],
         "seconds": time.perf_counter() - t0,

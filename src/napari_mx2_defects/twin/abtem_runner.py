@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from ase import Atoms
 
-from ..core.jobs import CancelFn, Cancelled, ProgressFn, never, no_progress
+from ..core.jobs import CancelFn, ProgressFn, check_cancelled, never, no_progress
 from .microscope import Microscope
 
 __all__ = ["FrozenPhononSettings", "estimate_seconds", "simulate_abtem"]
@@ -286,8 +286,7 @@ def _job_callback_class():
             self.total = self.done = 0
 
         def check(self) -> None:
-            if self.cancelled():
-                raise Cancelled("simulation cancelled")
+            check_cancelled(self.cancelled, "simulation")
 
         def _start_state(self, dsk, state) -> None:
             keys = [key for name in ("ready", "waiting", "running") for key in state[name]]
@@ -348,8 +347,7 @@ def simulate_abtem(
         raise ValueError(f"abTEM method must be 'prism' or 'multislice', not {method!r}")
     phonons = phonons or FrozenPhononSettings()
     abtem.config.set({"device": "cpu"})
-    if cancelled():
-        raise Cancelled("simulation cancelled")
+    check_cancelled(cancelled, "simulation")
     cell = atoms.cell.lengths()[:2]
     potential = _potential(atoms, microscope, phonons, potential_sampling_A)
     detector = microscope.abtem_detector()
@@ -390,8 +388,7 @@ class _Run:
         self.done = 0.0
 
     def check(self) -> None:
-        if self.cancelled():
-            raise Cancelled("simulation cancelled")
+        check_cancelled(self.cancelled, "simulation")
 
     def compute(self, lazy, share: float, message: str):
         """Compute a lazy abTEM object task by task, its progress spread over ``share``."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core.jobs import check_cancelled
 from ..core.parameters import DEFAULTS, REQUEST_PARAMETERS, Pair, check_values
 from .defects import CLASS_IDS, DefectRequest, parse_defects, place_defects
 from .imperfections import Imperfections, apply_imperfections, distorted_positions
@@ -20,7 +21,6 @@ from .parents import Parent, get_parent
 from .simulate import (
     METHODS,
     CancelFn,
-    Cancelled,
     FrozenPhononSettings,
     ProgressFn,
     apply_source_size,
@@ -442,8 +442,7 @@ def simulate_twin(request: TwinRequest, progress: ProgressFn = no_progress,
         from .stacking import apply_stacking
 
         stacked = apply_stacking(lattice, phases, base)
-    if cancelled():
-        raise Cancelled("simulation cancelled")
+    check_cancelled(cancelled, "simulation")
     extent = lattice.extent_xy_A
     nx = max(8, int(round(extent[0] / request.pixel_size_A)))
     ny = max(8, int(round(extent[1] / request.pixel_size_A)))
@@ -577,8 +576,7 @@ def _render(request: TwinRequest, lattice: Lattice, parent: Parent, shape: tuple
                 examples.setdefault(sig, example)
         columns = pd.concat([columns, upper_columns], ignore_index=True)
     calibration = _calibration(request, parent, standard, examples, progress, cancelled)
-    if cancelled():
-        raise Cancelled("simulation cancelled")
+    check_cancelled(cancelled, "simulation")
     progress(0.7, "rendering (fast incoherent mode)")
     clean = render_columns(columns.x_A, columns.y_A, calibration.column_weights(columns.signature), (ny, nx),
                            extent, m, lattice.periodic)  # the source size is applied while rendering
