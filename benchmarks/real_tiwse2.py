@@ -43,12 +43,21 @@ def scan_folder() -> Path:
     return root / "real" / "tiwse2_ti_doped"
 
 
-def load_scan(folder: Path | None = None):
-    """(calibrated image, labelled columns) of the shared scan."""
+#: The scan's two detectors, recorded at the same time: ADF2 (HAADF-like, the one the labels were made on)
+#: and ADF1 (a lower-angle annulus). The labelled columns are the same in both.
+DETECTORS = ("ADF2", "ADF1")
+
+
+def scan_file(detector: str = "ADF2") -> str:
+    return f"1028_{detector}_2.dm4"
+
+
+def load_scan(folder: Path | None = None, detector: str = "ADF2"):
+    """(calibrated image, labelled columns) of the shared scan as ``detector`` saw it."""
     from napari_mx2_defects.io.formats import load_images
 
     folder = folder or scan_folder()
-    image = load_images(folder / "1028_ADF2_2.dm4")[0]
+    image = load_images(folder / scan_file(detector))[0]
     truth = pd.read_csv(folder / "1028_2_columns.csv")
     return image, truth
 
@@ -97,13 +106,14 @@ def score_sites(sites: pd.DataFrame, truth: pd.DataFrame, pixel_size_A: float, p
     return out
 
 
-def run(model: str | None = "default", runtime: str = "auto", dopant: str = "Ti") -> tuple[pd.DataFrame, dict]:
+def run(model: str | None = "default", runtime: str = "auto", dopant: str = "Ti",
+        detector: str = "ADF2") -> tuple[pd.DataFrame, dict]:
     from napari_mx2_defects.analysis.api import analyze_image
     from napari_mx2_defects.inputs import image_plane
     from napari_mx2_defects.learn.inference import segment_image
 
-    image, truth = load_scan()
-    data, _ = image_plane(image.data, "1028_ADF2_2.dm4")
+    image, truth = load_scan(detector=detector)
+    data, _ = image_plane(image.data, scan_file(detector))
     pixel = float(np.mean(image.scale_A[-2:]))
     timings = {}
     defects = None
@@ -126,9 +136,11 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--no-model", action="store_true", help="the site physics alone")
     parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--detector", choices=DETECTORS, default="ADF2",
+                        help="which of the scan's two simultaneous detector images to analyse (the labels fit both)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    table, info = run(None if args.no_model else args.model, args.runtime)
+    table, info = run(None if args.no_model else args.model, args.runtime, detector=args.detector)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         print(table.T.to_string())
     print(info["timings"])

@@ -57,6 +57,7 @@ def test_teaching_takes_only_what_the_physics_is_sure_of():
     assert at(10, 10) == 1 and at(20, 10) == IGNORE_LABEL and at(30, 10) == 0 and at(35, 35) == IGNORE_LABEL
 
 
+@pytest.mark.slow
 def test_adapting_keeps_the_model_for_this_image_and_reuses_it(monkeypatch):
     """A short adaptation on a twin: the model is saved in the cache folder under this image's key (never over
     the shipped model), the agreement before and after is reported, and a second call reuses it without

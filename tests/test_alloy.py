@@ -71,6 +71,7 @@ def test_alloys_and_janus_layers_take_exact_counts_and_layers():
     assert forward_shares(("Mo", "W"), ("S", "Se"), {"W": 0.0, "Se": 0.97}) == (("W", 0.1), ("Se", 0.9))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alloy", ["W=30%,Se=40%", "W=70%,Se=80%", "Se=top"])
 def test_composition_of_random_alloys_and_janus_layers_within_two_percent(alloy):
     twin = _twin(alloy)
@@ -89,6 +90,7 @@ def test_composition_of_random_alloys_and_janus_layers_within_two_percent(alloy)
     assert "alloy" in result.lattice and result.lattice["alloy"]["formula"][0].startswith("Mo")
 
 
+@pytest.mark.slow
 def test_vacancies_in_an_alloy_are_counted_and_left_out_of_the_composition():
     twin = _twin("W=40%,Se=30%", defects="V_M=8,V_XX=6", seed=4)
     result = analyze_image(twin.image, 0.1, material="MoS2", alloy_species="Mo,W:S,Se")
@@ -104,6 +106,7 @@ def test_vacancies_in_an_alloy_are_counted_and_left_out_of_the_composition():
     assert comp.loc["W", "of_atoms"] == int(((result.sites.sublattice == "M") & (result.sites.species != "")).sum())
 
 
+@pytest.mark.slow
 def test_a_chalcogen_on_a_metal_site_is_x_m_not_the_light_metal():
     """V-alloyed MoS2 with S on some Mo sites (X_M) at 1e5 e/Å²: both are dimmer than Mo, and each is named
     by its own level (measured: every X_M and every V right at 1e5 and 1e6); the X_M sites are counted as
@@ -135,6 +138,7 @@ def test_a_plain_parent_reads_as_its_own_species():
     assert result.concentrations.set_index("defect_class").loc["V_X", "count"] == inside
 
 
+@pytest.mark.slow
 def test_alloy_from_dock_command_and_api_agree(make_napari_viewer, qtbot, tmp_path):
     from napari_mx2_defects.cli import main
     from napari_mx2_defects.io.writer import write_calibrated_tiff

@@ -106,6 +106,7 @@ def test_poisson_interval_known_values():
     assert poisson_interval(10) == pytest.approx((4.7954, 18.3904), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_real_mos2_lattice_and_column_count(shared_data):
     """Exp-000-2's stated field of view is right (shared README): a must come out as MoS2's."""
     image = load_images(shared_data / "real/scilink_mos2/MoS2_stem_Exp-000-2.npy")[0]

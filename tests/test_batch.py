@@ -67,6 +67,7 @@ def test_inputs_are_found_and_named_by_their_path(folder, tmp_path):
         find_inputs([folder / "nope"])
 
 
+@pytest.mark.slow
 def test_batch_summary_matches_the_per_file_outputs_and_a_rerun_skips_them(folder, tmp_path):
     out = tmp_path / "out"
     messages = []
@@ -109,6 +110,7 @@ def test_batch_summary_matches_the_per_file_outputs_and_a_rerun_skips_them(folde
     assert fourth.done == ["b.tif"] and _complete_folders(out) == sorted(result.done)
 
 
+@pytest.mark.slow
 def test_a_cancelled_batch_leaves_whole_folders_and_resumes(folder, tmp_path):
     out = tmp_path / "out"
     seen = []
@@ -134,6 +136,7 @@ def test_a_cancelled_batch_leaves_whole_folders_and_resumes(folder, tmp_path):
     assert not [p for p in out.rglob("*") if TEMP_MARKER in p.name]
 
 
+@pytest.mark.slow
 def test_batch_command_ctrl_c_then_resume(folder, tmp_path):
     """As a user would: Ctrl-C once a file is done, then the same command again finishes the rest."""
     out = tmp_path / "out"
@@ -166,6 +169,7 @@ def test_batch_command_ctrl_c_then_resume(folder, tmp_path):
     assert not [p for p in out.rglob("*") if TEMP_MARKER in p.name]
 
 
+@pytest.mark.slow
 @pytest.mark.gui
 def test_batch_dock_runs_a_folder_without_blocking_and_cancel_keeps_whole_folders(
     make_napari_viewer, qtbot, folder, tmp_path

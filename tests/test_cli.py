@@ -69,6 +69,7 @@ def test_simulate_refuses_impossible_lists(tmp_path):
     assert proc.returncode == 2 and "unknown element" in proc.stderr
 
 
+@pytest.mark.slow
 def test_analyze_writes_the_documented_files(tmp_path):
     twin = tmp_path / "twin"
     assert _run("simulate", "--defects", "V_X=10,V_M=3", "--fov", "40", "--dose", "1e7", "--out", twin,

@@ -21,6 +21,7 @@ def test_default_model_is_small_safetensors_with_a_card():
     assert card.pixel_size_A > 0 and card.classes["1"] == "V_X"
 
 
+@pytest.mark.slow
 def test_f1_on_held_out_twins_at_high_dose():
     """Held-out parents (MoSe2, WS2 are not in training), seeds and imperfections; dose 1e6 e/Å²."""
     from napari_mx2_defects.learn.evaluate import evaluate_model_on_twins
@@ -32,6 +33,7 @@ def test_f1_on_held_out_twins_at_high_dose():
         assert table.loc[name, "f1"] >= 0.90, table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("material,defects,dopant", [
     ("MoS2", "V_X=2%,V_XX=1%,V_M=1%,TM_D(W)=2%", "W"),  # a dopant heavier than the host
     ("WSe2", "V_X=2%,V_XX=1%,V_M=1%,TM_D(Ti)=2%", "Ti"),  # lighter: the issue's real case
@@ -61,6 +63,7 @@ def test_reported_answer_at_held_out_optics(material, defects, dopant):
         assert false <= max(1, scored["sites"] // 1000), (pixel_size_A, table)
 
 
+@pytest.mark.slow
 def test_segment_cli_on_a_twin(tmp_path):
     twin = tmp_path / "twin"
     run = [sys.executable, "-m", "napari_mx2_defects.cli"]

@@ -106,6 +106,7 @@ def test_geojson_and_bad_input(crowded_twin, tmp_path):
     assert empty.table.empty and empty.geojson()["features"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.gui
 def test_objects_from_dock_command_and_api_agree(make_napari_viewer, qtbot, tmp_path):
     """The *Find defects* dock's Shapes layers, ``segment --objects`` and ``api.defect_objects`` give one answer."""

@@ -76,6 +76,7 @@ def _score(model, twin) -> dict[str, float]:
     return dict(zip(table.defect_class, table.f1))
 
 
+@pytest.mark.slow
 def test_finetune_on_one_corrected_image_helps_on_another_of_the_same_optics(tmp_path):
     """A blurred microscope (0.8 Å source size) the shipped model was not trained for: corrections of
     one image (here its truth), a short fine-tune, and every vacancy class on a second image of the

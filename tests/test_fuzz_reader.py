@@ -43,6 +43,7 @@ def test_mutations_are_reproducible(shared_data, tmp_path):
     assert a.mutation == b.mutation and a.path.read_bytes() == b.path.read_bytes()
 
 
+@pytest.mark.slow
 def test_fuzz_reader_no_escapes_hangs_or_blowups(shared_data, tmp_path):
     summary = fuzz.run_fuzz(
         shared_data, tmp_path / "cases", cases_per_format=CASES_PER_FORMAT, seed=SEED,

@@ -379,6 +379,7 @@ def _analysis_input(case: str, tmp_path):
     return path, ["--self-calibrate"], {"self_calibrate": True}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["frame stack", "non-square", "uncalibrated"])
 def test_statistics_dock_and_analyze_agree(make_napari_viewer, qtbot, tmp_path, capsys, case):
     """One file through the *Defect statistics* dock and through ``analyze`` (issue 13): the same pixel

@@ -226,6 +226,7 @@ def test_legend_lists_every_class_in_the_labels_colours(make_napari_viewer, qtbo
         assert name in texts and f"<b>{key}</b>" in texts
 
 
+@pytest.mark.slow
 def test_sample_from_the_menu_returns_at_once_and_the_layers_follow(make_napari_viewer, qtbot, tmp_path,
                                                                      monkeypatch):
     """File ▸ Open Sample in a running viewer, with no calibration cached: the click returns within 2 s,

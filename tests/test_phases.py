@@ -92,6 +92,7 @@ def test_a_plain_monolayer_maps_as_one_and_counts_as_before():
     pd.testing.assert_series_equal(plain.concentrations["count"], mapped.concentrations["count"])
 
 
+@pytest.mark.slow
 def test_a_1t_parent_maps_its_aa_stacks():
     """A 1T parent forms AA-stacked mono-, bi- and trilayers; they are named, and a 2H stack is refused."""
     twin = simulate_twin(TwinRequest(material="1T-TiS2", fov_A=180.0, pixel_size_A=0.2, stacking="1L,2L,3L",

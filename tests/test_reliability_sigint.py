@@ -24,6 +24,8 @@ import pytest
 
 from napari_mx2_defects.io.atomic import TEMP_MARKER
 
+pytestmark = pytest.mark.slow  # real commands in subprocesses, interrupted at several points
+
 CLI = [sys.executable, "-m", "napari_mx2_defects.cli"]
 TWIN_FILES = ["image.tif", "labels.tif", "truth.csv", "atoms.csv", "sites.csv", "settings.json"]
 SEGMENT_FILES = ["labels.tif", "defects.csv"]

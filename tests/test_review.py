@@ -124,6 +124,7 @@ def test_corrections_come_from_the_layers_in_angstrom_from_the_image_origin():
         corrections_from_layers(Points(np.zeros((1, 2))), image, px)
 
 
+@pytest.mark.slow
 @pytest.mark.gui
 def test_finetune_dock_round_trip_in_a_real_viewer(make_napari_viewer, qtbot, tmp_path):
     """Rank → visit the most uncertain site → corrections (here the twin's truth, in a reviewed

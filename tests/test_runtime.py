@@ -72,6 +72,7 @@ def test_auto_falls_back_when_openvino_cannot_compile(monkeypatch):
         make_runner(net, model_path(), card.pixel_size_A, torch.device("cpu"), "openvino")
 
 
+@pytest.mark.slow
 def test_onnx_graphs_match_pytorch_and_are_cached(twin, tmp_path, monkeypatch):
     from napari_mx2_defects.learn.preprocess import normalisation_stats, normalise
 

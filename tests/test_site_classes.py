@@ -425,3 +425,28 @@ def test_site_intensities_follow_a_slow_drift_of_the_field(dimming):
     flat = sites.assign(intensity_raw=level * (1 + 0.06 * rng.normal(size=len(xy))))
     follow_the_field(flat)
     assert np.percentile(np.abs(flat.local_level - 1), 95) < 0.03
+
+
+def test_which_sublattice_is_the_metal_depends_on_the_detector_only_near_equal_brightness():
+    """Both a ratio and its inverse reachable by some annular detector's Z exponent: then only the detector's
+    angles say which sublattice is the metal (the shared WSe2 scan's lower-angle detector, W/Se2 0.90)."""
+    from napari_mx2_defects.analysis.classes import sublattice_order_depends_on_detector
+
+    wse2 = {"M": {"": (74,)}, "X": {"": (34, 34)}}
+    mos2 = {"M": {"": (42,)}, "X": {"": (16, 16)}}
+    mose2 = {"M": {"": (42,)}, "X": {"": (34, 34)}}
+    assert sublattice_order_depends_on_detector(wse2, 1.11)  # the second detector, either way round
+    assert sublattice_order_depends_on_detector(wse2, 1 / 1.11)
+    assert not sublattice_order_depends_on_detector(wse2, 1.34)  # the HAADF-like detector
+    assert not sublattice_order_depends_on_detector(mos2, 1.65)  # S2 never that much brighter than Mo
+    assert not sublattice_order_depends_on_detector(mose2, 0.75)  # Se2 brighter than Mo at every detector
+    assert not sublattice_order_depends_on_detector({}, 1.0)
+
+
+def test_a_detector_inside_the_probe_cone_is_refused_with_what_to_give():
+    """An inner angle below the convergence semi-angle is a bright-field signal: one clear message, before abTEM."""
+    from napari_mx2_defects.analysis.sites import microscope_for
+
+    assert microscope_for(80.0, {"detector_inner_mrad": 35.0, "detector_outer_mrad": 110.0}).detector_inner_mrad == 35
+    with pytest.raises(ValueError, match=r"inner angle \(20 mrad\) lies inside .* convergence semi-angle \(25 mrad\)"):
+        microscope_for(80.0, {"detector_inner_mrad": 20.0, "detector_outer_mrad": 70.0})

@@ -54,6 +54,7 @@ def _metal_vacancy_twin(tmp_path, push_A: float, dose: float = 1e6):
     )
 
 
+@pytest.mark.slow
 def test_displacements_recover_a_known_push_in_pm(tmp_path):
     """A 5 pm outward push of the S2 columns around V_M is measured within 0.8 pm (≈ 3 standard
     errors); unpushed, the answer is 0 — the 11 pm the image alone shows (an empty column's missing
@@ -76,6 +77,7 @@ def test_displacements_recover_a_known_push_in_pm(tmp_path):
             assert abs(table.loc[(null, "1st")].radial_pm) < 4 * table.loc[(null, "1st")].radial_sem_pm + 0.2
 
 
+@pytest.mark.slow
 def test_class_average_recovers_the_defect_image(tmp_path):
     """At 1e5 e/Å² one V_M is buried in noise; the aligned average of ~50 matches the noise-free
     twin's average (correlation > 0.95) and shows the empty centre against the intact metal site."""
@@ -106,6 +108,7 @@ def test_class_average_recovers_the_defect_image(tmp_path):
     assert v_m.alignment_rms_pm < 10  # the lattice fit already centres them to a few pm
 
 
+@pytest.mark.slow
 def test_strain_map_follows_a_known_shear(tmp_path):
     """u_x = A sin(2π y / L) gives ε_xy = ½ A k cos(k y) and a rotation of −ε_xy: measured with slope 1 ± 0.1.
 

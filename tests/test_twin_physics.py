@@ -129,6 +129,7 @@ def test_dose_must_be_positive():
         PoissonDose(0.0)
 
 
+@pytest.mark.slow
 def test_fast_mode_matches_abtem_per_column():
     """Fast mode vs abTEM (PRISM, which equals multislice here) on a cell it was not calibrated on:
     every occupied column — host, a heavier (W) and a lighter (Ti) dopant, single S, an antisite — and
@@ -192,6 +193,7 @@ def test_incoherent_render_conserves_the_scattered_fraction(x, y, w):
     assert image.sum() * 0.2 * 0.2 == pytest.approx(w, rel=0.01)
 
 
+@pytest.mark.slow
 def test_structure_file_becomes_a_twin(tmp_path):
     from ase.io import write
 
@@ -231,6 +233,7 @@ def test_each_imperfection_is_a_seedable_transform(mos2_twin, name, kwargs, rand
     assert np.array_equal(a, c) != random, name
 
 
+@pytest.mark.slow
 def test_frozen_phonons_are_averaged_and_recorded():
     """abTEM frozen phonons (a few configurations on a tiny cell): the image changes, settings record it."""
     static = simulate_twin(TwinRequest(material="MoS2", fov_A=6.0, pixel_size_A=0.2, method="multislice"))

@@ -23,7 +23,13 @@ from ..core.validation import BOUNDS
 from ..core.classes import DEFECT_CLASSES, on_home_sublattice
 from ..twin.parents import get_parent
 from .lattice import fft_lattice_spacing_px
-from .classes import RESOLVABLE_SD, VERIFIABLE_SD, fit_site_classes, z_contrast_levels
+from .classes import (
+    RESOLVABLE_SD,
+    VERIFIABLE_SD,
+    fit_site_classes,
+    sublattice_order_depends_on_detector,
+    z_contrast_levels,
+)
 from .columns import real_image, values_at
 from .sites import (find_holes, fit_source_size, follow_the_field, forward_model, left_out, measure_sites, microscope_for,
                     relative_noise)
@@ -299,7 +305,8 @@ def analyze_image(
     field = None
     if alloy is None:
         field = _follow_the_field(sites, pixel_size_A, notes)
-        levels, z_contrast = _image_levels(sites, forward, microscope, notes)
+        levels, z_contrast = _image_levels(sites, forward, microscope, notes,
+                                           detector_recorded=bool((optics or {}).get("detector_inner_mrad")))
         site_classes = _classify_sites(sites, levels, dopant, meas.a_px, defects, notes)
     else:
         levels, z_contrast, site_classes = _classify_alloy(img, sites, parent, pixel_key,
@@ -623,7 +630,8 @@ def _follow_the_field(sites: pd.DataFrame, pixel_size_A: float, notes: list[str]
     return record
 
 
-def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str]) -> tuple[dict, dict]:
+def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str],
+                  detector_recorded: bool = True) -> tuple[dict, dict]:
     """The forward model's levels re-scaled to the image's Z contrast (intact M/X2), with what to say."""
     clean = ~left_out(sites)
     m_over_x2 = float(np.median(sites.intensity[(sites.sublattice == "M") & clean]))  # X: median 1 by construction
@@ -636,6 +644,16 @@ def _image_levels(sites: pd.DataFrame, forward, microscope, notes: list[str]) ->
         notes.append(f"metal and chalcogen columns are about equally bright here (M/X2 = {m_over_x2:.2f}): the "
                      f"sublattices are told apart by the forward model at {microscope.detector_inner_mrad:g}–"
                      f"{microscope.detector_outer_mrad:g} mrad; if the detector differs, give its angles")
+    elif not detector_recorded and sublattice_order_depends_on_detector(forward.compositions, m_over_x2):
+        # the shared Ti-doped WSe2 scan's second detector: the default 50–200 mrad model (M/X2 1.12) matched
+        # its bright/dim 1.11 with the sublattices swapped, and no Ti was named (docs/real_data.md)
+        contrast = 100 * abs(max(m_over_x2, 1 / m_over_x2) - 1)
+        detector = f"{microscope.detector_inner_mrad:g}–{microscope.detector_outer_mrad:g} mrad"
+        notes.append(f"no detector angles are known (the file records none and none were given), and its two "
+                     f"sublattices differ in brightness by {contrast:.0f} % only: which of them is the metal "
+                     f"depends on the detector (a lower-angle annulus makes X2 the brighter). The sites were "
+                     f"named with the {detector} default; give the detector's inner and outer angles to be "
+                     f"sure")
     return levels, z_contrast
 
 

@@ -296,9 +296,17 @@ def microscope_for(energy_keV: float, optics: dict | None = None):
         if value is not None and np.isfinite(value) and value > 0:
             kwargs[name] = float(value)
     try:
-        return Microscope(**kwargs)
+        microscope = Microscope(**kwargs)
     except ValueError:  # recorded angles the simulator cannot take (e.g. inner ≥ outer): the energy alone
         return Microscope(energy_keV=float(energy_keV))
+    if microscope.detector_inner_mrad < microscope.semiangle_mrad:
+        # the direct beam falls on the detector: bright-field (or ABF) contrast, where a column's intensity does
+        # not grow with its atoms' Z (a 20–70 mrad detector at 25 mrad found no lattice in its own forward model)
+        raise ValueError(f"the detector's inner angle ({microscope.detector_inner_mrad:g} mrad) lies inside the "
+                         f"probe's convergence semi-angle ({microscope.semiangle_mrad:g} mrad): that is a bright-field "
+                         f"signal, and the site physics models annular dark field; give the angles of an ADF or "
+                         f"HAADF detector (inner above {microscope.semiangle_mrad:g} mrad)")
+    return microscope
 
 
 #: Radii (in units of the projected M–X distance) of the column profile's rings. They reach the three
