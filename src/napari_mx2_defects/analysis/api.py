@@ -735,7 +735,7 @@ def _self_calibrate(img: np.ndarray, parent, microscope, dopant: str | None, bor
     """
     fft_a_px, _ = fft_lattice_spacing_px(img)
     guess = parent.a_A / fft_a_px
-    m_brighter = forward_model(parent.key, round(float(guess), 4), microscope, dopant).m_brighter
+    m_brighter = forward_model(parent.key, pixel_size_key(guess), microscope, dopant).m_brighter
     fitted = measure_sites(img, None, m_brighter, border_px=border_A / guess)
     return parent.a_A / fitted.a_px
 
