@@ -20,9 +20,9 @@ Two steps turn measured site intensities into classes a microscopist can check:
    support is dropped: its fitted mean left its level (the data hold no peak on its side of
    intact within half the way to it — it was fitting the tail of another), its peak lies nearer
    another class's level, it takes the same peak as a class whose level is nearer, it holds less
-   than one site, or the model without it has the lower BIC over the sites the component and its
-   absorber take (:func:`_local_bic_gain`).  (Absolute levels may be off where the image's blur and
-   background differ from the model's; the order of the levels is what physics fixes.)  Each site
+   than one site, or the model without it has a BIC lower, or higher by less than :data:`MIN_BIC_GAIN`,
+   over the sites the component and its absorber take (:func:`_local_bic_gain`).  (Absolute levels may be
+   off where the image's blur and background differ from the model's; the order of the levels is what physics fixes.)  Each site
    gets the class of its highest posterior and that posterior (``p_class``); sites below :data:`MIN_POSTERIOR` are flagged for review.  Two classes
    whose levels lie closer than :data:`RESOLVABLE_SD` widths cannot be told apart at this noise:
    that is said, and when the user named a dopant the dopant's class is kept.
@@ -300,11 +300,20 @@ def _unsupported(gm, x: np.ndarray, names: list[str], seeds: dict, sd0: float,
             # this class's (13 V_X at 0.34 of S2 were named V_XX, level −0.04, when V_X, level 0.29, went)
             continue
         gain = _local_bic_gain(gm, refit, x, names.index(name))
-        if gain <= 0 and (best is None or gain < best[1]):
+        if gain < MIN_BIC_GAIN and (best is None or gain < best[1]):
             best = (name, gain)
     if best is not None:
-        return best[0], f"not supported by the data (BIC {best[1]:+.1f} without it, over the sites it takes)"
+        return best[0], (f"not supported by the data (BIC {best[1]:+.1f} without it, over the sites it takes; "
+                             f"keeping a class takes ≥ {MIN_BIC_GAIN:+.0f})")
     return None
+
+
+#: A class is kept only when the data give positive evidence for it: twice the log Bayes factor, which the
+#: local BIC difference approximates, of at least 2 (Kass & Raftery 1995, J. Am. Stat. Assoc. 90, 773: 0–2
+#: "not worth more than a bare mention", 2–6 positive).  With 0 as the bar, M_X on the X sites of the shared
+#: Ti:WSe2 scan sat at −0.2 and the last digits of an abTEM calibration (5·10⁻⁷) flipped it in or out with
+#: 25 sites: evidence that weak must not decide a count.
+MIN_BIC_GAIN = 2.0
 
 
 def _local_bic_gain(full, refit, x: np.ndarray, component: int) -> float:
