@@ -102,6 +102,7 @@ def prism_run():
     return image, calls, direct
 
 
+@pytest.mark.slow
 def test_prism_job_gives_the_direct_builds_image(prism_run):
     image, _, direct = prism_run
     assert image.shape == direct.shape and np.isfinite(image).all() and image.max() > 0

@@ -128,6 +128,7 @@ def test_a_chalcogen_on_a_metal_site_is_x_m_not_the_light_metal():
     assert result.concentrations.set_index("defect_class").loc["X_M", "count"] == (found == "X_M").sum()
 
 
+@pytest.mark.slow
 def test_a_plain_parent_reads_as_its_own_species():
     twin = _twin("", defects="V_X=10", seed=5)
     result = analyze_image(twin.image, 0.1, material="MoS2", alloy_species="Mo,W:S,Se")

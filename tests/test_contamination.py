@@ -36,6 +36,7 @@ def test_the_twin_puts_carbon_where_its_mask_says():
     assert _twin(0.0, None).contamination_mask is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dose", [1e4, 1e5, 1e6])
 def test_patches_are_found_and_clean_layers_stay_clean(dose):
     twin = _twin(0.3, dose)
@@ -84,6 +85,7 @@ def test_concentrations_use_the_clean_area_only():
     assert any("contamination covers" in note for note in result.notes)
 
 
+@pytest.mark.slow
 @pytest.mark.gui
 def test_contamination_from_dock_command_and_api_agree(make_napari_viewer, qtbot, tmp_path):
     import tifffile

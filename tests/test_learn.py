@@ -62,6 +62,7 @@ def test_device_choice():
         pick_device("tpu")
 
 
+@pytest.mark.slow
 def test_tiled_inference_has_no_seams(tmp_path):
     from napari_mx2_defects.learn.inference import segment_image
 
@@ -98,6 +99,7 @@ def tiny_dataset(tmp_path_factory):
     return generate_dataset(out, 6, spec, seed=3, workers=2)
 
 
+@pytest.mark.slow
 def test_dataset_is_chunked_zarr_with_metadata(tiny_dataset):
     import zarr
 

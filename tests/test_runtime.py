@@ -52,6 +52,7 @@ def test_auto_falls_back_without_openvino(monkeypatch):
         resolve_runtime("openvino-int8", torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_auto_falls_back_when_openvino_cannot_compile(monkeypatch):
     """OpenVINO imports but fails on this CPU: ``auto`` runs ONNX Runtime int8; a named ``openvino`` says why."""
     from napari_mx2_defects.learn import runtime as rt

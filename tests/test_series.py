@@ -57,6 +57,7 @@ def _truth_on_tracked_sites(twin, result) -> np.ndarray:
     return np.array([[by_frame[(k, s)] for s in site_ids] for k in range(twin.frames.shape[0])], dtype=object)
 
 
+@pytest.mark.slow
 def test_done_when_X_loss_and_the_last_frames_missing_sulphur(done_when):
     twin, result = done_when
     truth = _truth_on_tracked_sites(twin, result)

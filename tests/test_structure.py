@@ -161,6 +161,7 @@ def test_structure_needs_fitted_positions():
         defect_structure(np.zeros((64, 64)), Old())
 
 
+@pytest.mark.slow
 @pytest.mark.gui
 def test_structure_from_dock_command_and_api_agree(make_napari_viewer, qtbot, tmp_path):
     from napari_mx2_defects import api

@@ -48,6 +48,7 @@ def test_vacancies_lower_their_column(mos2_twin):
     assert i_m > i_x2  # Mo (Z=42) outshines an S2 column (2 × Z=16) in HAADF
 
 
+@pytest.mark.slow
 def test_w_outshines_mo():
     mo = simulate_twin(TwinRequest(material="MoS2", fov_A=20.0))
     w = simulate_twin(TwinRequest(material="WS2", fov_A=20.0))
