@@ -305,8 +305,11 @@ def analyze_image(
     field = None
     if alloy is None:
         field = _follow_the_field(sites, pixel_size_A, notes)
+        # the detector is known when the forward model took the recorded angle (microscope_for drops an
+        # unusable one and falls back to the default)
+        recorded = (optics or {}).get("detector_inner_mrad")
         levels, z_contrast = _image_levels(sites, forward, microscope, notes,
-                                           detector_recorded=bool((optics or {}).get("detector_inner_mrad")))
+                                           detector_recorded=recorded == microscope.detector_inner_mrad)
         site_classes = _classify_sites(sites, levels, dopant, meas.a_px, defects, notes)
     else:
         levels, z_contrast, site_classes = _classify_alloy(img, sites, parent, pixel_key,

@@ -21,8 +21,9 @@ Two steps turn measured site intensities into classes a microscopist can check:
    intact within half the way to it — it was fitting the tail of another), its peak lies nearer
    another class's level, it takes the same peak as a class whose level is nearer, it holds less
    than one site, or the model without it has a BIC lower, or higher by less than :data:`MIN_BIC_GAIN`,
-   over the sites the component and its absorber take (:func:`_local_bic_gain`).  (Absolute levels may be
-   off where the image's blur and background differ from the model's; the order of the levels is what physics fixes.)  Each site
+   over the sites the component and its absorber take (:func:`_local_bic_gain`).  (Absolute levels may
+   be off where the image's blur and background differ from the model's; the order of the levels is
+   what physics fixes.)  Each site
    gets the class of its highest posterior and that posterior (``p_class``); sites below :data:`MIN_POSTERIOR` are flagged for review.  Two classes
    whose levels lie closer than :data:`RESOLVABLE_SD` widths cannot be told apart at this noise:
    that is said, and when the user named a dopant the dopant's class is kept.

@@ -19,7 +19,7 @@ __all__ = ["build_parser", "main"]
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``error: argument --cs: … (see 'mx2-defects simulate --help')``."""
 
-    def error(self, message: str):
+    def error(self, message: str):  # noqa: D401 - argparse API
         one_line = " ".join(str(message).split())
         self.exit(2, f"error: {one_line} (see '{self.prog} --help')\n")
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every error is one line unless --debug
         if debug:
             raise
         message = error_message(exc)

@@ -21,7 +21,7 @@ class Cancelled(RuntimeError):
 
 def no_progress(fraction: float, message: str) -> None:
     """A progress callback that ignores what it is told."""
-    return
+    return None
 
 
 def never() -> bool:
