@@ -80,9 +80,15 @@ class ProbeTransfer:
     """
 
     def __init__(self, microscope: Microscope, extent_xy_A: float = 96.0, sampling_A: float = 0.08):
+        import abtem
+
         probe = microscope.abtem_probe(extent=extent_xy_A, sampling=sampling_A)
-        waves = probe.build(scan=(0.0, 0.0))  # centred on the origin: a real, even transform
-        intensity = np.asarray(waves.intensity().compute(progress_bar=False).array, dtype=float)
+        # FFTW_ESTIMATE: the same plan in every process. abTEM's default FFTW_MEASURE picks a plan by timing,
+        # so the probe's last digits varied between runs, and with them the forward model's levels: one run in
+        # ~10 of the real Ti:WSe2 scan then kept V_XX, S_X and M_X on its X sites (25 other-class calls)
+        with abtem.config.set({"fftw.planning_effort": "FFTW_ESTIMATE"}):
+            waves = probe.build(scan=(0.0, 0.0))  # centred on the origin: a real, even transform
+            intensity = np.asarray(waves.intensity().compute(progress_bar=False).array, dtype=float)
         spectrum = np.fft.fft2(intensity).real
         spectrum /= spectrum[0, 0]
         n = intensity.shape[0]
